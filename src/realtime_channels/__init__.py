@@ -1,0 +1,3 @@
+"""realtime-channels: a drop-in, wire-compatible Supabase Realtime server."""
+
+__version__ = "0.1.0"

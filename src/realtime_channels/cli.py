@@ -1,0 +1,199 @@
+"""``realtime-channels serve | token``: the only place that picks concrete backends."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import errors
+from .auth import JwksRefresher, JwtVerifier, load_jwks_text, mint_token, parse_jwks_spec
+from .config import Settings
+
+log = logging.getLogger("realtime_channels")
+
+#: Printed development keys live for ten years, like the keys `supabase start` prints.
+DEV_KEY_SECONDS = 10 * 365 * 24 * 3600
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    return Settings(**overrides)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def _load_jwks(settings: Settings) -> tuple[dict[str, Any] | None, JwksRefresher | None, Any]:
+    """Returns the initial JWKS, a refresher for URL sources, and its HTTP session (or None)."""
+    if settings.jwt_jwks is None:
+        return None, None, None
+    kind, value = parse_jwks_spec(settings.jwt_jwks)
+    if kind == "json":
+        return load_jwks_text(value), None, None
+    if kind == "file":
+        try:
+            return load_jwks_text(Path(value).read_text(encoding="utf-8")), None, None
+        except OSError as exc:
+            raise errors.ConfigError(f"REALTIME_JWT_JWKS: cannot read {value}: {exc.strerror}") from exc
+    import aiohttp
+
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+    async def fetch() -> dict[str, Any]:
+        async with http.get(value) as resp:
+            resp.raise_for_status()
+            return load_jwks_text(await resp.text())
+
+    try:
+        jwks: dict[str, Any] | None = await fetch()
+    except Exception as exc:  # noqa: BLE001 - start anyway; unknown kids trigger a refresh
+        log.error("could not fetch JWKS from %s (%s); will retry on the first unknown key id", value, exc)
+        jwks = None
+    return jwks, None, (http, fetch)
+
+
+def dev_banner(settings: Settings, port: int) -> str:
+    secret = settings.effective_jwt_secret
+    assert secret is not None
+    now = time.time()
+    anon = mint_token(secret, "anon", now=now, exp_seconds=DEV_KEY_SECONDS)
+    service = mint_token(secret, "service_role", now=now, exp_seconds=DEV_KEY_SECONDS)
+    url = f"http://{settings.host}:{port}"
+    return f"""
+WARNING: no REALTIME_JWT_SECRET or REALTIME_JWT_JWKS set: using the built-in DEVELOPMENT secret.
+Anyone can mint tokens for this server. Never expose it beyond your machine like this.
+
+  anon key:         {anon}
+  service_role key: {service}
+
+  import {{ createClient }} from '@supabase/supabase-js'
+  const supabase = createClient('{url}', '{anon}')
+  supabase.channel('room1').on('broadcast', {{ event: '*' }}, (m) => console.log(m))
+    .subscribe()
+"""
+
+
+async def serve(settings: Settings) -> None:
+    from aiohttp import web
+
+    from .node import Node
+    from .pubsub.memory import MemoryPubSub
+    from .server import build_app, shutdown_connections
+
+    jwks, _, url_source = await _load_jwks(settings)
+    verifier = JwtVerifier(settings.effective_jwt_secret, jwks)
+    refresher = JwksRefresher(verifier, url_source[1]) if url_source is not None else None
+    node = Node(settings, MemoryPubSub())
+    app = build_app(settings, node, verifier, refresher)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    port = runner.addresses[0][1] if runner.addresses else settings.port
+    if settings.dev_secret_in_use:
+        print(dev_banner(settings, port), file=sys.stderr, flush=True)
+    log.info("realtime-channels listening on http://%s:%s (ws path /realtime/v1/websocket)", settings.host, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await shutdown_connections(app)
+    await runner.cleanup()
+    if url_source is not None:
+        await url_source[0].close()
+
+
+def run_async(coro: Any) -> None:
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = build_settings(args)
+    configure_logging(settings.log_level)
+    try:
+        run_async(serve(settings))
+    except errors.ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror)
+        return 1
+    return 0
+
+
+def parse_claim(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--claim expects key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = build_settings(args)
+    secret = settings.effective_jwt_secret
+    if secret is None:
+        print("error: minting needs REALTIME_JWT_SECRET (a JWKS holds only public keys)", file=sys.stderr)
+        return 2
+    claims = dict(args.claim or [])
+    print(mint_token(secret, args.role, now=time.time(), exp_seconds=args.exp, sub=args.sub, claims=claims))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="realtime-channels", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("serve", help="run the server")
+    sp.add_argument("--host", help="bind address (REALTIME_HOST, default 127.0.0.1)")
+    sp.add_argument("--port", type=int, help="port (REALTIME_PORT, default 4000)")
+    sp.add_argument("--jwt-secret", dest="jwt_secret", help="HS256/384/512 secret (REALTIME_JWT_SECRET)")
+    sp.add_argument("--jwt-jwks", dest="jwt_jwks", help="JWKS JSON, file or URL (REALTIME_JWT_JWKS)")
+    sp.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    sp.set_defaults(func=cmd_serve)
+
+    tp = sub.add_parser("token", help="mint a JWT signed with the configured secret")
+    tp.add_argument("--role", required=True)
+    tp.add_argument("--sub")
+    tp.add_argument("--exp", type=float, default=3600, help="lifetime in seconds (default 3600)")
+    tp.add_argument("--claim", action="append", type=parse_claim, metavar="KEY=VALUE",
+                    help="extra claim; VALUE is parsed as JSON when it can be")
+    tp.add_argument("--jwt-secret", dest="jwt_secret")
+    tp.set_defaults(func=cmd_token)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (errors.ConfigError, ValidationError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2

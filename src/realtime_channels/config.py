@@ -1,0 +1,61 @@
+"""Settings: every ``REALTIME_*`` variable, read once (the README's configuration table lists them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Used when neither REALTIME_JWT_SECRET nor REALTIME_JWT_JWKS is set.  Printed with a warning:
+#: anyone who reads this file can mint tokens for a server running on it.
+DEV_JWT_SECRET = "realtime-channels-development-secret-not-for-production"
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Settings(BaseSettings):
+    """Server configuration. CLI flags override the environment (see ``cli.py``)."""
+
+    model_config = SettingsConfigDict(env_prefix="REALTIME_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(4000, ge=0, le=65535)
+    jwt_secret: str | None = None
+    jwt_jwks: str | None = Field(None, description="JWKS as JSON text, a file path or an http(s) URL")
+    log_level: LogLevel = "info"
+
+    # pacing of refusals (protocol.md §1.4, §3.3)
+    join_error_backoff_ms: int = Field(5000, ge=0)
+    connect_error_backoff_ms: int = Field(2000, ge=0)
+
+    # connection lifecycle (protocol.md §2.2, §2.3)
+    idle_timeout_ms: int = Field(60_000, gt=0)
+    max_frame_bytes: int = Field(5_000_000, gt=0)
+    outbox_max_bytes: int = Field(8 * 1024 * 1024, gt=0)
+
+    # limits (protocol.md §8); names follow Supabase's tenant fields
+    max_payload_size_in_kb: int = Field(3000, gt=0)
+    max_channels_per_client: int = Field(100, gt=0)
+    max_client_presence_events_per_window: int = Field(5, gt=0)
+    client_presence_window_ms: int = Field(30_000, gt=0)
+    max_events_per_second: int = Field(100, gt=0)
+    presence_enabled: bool = False
+
+    # channel tokens are re-verified at min(exp, now + this) (protocol.md §3.9)
+    token_recheck_ms: int = Field(300_000, gt=0)
+
+    @property
+    def dev_secret_in_use(self) -> bool:
+        return self.jwt_secret is None and self.jwt_jwks is None
+
+    @property
+    def effective_jwt_secret(self) -> str | None:
+        if self.dev_secret_in_use:
+            return DEV_JWT_SECRET
+        return self.jwt_secret
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """protocol.md §4.5: ``max_payload_size_in_kb × 1000 + 500``."""
+        return self.max_payload_size_in_kb * 1000 + 500

@@ -1,0 +1,87 @@
+"""Local fan-out: stream → subscribers on this node.
+
+Each message is encoded once per wire format and the same frame bytes are written to every
+subscriber (design.md §3 "Fan-out", habit 5).  Writes never await: a subscriber's ``write``
+appends to its transport buffer, and the transport's buffer is its bounded outbox (see
+``server.Connection.write`` for the slow-consumer rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Protocol
+
+from .protocol.codec import Broadcast, Message, Vsn, encode, encode_broadcast
+from .protocol.wsframe import build_frame
+
+SubId = Hashable
+
+
+class Subscriber(Protocol):
+    vsn: Vsn
+
+    def write(self, frame: bytes) -> None:
+        """Queue a pre-built WebSocket frame; must not block or raise."""
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._streams: dict[str, dict[SubId, Subscriber]] = {}
+
+    def add(self, stream: str, sid: SubId, sub: Subscriber) -> bool:
+        """Register ``sub``; True when it is the stream's first local subscriber."""
+        subs = self._streams.get(stream)
+        if subs is None:
+            self._streams[stream] = {sid: sub}
+            return True
+        subs[sid] = sub
+        return False
+
+    def remove(self, stream: str, sid: SubId) -> bool:
+        """Unregister; True when the stream has no local subscriber left."""
+        subs = self._streams.get(stream)
+        if subs is None:
+            return False
+        subs.pop(sid, None)
+        if subs:
+            return False
+        del self._streams[stream]
+        return True
+
+    def count(self, stream: str) -> int:
+        return len(self._streams.get(stream, ()))
+
+    def fanout_broadcast(self, stream: str, b: Broadcast, exclude: SubId | None = None) -> int:
+        """Deliver ``b`` to the stream's subscribers except ``exclude``; returns deliveries."""
+        subs = self._streams.get(stream)
+        if not subs:
+            return 0
+        frames: dict[Vsn, bytes | None] = {}
+        delivered = 0
+        for sid, sub in subs.items():
+            if sid == exclude:
+                continue
+            vsn = sub.vsn
+            try:
+                frame = frames[vsn]
+            except KeyError:
+                data = encode_broadcast(vsn, b)
+                frame = frames[vsn] = None if data is None else build_frame(data)
+            if frame is not None:  # None: binary payload to a V1 socket (protocol.md §4.3)
+                sub.write(frame)
+                delivered += 1
+        return delivered
+
+    def fanout_message(self, stream: str, msg: Message) -> int:
+        """Deliver a server message (e.g. ``presence_diff``) to every subscriber of the stream."""
+        subs = self._streams.get(stream)
+        if not subs:
+            return 0
+        frames: dict[Vsn, bytes] = {}
+        for sub in subs.values():
+            vsn = sub.vsn
+            frame = frames.get(vsn)
+            if frame is None:
+                frame = frames[vsn] = build_frame(encode(vsn, msg))
+            sub.write(frame)
+        return len(subs)

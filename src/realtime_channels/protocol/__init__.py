@@ -1,0 +1,1 @@
+"""Sans-I/O wire protocol: frame codecs, WebSocket framing and join parsing (protocol.md §1, §3)."""

@@ -1,0 +1,122 @@
+"""Rate-limit primitives with an injected clock (protocol.md §5.7, §8).
+
+Sans-I/O: every method takes ``now`` in seconds from a monotonic clock the caller owns.
+A clock that steps backwards is treated as standing still, never as a new window.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["FixedWindow", "RollingRate", "TokenBucket"]
+
+
+class FixedWindow:
+    """At most ``limit`` events per fixed window of ``window`` seconds (§5.7: 5 per 30 s).
+
+    A window opens at the first event after the previous one expired, so "the 6th push inside
+    a window" (item 82) counts from the first push. Refused events are not counted: the
+    caller shuts the channel down on the first refusal anyway (§8).
+    """
+
+    __slots__ = ("_limit", "_window", "_start", "_count")
+
+    def __init__(self, limit: int, window: float) -> None:
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        if window <= 0:
+            raise ValueError("window must be > 0")
+        self._limit = limit
+        self._window = window
+        self._start: float | None = None
+        self._count = 0
+
+    def hit(self, now: float) -> bool:
+        """Record one event; ``False`` if it exceeds the limit of the current window."""
+        if self._start is None or now - self._start >= self._window:
+            self._start = now
+            self._count = 0
+        if self._count >= self._limit:
+            return False
+        self._count += 1
+        return True
+
+
+class RollingRate:
+    """Events per second averaged over the last ``buckets * bucket_seconds`` seconds (§8:
+    twelve 5-second buckets, one minute).
+
+    Until a full minute has passed since the first event, the average is taken over the
+    buckets elapsed so far (like the reference, whose rate counter averages the samples it
+    has) so a burst right after start-up is not diluted by a minute of imagined silence.
+    """
+
+    __slots__ = ("_buckets", "_bucket_seconds", "_counts", "_first")
+
+    def __init__(self, buckets: int = 12, bucket_seconds: float = 5.0) -> None:
+        if buckets < 1:
+            raise ValueError("buckets must be >= 1")
+        if bucket_seconds <= 0:
+            raise ValueError("bucket_seconds must be > 0")
+        self._buckets = buckets
+        self._bucket_seconds = bucket_seconds
+        # (bucket index, count), oldest first; only non-empty buckets are stored.
+        self._counts: deque[list[int]] = deque()
+        self._first: int | None = None
+
+    def add(self, now: float, n: int = 1) -> None:
+        idx = self._index(now)
+        if self._first is None:
+            self._first = idx
+        if self._counts and self._counts[-1][0] == idx:
+            self._counts[-1][1] += n
+        else:
+            self._counts.append([idx, n])
+        self._expire(idx)
+
+    def rate(self, now: float) -> float:
+        idx = self._index(now)
+        self._expire(idx)
+        if self._first is None or not self._counts:
+            return 0.0
+        span = min(self._buckets, idx - self._first + 1)
+        total = sum(count for _, count in self._counts)
+        return total / (span * self._bucket_seconds)
+
+    def _index(self, now: float) -> int:
+        idx = int(now // self._bucket_seconds)
+        if self._counts and idx < self._counts[-1][0]:
+            return int(self._counts[-1][0])  # clock stepped back: stay in the newest bucket
+        return idx
+
+    def _expire(self, idx: int) -> None:
+        oldest = idx - self._buckets + 1
+        while self._counts and self._counts[0][0] < oldest:
+            self._counts.popleft()
+
+
+class TokenBucket:
+    """``burst`` tokens refilled at ``rate`` per second; starts full."""
+
+    __slots__ = ("_rate", "_burst", "_tokens", "_last")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        if rate < 0:
+            raise ValueError("rate must be >= 0")
+        if burst < 0:
+            raise ValueError("burst must be >= 0")
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._last: float | None = None
+
+    def take(self, now: float, n: float = 1.0) -> bool:
+        """Take ``n`` tokens if available; ``False`` (taking nothing) otherwise."""
+        if self._last is not None and now > self._last:
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        if self._last is None or now > self._last:
+            self._last = now
+        if self._tokens >= n:
+            self._tokens -= n
+            return True
+        return False

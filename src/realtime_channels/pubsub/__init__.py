@@ -1,0 +1,60 @@
+"""The backbone between server nodes: publish/subscribe per stream, and presence replication.
+
+Every backend (memory, Redis) implements :class:`PubSub` and passes the same conformance suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..protocol.codec import Broadcast
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What travels between nodes for one stream.
+
+    Exactly one of ``broadcast`` (a user/text broadcast to fan out) and ``presence_diff`` (a
+    ``presence_diff`` payload, protocol.md §5.2) is set.  ``exclude`` names the sending channel
+    on its ``origin`` node when the sender asked not to receive its own message (§4.2); other
+    nodes ignore it.
+    """
+
+    stream: str
+    origin: str
+    broadcast: Broadcast | None = None
+    presence_diff: dict[str, Any] | None = None
+    exclude: Any = None
+
+
+Deliver = Callable[[Envelope], None]
+
+
+class PubSub(Protocol):
+    """Plug point for the inter-node backbone.
+
+    Guarantees every backend must give (checked by the conformance suite):
+
+    * envelopes published to one stream by one node reach each subscribed node **in publish
+      order**;
+    * delivery is at most once; a node receives its own envelopes too (it fans out locally
+      from the same path as remote messages);
+    * ``publish`` never blocks the caller: it returns immediately and any I/O happens later.
+    """
+
+    async def start(self, deliver: Deliver) -> None:
+        """Begin delivering envelopes of subscribed streams to ``deliver``."""
+
+    async def close(self) -> None:
+        """Stop delivering and release resources."""
+
+    def subscribe(self, stream: str) -> None:
+        """Start receiving ``stream`` (idempotent)."""
+
+    def unsubscribe(self, stream: str) -> None:
+        """Stop receiving ``stream`` (idempotent)."""
+
+    def publish(self, envelope: Envelope) -> None:
+        """Send ``envelope`` to every node subscribed to ``envelope.stream``."""

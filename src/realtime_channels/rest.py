@@ -1,0 +1,178 @@
+"""REST broadcast endpoints (protocol.md §1.7, §1.8, §4.6), served under ``/api`` and
+``/realtime/v1/api``, with permissive CORS for browsers that call us directly."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from . import errors
+from .protocol.codec import Broadcast
+from .protocol.limits import RollingRate
+from .protocol.session import TOPIC_PREFIX, stream_key
+
+if TYPE_CHECKING:
+    from .server import AppState
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "authorization, apikey, content-type, x-client-info",
+    "Access-Control-Max-Age": "86400",
+}
+UNSUPPORTED_MEDIA = "Unsupported Media Type. Use application/json or application/octet-stream"
+BLANK = ["can't be blank"]
+INVALID = ["is invalid"]
+TOO_BIG = ["Payload size exceeds tenant limit"]
+
+
+class Rest:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        #: REST traffic counted toward the tenant's rolling events/s, reported in x-rate-* (§1.8)
+        self.rate = RollingRate()
+
+    def _respond(self, status: int, body: Any = None) -> web.Response:
+        now = time.time()
+        rolling = int(self.rate.rate(now))
+        limit = self.state.settings.max_events_per_second
+        headers = {
+            **CORS_HEADERS,
+            "x-rate-rolling": str(rolling),
+            "x-rate-limit": str(limit),
+            "x-rate-limit-remaining": str(max(0, limit - rolling)),
+        }
+        if body is None:
+            return web.Response(status=status, headers=headers)
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                            headers=headers)
+
+    async def _authorize(self, request: web.Request) -> dict[str, Any] | None:
+        """§1.8: ``Authorization: Bearer`` (scheme case-insensitive, non-empty) wins over ``apikey``."""
+        token = ""
+        auth = request.headers.get("authorization", "")
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            token = value.strip()
+        if not token:
+            token = request.headers.get("apikey", "")
+        if not token:
+            return None
+        try:
+            return await self.state.verify(token)
+        except errors.RealtimeError:
+            return None
+
+    # POST /api/broadcast ---------------------------------------------------------------------
+
+    async def batch(self, request: web.Request) -> web.Response:
+        if await self._authorize(request) is None:
+            return self._respond(401, {"message": "Unauthorized"})
+        try:
+            body = orjson.loads(await request.read() or b"{}")
+        except orjson.JSONDecodeError:
+            return self._respond(400, {"message": "Request body is not valid JSON"})
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if messages is None:
+            return self._respond(422, {"errors": {"messages": BLANK}})
+        if not isinstance(messages, list):
+            return self._respond(422, {"errors": {"messages": INVALID}})
+        problems = [self._validate(m) for m in messages]
+        if any(problems):  # any invalid entry rejects the whole batch
+            return self._respond(422, {"errors": {"messages": problems}})
+        now = time.time()
+        for m in messages:
+            self.rate.add(now)
+            if m.get("private") is True or m.get("private") == "true":
+                # Private messages need the caller to pass the broadcast write policy (§7.3);
+                # no policy can pass without a database, so they are dropped silently (§1.8).
+                continue
+            meta = {"id": m["id"]} if m.get("id") is not None else None
+            payload: dict[str, Any] = {"payload": m["payload"], "event": m["event"], "type": "broadcast"}
+            if meta is not None:
+                payload["meta"] = meta
+            topic = TOPIC_PREFIX + m["topic"]
+            self.state.node.publish(stream_key(False, m["topic"]), Broadcast(topic, payload=payload))
+        return self._respond(202)
+
+    def _validate(self, m: Any) -> dict[str, list[str]]:
+        if not isinstance(m, dict):
+            return {"topic": BLANK, "payload": BLANK, "event": BLANK}
+        problems: dict[str, list[str]] = {}
+        for key in ("payload", "topic", "event"):
+            value = m.get(key)
+            if value is None or value == "":
+                problems[key] = BLANK
+        if "payload" not in problems and not isinstance(m["payload"], dict):
+            problems["payload"] = INVALID
+        for key in ("topic", "event"):
+            if key not in problems and not isinstance(m[key], str):
+                problems[key] = INVALID
+        if m.get("id") is not None and not _is_uuid(m["id"]):
+            problems["id"] = INVALID
+        if "payload" not in problems and len(orjson.dumps(m["payload"])) > self.state.settings.max_payload_bytes:
+            problems["payload"] = TOO_BIG
+        return problems
+
+    # POST /api/broadcast/{topic}/events/{event} ---------------------------------------------
+
+    async def single(self, request: web.Request) -> web.Response:
+        if await self._authorize(request) is None:
+            return self._respond(401, {"message": "Unauthorized"})
+        sub_topic = request.match_info["topic"]
+        event = request.match_info["event"]
+        raw = await request.read()
+        ctype = request.headers.get("content-type")
+        media = ctype.split(";", 1)[0].strip().lower() if ctype is not None else None
+        if media == "application/json":
+            if raw.strip():
+                try:
+                    orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    return self._respond(400, {"message": "Request body is not valid JSON"})
+                data, binary = raw, False
+            else:
+                data, binary = b"{}", False
+        elif media == "application/octet-stream":
+            data, binary = raw, True
+        elif media is None:
+            data, binary = b"{}", False  # §1.8: accepted, body not parsed, payload {}
+        else:
+            return self._respond(415, {"error": UNSUPPORTED_MEDIA})
+        if len(data) > self.state.settings.max_payload_bytes:
+            return self._respond(422, {"errors": {"payload": TOO_BIG}})
+        if request.query.get("private") == "true":
+            # No database, so the broadcast write policy cannot grant this (§1.8: 403).
+            return self._respond(403, {"message": "Unauthorized"})
+        self.rate.add(time.time())
+        b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=data, binary=binary)
+        self.state.node.publish(stream_key(False, sub_topic), b)
+        return self._respond(202)
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers=CORS_HEADERS)
+
+
+def _is_uuid(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def add_rest_routes(app: web.Application, state: AppState) -> None:
+    rest = Rest(state)
+    for prefix in ("", "/realtime/v1"):
+        batch = prefix + "/api/broadcast"
+        single = prefix + "/api/broadcast/{topic:.+}/events/{event}"
+        app.router.add_post(batch, rest.batch)
+        app.router.add_post(single, rest.single)
+        app.router.add_route("OPTIONS", batch, rest.preflight)
+        app.router.add_route("OPTIONS", single, rest.preflight)

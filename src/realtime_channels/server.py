@@ -1,0 +1,326 @@
+"""The WebSocket/HTTP adapter (aiohttp): handshake, one reader per socket, timers, REST.
+
+Frames leave through ``Connection.write``: pre-built RFC 6455 frames written straight to the
+socket's transport, with no await and no per-subscriber encoding (design.md §3).  The
+transport's buffer is the connection's outbox, bounded by ``outbox_max_bytes``: a consumer that
+falls further behind is sent close code 1008 ("slow consumer") and dropped — it never blocks
+fan-out and never grows memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from . import errors
+from .auth import JwksRefresher, JwtVerifier
+from .config import Settings
+from .node import Node
+from .protocol import session as s
+from .protocol.codec import DecodeError, Message, Vsn, decode_binary, decode_text, encode, parse_vsn
+from .protocol.wsframe import build_frame
+from .rest import add_rest_routes
+
+log = logging.getLogger(__name__)
+
+WS_PATHS = ("/socket/websocket", "/realtime/v1/websocket", "/websocket")
+SLOW_CONSUMER_CODE = 1008
+IDLE_CLOSE_CODE = 1000
+#: After the slow-consumer close frame is queued, give the peer this long before aborting.
+SLOW_CONSUMER_GRACE_S = 1.0
+
+_conn_ids = itertools.count(1)
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    body = code.to_bytes(2, "big") + reason.encode()
+    return bytes((0x88, len(body))) + body  # RFC 6455 §5.5.1; reasons here are < 126 bytes
+
+
+class Connection:
+    """One WebSocket: owns its Session, executes its effects, writes its frames."""
+
+    __slots__ = (
+        "app_state",
+        "closing",
+        "conn_id",
+        "last_rx",
+        "loop",
+        "session",
+        "timer",
+        "timer_at",
+        "transport",
+        "vsn",
+        "ws",
+    )
+
+    def __init__(self, state: AppState, ws: web.WebSocketResponse, transport: asyncio.BaseTransport,
+                 vsn: Vsn, session: s.Session) -> None:
+        self.app_state = state
+        self.ws = ws
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.vsn = vsn
+        self.session = session
+        self.conn_id = next(_conn_ids)
+        self.loop = asyncio.get_running_loop()
+        self.last_rx = self.loop.time()
+        self.closing = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = float("inf")
+
+    # output ----------------------------------------------------------------------------------
+
+    def write(self, frame: bytes) -> None:
+        """Hot path: queue one pre-built frame; drop the connection if its outbox overflows."""
+        if self.closing:
+            return
+        transport = self.transport
+        if transport.is_closing():
+            self.closing = True
+            return
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self.app_state.settings.outbox_max_bytes:
+            self._drop_slow_consumer()
+
+    def send(self, msg: Message) -> None:
+        self.write(build_frame(encode(self.vsn, msg)))
+
+    def _drop_slow_consumer(self) -> None:
+        log.warning("closing slow consumer conn=%s (outbox over %d bytes)",
+                    self.conn_id, self.app_state.settings.outbox_max_bytes)
+        self.transport.write(close_frame(SLOW_CONSUMER_CODE, "slow consumer"))
+        self.closing = True
+        self.loop.call_later(SLOW_CONSUMER_GRACE_S, self.transport.abort)
+
+    # effects ---------------------------------------------------------------------------------
+
+    def run(self, effects: list[s.Effect]) -> None:
+        node = self.app_state.node
+        cid = self.conn_id
+        for e in effects:
+            if isinstance(e, s.Send):
+                if e.delay > 0:
+                    self.loop.call_later(e.delay, self.send, e.message)
+                else:
+                    self.send(e.message)
+            elif isinstance(e, s.Publish):
+                node.publish(e.stream, e.broadcast, None if e.exclude is None else (cid, e.exclude))
+            elif isinstance(e, s.Subscribe):
+                node.subscribe(e.stream, (cid, e.topic), self)
+            elif isinstance(e, s.Unsubscribe):
+                node.unsubscribe(e.stream, (cid, e.topic))
+            elif isinstance(e, s.Track):
+                node.track(e.stream, (cid, e.topic), e.key, e.payload)
+            elif isinstance(e, s.Untrack):
+                node.untrack(e.stream, (cid, e.topic))
+            elif isinstance(e, s.PushPresenceState):
+                state = node.presence_state(e.stream)
+                self.send(Message(e.topic, "presence_state", state, ref=None, join_ref=e.join_ref))
+            elif isinstance(e, s.SubscribePostgres):
+                node.subscribe_postgres(self, e.topic, e.join_ref, e.claims)
+            elif isinstance(e, s.UnsubscribePostgres):
+                node.unsubscribe_postgres(self, e.topic)
+
+    # input -----------------------------------------------------------------------------------
+
+    def receive_text(self, data: str) -> None:
+        try:
+            msg = decode_text(self.vsn, data)
+        except DecodeError as exc:
+            log.debug("ignoring undecodable frame conn=%s: %s", self.conn_id, exc)  # §2.4
+            return
+        self.run(self.session.receive(msg, time.time(), len(data)))
+
+    def receive_binary(self, data: bytes) -> None:
+        try:
+            push = decode_binary(self.vsn, data)
+        except DecodeError as exc:
+            log.debug("ignoring binary frame conn=%s: %s", self.conn_id, exc)  # §2.4
+            return
+        self.run(self.session.receive(push, time.time(), len(push.data)))
+
+    # timers: idle timeout (§2.2) and channel token expiry (§3.9) share one handle ------------
+
+    def arm_timer(self) -> None:
+        idle_at = self.last_rx + self.app_state.settings.idle_timeout_ms / 1000
+        at = idle_at
+        deadline = self.session.next_deadline()
+        if deadline is not None:
+            at = min(at, self.loop.time() + max(0.0, deadline - time.time()))
+        if self.timer is not None:
+            if at >= self.timer_at:
+                return  # the armed timer fires first and re-arms itself
+            self.timer.cancel()
+        self.timer_at = at
+        self.timer = self.loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.timer_at = float("inf")
+        if self.closing:
+            return
+        if self.loop.time() - self.last_rx >= self.app_state.settings.idle_timeout_ms / 1000:
+            log.info("closing idle connection conn=%s", self.conn_id)
+            self.closing = True
+            asyncio.ensure_future(self.ws.close(code=IDLE_CLOSE_CODE, message=b"idle timeout"))
+            return
+        self.run(self.session.tick(time.time()))
+        self.arm_timer()
+
+    def finish(self) -> None:
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.run(self.session.closed())
+
+
+class AppState:
+    """What the handlers share: settings, the node, the verifier."""
+
+    def __init__(self, settings: Settings, node: Node, verifier: JwtVerifier,
+                 refresher: JwksRefresher | None) -> None:
+        self.settings = settings
+        self.node = node
+        self.verifier = verifier
+        self.refresher = refresher
+        self.connections: set[Connection] = set()
+        self.session_config = s.SessionConfig(
+            max_channels=settings.max_channels_per_client,
+            max_payload_bytes=settings.max_payload_bytes,
+            presence_window_limit=settings.max_client_presence_events_per_window,
+            presence_window_s=settings.client_presence_window_ms / 1000,
+            token_recheck_s=settings.token_recheck_ms / 1000,
+            join_error_delay_s=settings.join_error_backoff_ms / 1000,
+            presence_forced=settings.presence_enabled,
+            private_allowed=False,
+        )
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """Verify a token, refreshing a URL JWKS first when it names an unknown key id."""
+        if self.refresher is not None and self.verifier.unknown_kid(token) is not None:
+            await self.refresher.refresh_for(token, time.time())
+        return self.verifier.verify(token, time.time())
+
+    def session_verifier(self) -> Callable[[str, float], dict[str, Any]]:
+        return self.verifier.verify
+
+
+STATE: web.AppKey[AppState] = web.AppKey("state", AppState)
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers=headers)
+
+
+async def refuse(state: AppState, status: int, body: bytes | dict[str, Any]) -> web.Response:
+    """§1.4: handshake refusals are paced to slow reconnect storms."""
+    await asyncio.sleep(state.settings.connect_error_backoff_ms / 1000)
+    if isinstance(body, dict):
+        return json_response(status, body)
+    return web.Response(status=status, body=body)
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if request.method != "GET":
+        return web.Response(status=400)
+    vsn = parse_vsn(request.query.get("vsn"))
+    if vsn is None:
+        return await refuse(state, 403, b"")  # §1.2: unsupported vsn, empty body
+    api_key = request.headers.get("x-api-key") or request.query.get("apikey")
+    if not api_key:
+        return await refuse(state, 401, {"error": errors.ApiKeyMissing().handshake_error})
+    try:
+        await state.verify(api_key)
+    except errors.RealtimeError as err:
+        return await refuse(state, err.http_status, {"error": err.handshake_error})
+
+    ws = web.WebSocketResponse(compress=False, max_msg_size=state.settings.max_frame_bytes,
+                               autoping=True, autoclose=True)
+    await ws.prepare(request)
+    transport = request.transport
+    if transport is None:  # the peer vanished during the upgrade
+        return ws
+    session = s.Session(verify=state.session_verifier(), conn_token=api_key,
+                        new_presence_key=lambda: str(uuid.uuid1()), config=state.session_config)
+    conn = Connection(state, ws, transport, vsn, session)
+    state.connections.add(conn)
+    conn.arm_timer()
+    try:
+        await read_loop(conn, ws)
+    finally:
+        state.connections.discard(conn)
+        conn.finish()
+    return ws
+
+
+async def read_loop(conn: Connection, ws: web.WebSocketResponse) -> None:
+    loop = conn.loop
+    while True:
+        msg = await ws.receive()
+        conn.last_rx = loop.time()
+        if msg.type is WSMsgType.TEXT:
+            conn.receive_text(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            conn.receive_binary(msg.data)
+        elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return
+        if conn.closing:
+            return
+        conn.arm_timer()
+
+
+async def shutdown_connections(app: web.Application) -> None:
+    """Drain (§2.3): each joined channel is told, then the socket is closed with 1012."""
+    state = app[STATE]
+    for conn in list(state.connections):
+        for ch in conn.session.channels.values():
+            notice = {"extension": "system", "status": "ok", "message": "Server requested disconnect"}
+            conn.send(Message(ch.topic, "system", notice, ref=None, join_ref=ch.join_ref))
+        conn.closing = True
+    await asyncio.gather(*(c.ws.close(code=1012, message=b"server restart") for c in list(state.connections)),
+                         return_exceptions=True)
+
+
+async def healthcheck(request: web.Request) -> web.Response:
+    return web.Response(text="ok", content_type="text/plain")
+
+
+async def ping(request: web.Request) -> web.Response:
+    return json_response(200, {"message": "Success"})
+
+
+def build_app(settings: Settings, node: Node, verifier: JwtVerifier,
+              refresher: JwksRefresher | None = None,
+              on_startup: Callable[[web.Application], Awaitable[None]] | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.max_frame_bytes)
+    state = AppState(settings, node, verifier, refresher)
+    app[STATE] = state
+    for path in WS_PATHS:
+        app.router.add_route("*", path, websocket_handler)
+    app.router.add_get("/healthcheck", healthcheck)
+    for prefix in ("", "/realtime/v1"):
+        app.router.add_get(prefix + "/api/ping", ping)
+    add_rest_routes(app, state)
+
+    async def start_node(_: web.Application) -> None:
+        await node.start()
+
+    async def stop_node(_: web.Application) -> None:
+        await node.stop()
+
+    app.on_startup.append(start_node)
+    if on_startup is not None:
+        app.on_startup.append(on_startup)
+    app.on_cleanup.append(stop_node)
+    return app
