@@ -1,0 +1,285 @@
+"""Dependency direction between layers (design.md §2), read from the source with ``ast``.
+
+* ``protocol/`` is sans-I/O: no asyncio, sockets, clocks, database or Redis clients, and nothing
+  from the package except ``errors`` and its own sibling modules;
+* ``hub.py`` and ``pubsub/`` see only the protocol layer and ``errors`` (``pubsub`` backends may
+  import the ``pubsub`` interface module and their own client libraries);
+* ``node.py`` sees the ``PubSub`` interface, never a concrete backend (``cli`` picks it).
+
+Imports inside functions and ``if TYPE_CHECKING:`` blocks count too: every ``Import`` and
+``ImportFrom`` node anywhere in a file is checked.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import realtime_channels
+
+PKG = "realtime_channels"
+PKG_DIR = Path(realtime_channels.__file__).resolve().parent
+
+# Modules that mean I/O, event loops or wall clocks (the protocol layer gets time as ``now``).
+IO_MODULES = frozenset(
+    {
+        "asyncio",
+        "aiohttp",
+        "socket",
+        "selectors",
+        "ssl",
+        "psycopg",
+        "psycopg2",
+        "asyncpg",
+        "redis",
+        "time",
+        "threading",
+        "subprocess",
+        "uvloop",
+        "websockets",
+    }
+)
+
+CONCRETE_BACKENDS = frozenset({f"{PKG}.pubsub.memory", f"{PKG}.pubsub.redis"})
+
+
+# --- import extraction ----------------------------------------------------------------------
+
+
+def _module_path(module: str) -> Path | None:
+    """The file or package directory of one of our modules, if it exists."""
+    parts = module.split(".")
+    if parts[0] != PKG:
+        return None
+    base = PKG_DIR.joinpath(*parts[1:])
+    if base.is_dir() and (base / "__init__.py").is_file():
+        return base
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    return None
+
+
+def _names_defined_in_package(module: str) -> set[str]:
+    """Top-level names bound by a package's ``__init__.py`` (classes, functions, assignments)."""
+    path = _module_path(module)
+    if path is None or not path.is_dir():
+        return set()
+    tree = ast.parse((path / "__init__.py").read_text("utf-8"))
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def _resolve_from(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    """Absolute base module of a (possibly relative) ``from … import``."""
+    if node.level == 0:
+        return node.module or ""
+    package = module if is_package else module.rpartition(".")[0]
+    parts = package.split(".")
+    if node.level - 1 > len(parts) - 1:
+        raise AssertionError(f"{module}: relative import beyond the top-level package")
+    base = ".".join(parts[: len(parts) - (node.level - 1)])
+    return f"{base}.{node.module}" if node.module else base
+
+
+def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:
+    """Fully qualified modules a file imports.
+
+    ``from pkg import name`` counts as importing ``pkg.name`` when ``pkg`` is one of our
+    packages and ``name`` is not something its ``__init__`` defines (i.e. it is, or could become,
+    a submodule: ``from .pubsub import redis`` is caught before ``pubsub/redis.py`` exists).
+    """
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve_from(module, is_package, node)
+            ours = base == PKG or base.startswith(PKG + ".")
+            path = _module_path(base) if ours else None
+            if ours and (path is None or path.is_dir()):
+                defined = _names_defined_in_package(base)
+                for alias in node.names:
+                    found.add(base if alias.name in defined or alias.name == "*" else f"{base}.{alias.name}")
+            else:
+                found.add(base)
+    return found
+
+
+def _module_name(path: Path) -> tuple[str, bool]:
+    rel = path.relative_to(PKG_DIR).with_suffix("")
+    parts = [PKG, *rel.parts]
+    if parts[-1] == "__init__":
+        return ".".join(parts[:-1]), True
+    return ".".join(parts), False
+
+
+def imports_of(path: Path) -> set[str]:
+    module, is_package = _module_name(path)
+    return imported_modules(path.read_text("utf-8"), module, is_package)
+
+
+def _top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _files(sub: str) -> list[Path]:
+    target = PKG_DIR / sub
+    return sorted(target.rglob("*.py")) if target.is_dir() else [target]
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(PKG_DIR)) for p in paths]
+
+
+PROTOCOL_FILES = _files("protocol")
+LOWER_FILES = _files("hub.py") + _files("pubsub")
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+
+def protocol_violations(imports: set[str]) -> list[str]:
+    bad = [m for m in imports if _top(m) in IO_MODULES]
+    bad += [
+        m
+        for m in imports
+        if _within(m, PKG) and not (_within(m, f"{PKG}.protocol") or _within(m, f"{PKG}.errors"))
+    ]
+    return sorted(bad)
+
+
+def lower_layer_violations(imports: set[str]) -> list[str]:
+    allowed = (f"{PKG}.protocol", f"{PKG}.errors", f"{PKG}.pubsub")
+    return sorted(m for m in imports if _within(m, PKG) and not any(_within(m, a) for a in allowed))
+
+
+def hub_violations(imports: set[str]) -> list[str]:
+    allowed = (f"{PKG}.protocol", f"{PKG}.errors")
+    return sorted(m for m in imports if _within(m, PKG) and not any(_within(m, a) for a in allowed))
+
+
+def node_violations(imports: set[str]) -> list[str]:
+    return sorted(m for m in imports if any(_within(m, b) for b in CONCRETE_BACKENDS))
+
+
+def test_the_layer_files_exist() -> None:
+    # Guards against the checks below silently passing over an empty or moved tree.
+    names = _ids(PROTOCOL_FILES)
+    for expected in ("protocol/session.py", "protocol/codec.py", "protocol/join.py", "protocol/__init__.py"):
+        assert expected in names
+    assert "hub.py" in _ids(LOWER_FILES) and "pubsub/__init__.py" in _ids(LOWER_FILES)
+    assert (PKG_DIR / "node.py").is_file()
+
+
+@pytest.mark.parametrize("path", PROTOCOL_FILES, ids=_ids(PROTOCOL_FILES))
+def test_protocol_layer_is_sans_io_and_self_contained(path: Path) -> None:
+    assert protocol_violations(imports_of(path)) == []
+
+
+def test_hub_sees_only_protocol_and_errors() -> None:
+    assert hub_violations(imports_of(PKG_DIR / "hub.py")) == []
+
+
+@pytest.mark.parametrize("path", _files("pubsub"), ids=_ids(_files("pubsub")))
+def test_pubsub_sees_only_protocol_errors_and_itself(path: Path) -> None:
+    assert lower_layer_violations(imports_of(path)) == []
+
+
+def test_node_imports_no_concrete_backend() -> None:
+    assert node_violations(imports_of(PKG_DIR / "node.py")) == []
+
+
+# --- the checker itself catches violations ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("import asyncio", ["asyncio"]),
+        ("import time as t", ["time"]),
+        ("from time import monotonic", ["time"]),
+        ("import redis.asyncio", ["redis.asyncio"]),
+        ("from psycopg import sql", ["psycopg"]),
+        ("def f():\n    import socket\n", ["socket"]),
+        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from aiohttp import web\n", ["aiohttp"]),
+        ("from ..hub import Hub", [f"{PKG}.hub"]),
+        ("from .. import auth", [f"{PKG}.auth"]),
+        ("from realtime_channels.config import Settings", [f"{PKG}.config"]),
+        ("from ..pubsub import Envelope", [f"{PKG}.pubsub"]),
+    ],
+)
+def test_protocol_rule_flags_forbidden_imports(source: str, expected: list[str]) -> None:
+    imports = imported_modules(source, f"{PKG}.protocol.example")
+    assert protocol_violations(imports) == expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from .. import errors",
+        "from ..errors import PeerError",
+        "from .codec import Message",
+        "from . import codec",
+        "from realtime_channels.protocol.join import parse_join",
+        "import orjson\nimport hashlib\nfrom dataclasses import dataclass",
+    ],
+)
+def test_protocol_rule_allows_errors_siblings_and_pure_libraries(source: str) -> None:
+    assert protocol_violations(imported_modules(source, f"{PKG}.protocol.example")) == []
+
+
+def test_relative_imports_resolve_from_packages_and_modules() -> None:
+    # In a package's __init__ "." is the package itself; in a module it is the parent package.
+    assert imported_modules("from .memory import MemoryPubSub", f"{PKG}.pubsub", is_package=True) == {
+        f"{PKG}.pubsub.memory"
+    }
+    assert imported_modules("from . import Envelope", f"{PKG}.pubsub.memory") == {f"{PKG}.pubsub"}
+    assert imported_modules("from ..protocol.codec import Broadcast", f"{PKG}.pubsub.memory") == {
+        f"{PKG}.protocol.codec"
+    }
+
+
+def test_lower_layer_rules_flag_upward_imports() -> None:
+    assert hub_violations(imported_modules("from .node import Node", f"{PKG}.hub")) == [f"{PKG}.node"]
+    assert hub_violations(imported_modules("from .pubsub import Envelope", f"{PKG}.hub")) == [f"{PKG}.pubsub"]
+    assert lower_layer_violations(imported_modules("from ..server import AppState", f"{PKG}.pubsub.memory")) == [
+        f"{PKG}.server"
+    ]
+    assert lower_layer_violations(imported_modules("from ..config import Settings", f"{PKG}.pubsub.redis")) == [
+        f"{PKG}.config"
+    ]
+    # A backend's own client library is fine.
+    assert lower_layer_violations(imported_modules("import redis.asyncio", f"{PKG}.pubsub.redis")) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from .pubsub.memory import MemoryPubSub",
+        "from .pubsub import memory",
+        "from .pubsub import redis",
+        "import realtime_channels.pubsub.redis",
+        "def f():\n    from .pubsub.redis import RedisPubSub\n",
+    ],
+)
+def test_node_rule_flags_concrete_backends(source: str) -> None:
+    assert node_violations(imported_modules(source, f"{PKG}.node")) != []
+
+
+def test_node_rule_allows_the_interface() -> None:
+    assert node_violations(imported_modules("from .pubsub import Envelope, PubSub", f"{PKG}.node")) == []
