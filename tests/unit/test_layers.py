@@ -146,7 +146,8 @@ def _ids(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(PKG_DIR)) for p in paths]
 
 
-PROTOCOL_FILES = _files("protocol")
+# cdc/filters.py and cdc/pgoutput.py are pure too (design.md §2).
+PROTOCOL_FILES = _files("protocol") + _files("cdc/filters.py") + _files("cdc/pgoutput.py")
 LOWER_FILES = _files("hub.py") + _files("pubsub")
 
 
@@ -180,7 +181,8 @@ def node_violations(imports: set[str]) -> list[str]:
 def test_the_layer_files_exist() -> None:
     # Guards against the checks below silently passing over an empty or moved tree.
     names = _ids(PROTOCOL_FILES)
-    for expected in ("protocol/session.py", "protocol/codec.py", "protocol/join.py", "protocol/__init__.py"):
+    for expected in ("protocol/session.py", "protocol/codec.py", "protocol/join.py", "protocol/__init__.py",
+                     "cdc/filters.py", "cdc/pgoutput.py"):
         assert expected in names
     assert "hub.py" in _ids(LOWER_FILES) and "pubsub/__init__.py" in _ids(LOWER_FILES)
     assert (PKG_DIR / "node.py").is_file()
