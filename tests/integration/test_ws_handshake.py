@@ -1,0 +1,149 @@
+"""WebSocket upgrade: paths, vsn, API key resolution and refusals (protocol.md §1.1–1.4, §7.1)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from conftest import TEST_SECRET, ServerProc, make_token
+from rawclient import (
+    V1,
+    V2,
+    VSNS,
+    WS_PATHS,
+    claims_token,
+    open_client,
+    refused_handshake,
+    rs256_token,
+    unsigned_token,
+)
+
+OK_REPLY = {"status": "ok", "response": {}}
+
+
+@pytest.mark.parametrize("path", WS_PATHS)
+@pytest.mark.parametrize("vsn", VSNS)
+async def test_upgrade_succeeds_on_every_path(server: ServerProc, path: str, vsn: str) -> None:
+    async with open_client(server, vsn, path=path) as c:
+        await c.send_msg("phoenix", "heartbeat", {}, "1")
+        frame = await c.next_frame()
+        assert frame.value == c.wire(None, "1", "phoenix", "phx_reply", OK_REPLY)
+
+
+@pytest.mark.parametrize(
+    ("vsn", "expected_shape"),
+    [(V1, dict), (V2, list), (None, dict), ("1.0.1", dict), ("2.0.3", list)],
+)
+async def test_vsn_selects_serializer(server: ServerProc, vsn: str | None, expected_shape: type) -> None:
+    # §1.2: vsn is a semver requirement (1.0.x / 2.0.x); absent means 1.0.0.
+    async with open_client(server, vsn) as c:
+        await c.send_text(
+            '[null,"7","phoenix","heartbeat",{}]'
+            if expected_shape is list
+            else '{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"7"}'
+        )
+        frame = await c.next_frame()
+        assert not frame.is_binary
+        assert isinstance(frame.value, expected_shape)
+        if expected_shape is list:
+            assert frame.value == [None, "7", "phoenix", "phx_reply", OK_REPLY]
+        else:
+            assert frame.value == {"topic": "phoenix", "event": "phx_reply", "payload": OK_REPLY, "ref": "7"}
+
+
+@pytest.mark.parametrize("vsn", ["3.0.0", "0.9.0", "banana"])
+async def test_unsupported_vsn_is_refused_with_403_and_empty_body(server: ServerProc, vsn: str) -> None:
+    refusal = await refused_handshake(server, vsn)
+    assert refusal.status == 403
+    assert refusal.body == b""
+
+
+def _refusal_cases() -> list[Any]:
+    now = int(time.time())
+    return [
+        pytest.param(None, "API key is missing", id="missing-key"),
+        pytest.param(make_token(exp_in=-60), "Token has expired", id="expired"),
+        pytest.param(
+            claims_token({"exp": now + 3600}, TEST_SECRET),
+            "Fields `role` and `exp` are required in JWT",
+            id="missing-role",
+        ),
+        pytest.param(
+            claims_token({"role": "anon"}, TEST_SECRET),
+            "Fields `role` and `exp` are required in JWT",
+            id="missing-exp",
+        ),
+        pytest.param("potato", "The token provided is not a valid JWT", id="not-a-jwt"),
+        pytest.param(
+            make_token(secret="some-other-secret-that-is-32-chars-or-more"),
+            "Failed to validate JWT signature",
+            id="bad-signature",
+        ),
+        pytest.param(
+            unsigned_token({"role": "anon", "exp": now + 3600}),
+            "Failed to generate JWT signer, check your JWT secret or JWKS configuration",
+            id="alg-none",
+        ),
+        pytest.param(
+            rs256_token({"role": "anon", "exp": now + 3600}),
+            "Failed to generate JWT signer, check your JWT secret or JWKS configuration",
+            id="rs256-without-jwks",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("apikey", "message"), _refusal_cases())
+async def test_refusals_have_exact_status_and_json_body(server: ServerProc, apikey: str | None, message: str) -> None:
+    refusal = await refused_handshake(server, V2, apikey=apikey)
+    assert refusal.status == 401
+    assert refusal.content_type is not None and refusal.content_type.startswith("application/json")
+    assert refusal.json() == {"error": message}
+
+
+async def test_authorization_header_is_not_consulted_for_websockets(server: ServerProc) -> None:
+    # §1.3: only x-api-key / apikey count; a Bearer token alone is "API key is missing".
+    refusal = await refused_handshake(
+        server, V2, apikey=None, headers={"Authorization": f"Bearer {server.anon_key}"}
+    )
+    assert refusal.status == 401
+    assert refusal.json() == {"error": "API key is missing"}
+
+
+@pytest.mark.parametrize("vsn", VSNS)
+async def test_x_api_key_header_alone_is_accepted(server: ServerProc, vsn: str) -> None:
+    async with open_client(server, vsn, apikey=None, headers={"x-api-key": server.anon_key}) as c:
+        await c.heartbeat("1")
+
+
+async def test_x_api_key_header_wins_over_query_parameter(server: ServerProc) -> None:
+    # Valid header, garbage query: accepted because the header takes precedence (§1.3).
+    async with open_client(server, V2, apikey="potato", headers={"x-api-key": server.anon_key}) as c:
+        await c.heartbeat("1")
+    # Garbage header, valid query: refused with the header's error.
+    refusal = await refused_handshake(server, V2, headers={"x-api-key": "potato"})
+    assert refusal.status == 401
+    assert refusal.json() == {"error": "The token provided is not a valid JWT"}
+
+
+async def test_unknown_query_parameters_are_ignored(server: ServerProc) -> None:
+    params = {"eventsPerSecond": "10", "log_level": "warn", "heartbeat": "5", "my_app_param": "x"}
+    async with open_client(server, V2, params=params) as c:
+        await c.heartbeat("1")
+
+
+@pytest.mark.parametrize("level", ["info", "warning", "error", "debug", ""])
+async def test_log_level_never_refuses(server: ServerProc, level: str) -> None:
+    async with open_client(server, V1, params={"log_level": level}) as c:
+        await c.heartbeat(None)
+
+
+async def test_apikey_surrounding_whitespace_is_stripped(server: ServerProc) -> None:
+    # §7.1 step 1: whitespace/newlines around the token are removed before decoding.
+    async with open_client(server, V2, apikey=f" {server.anon_key}\n") as c:
+        await c.heartbeat("1")
+
+
+async def test_service_role_key_is_accepted(server: ServerProc) -> None:
+    async with open_client(server, V2, apikey=server.service_key) as c:
+        await c.heartbeat("1")
