@@ -16,6 +16,8 @@ from typing import Any
 import jwt
 import pytest
 
+sys.path.insert(0, os.path.dirname(__file__))  # tests/ helpers (pgcluster) importable
+
 TEST_SECRET = "test-secret-with-at-least-32-characters-long!"
 
 
@@ -133,3 +135,15 @@ def server_factory(tmp_path: Any) -> Iterator[Any]:
     yield factory
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A private PostgreSQL cluster (wal_level=logical, free port) shared by the session."""
+    from pgcluster import PgCluster
+
+    cluster = PgCluster()
+    cluster.init()
+    cluster.start()
+    yield cluster
+    cluster.destroy()
