@@ -99,7 +99,12 @@ async def serve(settings: Settings) -> None:
     jwks, _, url_source = await _load_jwks(settings)
     verifier = JwtVerifier(settings.effective_jwt_secret, jwks)
     refresher = JwksRefresher(verifier, url_source[1]) if url_source is not None else None
-    node = Node(settings, MemoryPubSub())
+    changes = None
+    if settings.database_url:
+        from .cdc.changes import PostgresChanges
+
+        changes = PostgresChanges(settings.database_url, publication=settings.publication, slot=settings.slot_name)
+    node = Node(settings, MemoryPubSub(), changes=changes)
     app = build_app(settings, node, verifier, refresher)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
@@ -177,6 +182,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--jwt-secret", dest="jwt_secret", help="HS256/384/512 secret (REALTIME_JWT_SECRET)")
     sp.add_argument("--jwt-jwks", dest="jwt_jwks", help="JWKS JSON, file or URL (REALTIME_JWT_JWKS)")
     sp.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    sp.add_argument("--database-url", dest="database_url", help="PostgreSQL URL (REALTIME_DATABASE_URL)")
     sp.set_defaults(func=cmd_serve)
 
     tp = sub.add_parser("token", help="mint a JWT signed with the configured secret")

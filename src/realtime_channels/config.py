@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     jwt_jwks: str | None = Field(None, description="JWKS as JSON text, a file path or an http(s) URL")
     log_level: LogLevel = "info"
 
+    # postgres_changes (protocol.md §6): enabled by a database URL
+    database_url: str | None = Field(None, description="PostgreSQL URL; enables postgres_changes")
+    publication: str = Field("supabase_realtime", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    slot_name: str = Field("realtime_channels", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
     # pacing of refusals (protocol.md §1.4, §3.3)
     join_error_backoff_ms: int = Field(5000, ge=0)
     connect_error_backoff_ms: int = Field(2000, ge=0)

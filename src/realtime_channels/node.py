@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .config import Settings
@@ -28,6 +28,20 @@ class ChannelPeer(Subscriber, Protocol):
     def send(self, msg: Message) -> None: ...
 
 
+class ChangeFeed(Protocol):
+    """postgres_changes (protocol.md §6): subscriptions per channel, fed by the database."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def subscribe(self, conn_id: int, peer: ChannelPeer, topic: str, join_ref: str | None,
+                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any]) -> None:
+        """Validate and create the channel's subscriptions; report with a ``system`` message."""
+
+    def unsubscribe(self, conn_id: int, topic: str) -> None: ...
+
+
 def topic_of(stream: str) -> str:
     """``pub:room1`` / ``priv:room1`` → ``realtime:room1`` (the topic every client sees)."""
     return TOPIC_PREFIX + stream.split(":", 1)[1]
@@ -40,9 +54,11 @@ POSTGRES_NOT_CONFIGURED = (
 
 
 class Node:
-    def __init__(self, settings: Settings, pubsub: PubSub, node_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, pubsub: PubSub, node_id: str | None = None,
+                 changes: ChangeFeed | None = None) -> None:
         self.settings = settings
         self.pubsub = pubsub
+        self.changes = changes
         self.node_id = node_id or os.urandom(6).hex()
         self.hub = Hub()
         self.presence: dict[str, TopicPresence] = {}
@@ -50,8 +66,12 @@ class Node:
 
     async def start(self) -> None:
         await self.pubsub.start(self._deliver)
+        if self.changes is not None:
+            await self.changes.start()
 
     async def stop(self) -> None:
+        if self.changes is not None:
+            await self.changes.stop()
         await self.pubsub.close()
 
     # streams ---------------------------------------------------------------------------------
@@ -99,10 +119,12 @@ class Node:
 
     # postgres_changes (protocol.md §6) -------------------------------------------------------
 
-    def subscribe_postgres(
-        self, peer: ChannelPeer, topic: str, join_ref: str | None, claims: Mapping[str, Any]
-    ) -> None:
+    def subscribe_postgres(self, conn_id: int, peer: ChannelPeer, topic: str, join_ref: str | None,
+                           bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any]) -> None:
         """Without a database every binding fails with a ``system`` error (§6.3)."""
+        if self.changes is not None:
+            self.changes.subscribe(conn_id, peer, topic, join_ref, bindings, claims)
+            return
         payload = {
             "extension": "postgres_changes",
             "status": "error",
@@ -111,5 +133,6 @@ class Node:
         }
         peer.send(Message(topic, "system", payload, ref=None, join_ref=join_ref))
 
-    def unsubscribe_postgres(self, peer: ChannelPeer, topic: str) -> None:
-        """Nothing to release while no database is configured."""
+    def unsubscribe_postgres(self, conn_id: int, topic: str) -> None:
+        if self.changes is not None:
+            self.changes.unsubscribe(conn_id, topic)

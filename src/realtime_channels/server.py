@@ -126,9 +126,9 @@ class Connection:
                 state = node.presence_state(e.stream)
                 self.send(Message(e.topic, "presence_state", state, ref=None, join_ref=e.join_ref))
             elif isinstance(e, s.SubscribePostgres):
-                node.subscribe_postgres(self, e.topic, e.join_ref, e.claims)
+                node.subscribe_postgres(cid, self, e.topic, e.join_ref, e.bindings, e.claims)
             elif isinstance(e, s.UnsubscribePostgres):
-                node.unsubscribe_postgres(self, e.topic)
+                node.unsubscribe_postgres(cid, e.topic)
 
     # input -----------------------------------------------------------------------------------
 
