@@ -1,0 +1,568 @@
+"""Logical replication reader: one permanent ``pgoutput`` slot, committed transactions out.
+
+The I/O adapter of design.md §3 around the pure decoder ``pgoutput.py``.  Unlike the reference
+(protocol.md §6.9: a temporary wal2json slot polled with ``pg_logical_slot_get_changes``) it
+streams over the replication protocol with psycopg ≥ 3.3 and keeps a permanent slot, so changes
+committed while we were away are delivered when we return.
+
+Theory of operation
+-------------------
+* **Setup** (a normal connection, kept open as the *side* connection): check ``wal_level`` and
+  the REPLICATION attribute so their absence is a clear one-line state detail; create schema
+  ``realtime``, our position table ``realtime.rc_replication_position``, the publication (empty)
+  and the slot when missing.
+* **Streaming** (a ``replication="database"`` connection): ``START_REPLICATION`` returns a
+  COPY_BOTH cursor; from then on we read CopyData through the public ``pgconn`` API, waiting for
+  the socket with ``loop.add_reader`` and a bare future (postgres-cdc.md: ``asyncio.wait_for`` can
+  swallow a cancellation on Python 3.11).
+* **Exactly-once** (design.md §3): messages from Begin to Commit become one ``Transaction``;
+  ``on_transaction`` is awaited, *then* the commit's ``end_lsn`` is stored in our table, *then*
+  it is acknowledged to the server.  A restart passes the stored LSN to ``START_REPLICATION``
+  and skips every transaction whose ``end_lsn`` is not above it, because PG 15 resends
+  acknowledged transactions after a restart (postgres-cdc.md "Pitfalls").  Within one process the
+  last handled ``end_lsn`` is also kept in memory, so a dropped connection or a PostgreSQL restart
+  never redelivers.  Only a crash of *this* process between ``on_transaction`` returning and the
+  position being stored redelivers that single transaction; a sink that must be exact across
+  such a crash records ``Transaction.end_lsn`` with its effects and ignores ``end_lsn`` values it
+  has already seen (they are strictly increasing).
+* **Acknowledgements**: standby status on a timer even under constant data, at once when the
+  server asks, and the keepalive ``wal_end`` when no transaction is pending, so writes to
+  unpublished tables do not pin WAL (postgres-cdc.md "Ack keepalives when idle").
+* **Faults**: any failure closes both connections, reports state ``"down"`` with a one-line
+  detail and retries with exponential back-off; ``run`` never raises except on cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+
+from ..errors import InternalError
+from . import pgoutput
+
+__all__ = ["Change", "ReplicationError", "ReplicationReader", "Transaction"]
+
+log = logging.getLogger(__name__)
+
+#: CDC.md: replication connections take only the simple query protocol, so slot and
+#: publication names are spliced into SQL text; this pattern makes that safe.
+_NAME_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+#: postgres-cdc.md "Types": the walsender's text output depends on these session settings.
+_SESSION_OPTIONS: Final = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3"
+_CONNECT_TIMEOUT: Final = 10  # seconds, unless the DSN says otherwise
+_SQL_TIMEOUT: Final = 30.0  # bound on a side-connection statement (a half-open socket hangs)
+_STOP_GRACE: Final = 5.0  # how long stop() lets an in-progress on_transaction finish
+_YIELD_EVERY: Final = 128  # messages handled between forced yields to the event loop
+_PG_EPOCH_UNIX: Final = 946_684_800  # 2000-01-01 UTC, the epoch of replication timestamps
+
+_UPSERT_POSITION: Final = (
+    "insert into realtime.rc_replication_position (slot_name, end_lsn) values (%s, %s::pg_lsn) "
+    "on conflict (slot_name) do update set end_lsn = excluded.end_lsn, updated_at = now()"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One row change of a committed transaction."""
+
+    relation: pgoutput.Relation  # the table's shape as of this change (latest 'R' for its relid)
+    kind: Literal["INSERT", "UPDATE", "DELETE"]
+    new: pgoutput.TupleData | None  # None for DELETE
+    old: pgoutput.TupleData | None  # the 'K' (key) or 'O' (full) old tuple when sent
+    old_kind: str | None  # "K", "O" or None
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A committed transaction's published row changes, in the order they were made.
+
+    TRUNCATE and logical decoding messages are not included."""
+
+    xid: int
+    commit_lsn: int
+    end_lsn: int  # strictly increasing across transactions; the position we store and ack
+    commit_ts_us: int  # µs since 2000-01-01 UTC (pgoutput.commit_timestamp formats it)
+    changes: tuple[Change, ...]
+
+
+class ReplicationError(InternalError):
+    """A failure with a one-line, operator-facing explanation (the ``"down"`` state detail)."""
+
+
+class _CallbackFailed(ReplicationError):
+    """``on_transaction`` raised; the transaction is delivered again after the reconnect."""
+
+
+class _Stopping(Exception):
+    """Internal: stop() was requested while a session was starting."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A transaction between its Begin and Commit."""
+
+    begin: pgoutput.Begin
+    changes: list[Change]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def _now_us_since_2000() -> int:
+    return int((time.time() - _PG_EPOCH_UNIX) * 1_000_000)
+
+
+class ReplicationReader:
+    """Streams committed transactions of ``publication`` through the permanent slot ``slot``.
+
+    ``on_transaction`` is awaited once per transaction, in commit order; the position advances
+    only after it returns.  If it raises, the reader goes ``"down"`` and the same transaction is
+    delivered again after the reconnect.  ``on_state`` is called on every change of state with
+    ``("connecting" | "streaming" | "down", detail)``.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        slot: str,
+        publication: str,
+        on_transaction: Callable[[Transaction], Awaitable[None]],
+        on_state: Callable[[str, str | None], None] | None = None,
+        status_interval: float = 1.0,
+        reconnect_min: float = 0.5,
+        reconnect_max: float = 10.0,
+    ) -> None:
+        for what, name in (("slot", slot), ("publication", publication)):
+            if not _NAME_RE.match(name):
+                raise ValueError(f"invalid {what} name {name!r}: use [a-z_][a-z0-9_]*, at most 63 characters")
+        if status_interval <= 0 or reconnect_min <= 0 or reconnect_max < reconnect_min:
+            raise ValueError("status_interval and reconnect_min must be > 0, reconnect_max >= reconnect_min")
+        self._dsn = dsn
+        self._slot = slot
+        self._publication = publication
+        self._on_transaction = on_transaction
+        self._on_state = on_state
+        self._status_interval = status_interval
+        self._reconnect_min = reconnect_min
+        self._reconnect_max = reconnect_max
+
+        self._state = "down"
+        self._detail: str | None = None
+        self._streaming = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[Any] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._waker: asyncio.Future[None] | None = None
+        #: end_lsn of the last transaction handed to on_transaction successfully (this process).
+        self._handled = 0
+        #: end_lsn known to be in rc_replication_position.
+        self._stored = 0
+        #: flush/apply LSN we report to the server (per session; 0 means "nothing yet").
+        self._ack = 0
+        #: whether the current session got as far as streaming (resets the back-off).
+        self._reached_streaming = False
+
+    # --- public surface -----------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def detail(self) -> str | None:
+        """Why the reader is ``"down"`` (``None`` while connecting or streaming)."""
+        return self._detail
+
+    async def wait_streaming(self, timeout: float) -> bool:
+        """True once the state is ``"streaming"``; False if that did not happen within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._streaming.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Connect, set up and stream until ``stop()``; every failure means "down", back-off and retry."""
+        if self._task is not None:
+            raise RuntimeError("ReplicationReader.run() is already running")
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._done = loop.create_future()
+        delay = self._reconnect_min
+        try:
+            while not self._stopping:
+                try:
+                    await self._session()
+                except asyncio.CancelledError:
+                    raise
+                except _Stopping:
+                    break
+                except Exception as exc:  # every fault is reported and retried (issue #3 "Bad input and faults")
+                    if self._stopping:
+                        break
+                    if self._reached_streaming and not isinstance(exc, _CallbackFailed):
+                        delay = self._reconnect_min  # it worked until now: retry soon
+                    detail = self._describe(exc)
+                    self._set_state("down", detail)
+                    unexpected = isinstance(exc, _CallbackFailed) or not isinstance(
+                        exc, (ReplicationError, psycopg.Error, TimeoutError))
+                    log.warning("replication down (slot %s): %s; retrying in %.1f s", self._slot, detail, delay,
+                                exc_info=unexpected)
+                    await self._pause(delay)
+                    delay = min(delay * 2, self._reconnect_max)
+        finally:
+            self._set_state("down", "stopped")
+            self._task = None
+            if not self._done.done():
+                self._done.set_result(None)
+
+    async def stop(self) -> None:
+        """Stop promptly: a transaction being handled may finish (up to a few seconds), the final
+        position is acknowledged and both connections are closed."""
+        self._stopping = True
+        self._wake()
+        task, done = self._task, self._done
+        if task is None or done is None or task is asyncio.current_task():
+            return
+        try:
+            async with asyncio.timeout(_STOP_GRACE):
+                await asyncio.shield(done)
+        except TimeoutError:
+            log.warning("replication reader did not stop within %.0f s; cancelling it", _STOP_GRACE)
+            task.cancel()
+            await asyncio.shield(done)
+
+    # --- state ----------------------------------------------------------------------------
+
+    def _set_state(self, state: str, detail: str | None) -> None:
+        if state == self._state and detail == self._detail:
+            return
+        self._state, self._detail = state, detail
+        if state == "streaming":
+            self._streaming.set()
+            self._reached_streaming = True
+        else:
+            self._streaming.clear()
+        if self._on_state is not None:
+            try:
+                self._on_state(state, detail)
+            except Exception:  # a broken observer must not stop replication
+                log.exception("on_state callback failed")
+
+    def _describe(self, exc: Exception) -> str:
+        if isinstance(exc, ReplicationError):
+            return exc.message
+        if isinstance(exc, pg_errors.ObjectInUse):
+            return (f"replication slot {self._slot} is in use by another consumer "
+                    f"({_first_line(exc)}); retrying until it is free")
+        if isinstance(exc, pg_errors.InsufficientPrivilege):
+            return f"permission denied: {_first_line(exc)}"
+        if isinstance(exc, pgoutput.PgOutputError):
+            return f"undecodable replication data: {exc.message}"
+        if isinstance(exc, psycopg.OperationalError):
+            return f"database connection failed: {_first_line(exc)}"
+        if isinstance(exc, TimeoutError):
+            return "database did not answer in time"
+        if isinstance(exc, psycopg.Error):
+            return f"database error: {_first_line(exc)}"
+        return f"{type(exc).__name__}: {_first_line(exc)}"
+
+    # --- waiting without asyncio.wait_for (postgres-cdc.md "Pitfalls") --------------------
+
+    def _wake(self) -> None:
+        waker = self._waker
+        if waker is not None and not waker.done():
+            waker.set_result(None)
+
+    async def _wait(self, timeout: float, read_fd: int | None = None, write_fd: int | None = None) -> None:
+        """Until ``read_fd`` is readable / ``write_fd`` writable, ``timeout`` passes or stop() is called."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waker = fut
+        wake = self._wake
+        timer = loop.call_later(max(timeout, 0.0), wake)
+        if read_fd is not None:
+            loop.add_reader(read_fd, wake)
+        if write_fd is not None:
+            loop.add_writer(write_fd, wake)
+        try:
+            if not self._stopping:
+                await fut
+        finally:
+            timer.cancel()
+            if read_fd is not None:
+                loop.remove_reader(read_fd)
+            if write_fd is not None:
+                loop.remove_writer(write_fd)
+            self._waker = None
+
+    async def _pause(self, delay: float) -> None:
+        await self._wait(delay)
+
+    # --- one connection session ---------------------------------------------------------
+
+    def _conninfo(self, replication: bool) -> dict[str, Any]:
+        params: dict[str, Any] = dict(conninfo_to_dict(self._dsn))
+        params.setdefault("connect_timeout", _CONNECT_TIMEOUT)
+        params.setdefault("application_name", "realtime_channels_cdc")
+        if replication:
+            user_options = str(params.get("options") or "")
+            params["options"] = f"{user_options} {_SESSION_OPTIONS}".strip()
+            params["replication"] = "database"
+        return params
+
+    async def _connect(self, replication: bool) -> psycopg.AsyncConnection[Any]:
+        what = "replication" if replication else "database"
+        try:
+            return await psycopg.AsyncConnection.connect(autocommit=True, **self._conninfo(replication))
+        except pg_errors.InsufficientPrivilege as exc:
+            raise ReplicationError(f"cannot open a {what} connection: {_first_line(exc)}") from exc
+        except psycopg.OperationalError as exc:
+            reason = _first_line(exc).removeprefix("connection failed: ")
+            raise ReplicationError(f"cannot connect to PostgreSQL: {reason}") from exc
+
+    async def _session(self) -> None:
+        self._reached_streaming = False
+        self._set_state("connecting", None)
+        side = await self._connect(replication=False)
+        try:
+            async with asyncio.timeout(_SQL_TIMEOUT):
+                await self._setup(side)
+            if self._stopping:
+                raise _Stopping
+            repl = await self._connect(replication=True)
+            try:
+                await self._start(repl)
+                if self._stopping:
+                    raise _Stopping
+                self._set_state("streaming", None)
+                log.info("replication streaming (slot %s, publication %s, from %s)", self._slot,
+                         self._publication, pgoutput.lsn_to_str(self._handled))
+                await self._stream(repl, side)
+            finally:
+                await repl.close()
+        finally:
+            await side.close()
+
+    async def _setup(self, side: psycopg.AsyncConnection[Any]) -> None:
+        """Check prerequisites, create what is missing, load the stored position."""
+        row = await (await side.execute("show wal_level")).fetchone()
+        if row is None or row[0] != "logical":
+            level = row[0] if row else "unknown"
+            raise ReplicationError(f"wal_level is '{level}'; set wal_level = logical and restart PostgreSQL")
+        row = await (await side.execute(
+            "select rolreplication or rolsuper, current_user from pg_roles where rolname = current_user"
+        )).fetchone()
+        if row is None or not row[0]:
+            user = row[1] if row else "current user"
+            raise ReplicationError(f"role {user} lacks the REPLICATION attribute (ALTER ROLE {user} REPLICATION)")
+
+        await side.execute("create schema if not exists realtime")
+        await side.execute(
+            "create table if not exists realtime.rc_replication_position ("
+            " slot_name text primary key, end_lsn pg_lsn not null,"
+            " updated_at timestamptz not null default now())"
+        )
+        # Only our position row is written here, and losing the newest few on a PostgreSQL crash
+        # only means redelivering (then skipping nothing), never loss; a clean shutdown flushes it.
+        await side.execute("set synchronous_commit = off")
+
+        exists = await (await side.execute(
+            "select 1 from pg_publication where pubname = %s", (self._publication,))).fetchone()
+        if exists is None:
+            try:
+                # Tables are enabled by adding them to the publication (issue #3, protocol.md §6.9).
+                await side.execute(f"create publication {self._publication}")
+                log.info("created empty publication %s", self._publication)
+            except pg_errors.DuplicateObject:
+                pass  # created concurrently by another server
+
+        slot = await (await side.execute(
+            "select plugin, slot_type, database = current_database(), temporary, wal_status"
+            " from pg_replication_slots where slot_name = %s", (self._slot,))).fetchone()
+        if slot is None:
+            await side.execute("select pg_create_logical_replication_slot(%s, 'pgoutput')", (self._slot,))
+            # A position stored for an earlier slot of this name means nothing for the new one.
+            await side.execute("delete from realtime.rc_replication_position where slot_name = %s", (self._slot,))
+            self._handled = self._stored = 0
+            log.info("created logical replication slot %s", self._slot)
+        else:
+            plugin, slot_type, same_db, temporary, wal_status = slot
+            if slot_type != "logical" or plugin != "pgoutput" or not same_db or temporary:
+                raise ReplicationError(
+                    f"replication slot {self._slot} exists but is not a permanent pgoutput slot of this database")
+            if wal_status == "lost":
+                raise ReplicationError(
+                    f"replication slot {self._slot} was invalidated (WAL removed, changes lost); "
+                    f"drop it with pg_drop_replication_slot('{self._slot}') to start afresh")
+
+        row = await (await side.execute(
+            "select end_lsn::text from realtime.rc_replication_position where slot_name = %s",
+            (self._slot,))).fetchone()
+        self._stored = pgoutput.str_to_lsn(row[0]) if row else 0
+        if self._handled > self._stored:
+            # Handled before a connection loss but not stored yet.
+            await self._store(side, self._handled)
+        self._handled = max(self._handled, self._stored)
+
+    async def _start(self, repl: psycopg.AsyncConnection[Any]) -> None:
+        start = pgoutput.lsn_to_str(self._handled)  # 0/0 = the slot's confirmed position
+        await repl.cursor().execute(
+            f"START_REPLICATION SLOT {self._slot} LOGICAL {start}"
+            f" (proto_version '1', publication_names '{self._publication}')"
+        )
+        self._ack = 0  # an invalid flush LSN is ignored by the server until we have one
+
+    async def _store(self, side: psycopg.AsyncConnection[Any], end_lsn: int) -> None:
+        async with asyncio.timeout(_SQL_TIMEOUT):
+            await side.execute(_UPSERT_POSITION, (self._slot, pgoutput.lsn_to_str(end_lsn)))
+        self._stored = end_lsn
+
+    # --- the COPY_BOTH stream -----------------------------------------------------------
+
+    async def _stream(self, repl: psycopg.AsyncConnection[Any], side: psycopg.AsyncConnection[Any]) -> None:
+        pg = repl.pgconn
+        fd = pg.socket
+        loop = asyncio.get_running_loop()
+        relations: dict[int, pgoutput.Relation] = {}
+        pending: _Pending | None = None
+        next_status = loop.time()
+        since_yield = 0
+        while not self._stopping:
+            try:
+                nbytes, data = pg.get_copy_data(1)
+            except psycopg.OperationalError as exc:
+                raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from exc
+            if nbytes == 0:  # nothing buffered: report status if due, then wait for the socket
+                now = loop.time()
+                if now >= next_status:
+                    await self._send_status(repl)
+                    next_status = now + self._status_interval
+                await self._wait(next_status - now, read_fd=fd)
+                try:
+                    pg.consume_input()
+                except psycopg.OperationalError as exc:
+                    raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from exc
+                continue
+            if nbytes < 0:
+                raise self._stream_ended(repl)
+
+            msg = pgoutput.decode_copy_data(data)
+            if isinstance(msg, pgoutput.XLogData):
+                pending = await self._on_xlog(pgoutput.decode_message(msg.payload), pending, relations, side)
+            else:
+                if pending is None and msg.wal_end > self._ack:
+                    # Nothing in flight: everything up to wal_end is handled or unpublished.
+                    self._ack = msg.wal_end
+                if msg.reply_requested:
+                    await self._send_status(repl)
+                    next_status = loop.time() + self._status_interval
+            # Under constant data the "nothing buffered" branch never runs: keep the timer here too.
+            if loop.time() >= next_status:
+                await self._send_status(repl)
+                next_status = loop.time() + self._status_interval
+            since_yield += 1
+            if since_yield >= _YIELD_EVERY:  # never starve the loop (postgres-cdc.md "Pitfalls")
+                since_yield = 0
+                await asyncio.sleep(0)
+        await self._send_status(repl)
+
+    async def _on_xlog(
+        self,
+        msg: pgoutput.PgOutputMessage,
+        pending: _Pending | None,
+        relations: dict[int, pgoutput.Relation],
+        side: psycopg.AsyncConnection[Any],
+    ) -> _Pending | None:
+        if isinstance(msg, pgoutput.Begin):
+            if pending is not None:
+                raise pgoutput.PgOutputError("Begin inside a transaction")
+            return _Pending(msg, [])
+        if isinstance(msg, pgoutput.Relation):
+            relations[msg.relid] = msg  # replaced on every 'R' (ALTER TABLE mid-stream)
+            return pending
+        if isinstance(msg, (pgoutput.Insert, pgoutput.Update, pgoutput.Delete)):
+            if pending is None:
+                raise pgoutput.PgOutputError("row change outside a transaction")
+            relation = relations.get(msg.relid)
+            if relation is None:
+                raise pgoutput.PgOutputError("row change for a relation never described")
+            pending.changes.append(_change(relation, msg))
+            return pending
+        if isinstance(msg, pgoutput.Commit):
+            if pending is None:
+                raise pgoutput.PgOutputError("Commit without Begin")
+            await self._commit(pending, msg, side)
+            return None
+        return pending  # Origin, Type, Truncate, Message: not part of a Transaction
+
+    async def _commit(self, pending: _Pending, commit: pgoutput.Commit, side: psycopg.AsyncConnection[Any]) -> None:
+        if commit.end_lsn <= self._handled:
+            # Already handled (PG 15 resends after a restart): never deliver it twice.
+            self._ack = max(self._ack, commit.end_lsn)
+            return
+        if pending.changes:
+            txn = Transaction(
+                xid=pending.begin.xid,
+                commit_lsn=commit.commit_lsn,
+                end_lsn=commit.end_lsn,
+                commit_ts_us=commit.commit_ts_us,
+                changes=tuple(pending.changes),
+            )
+            try:
+                await self._on_transaction(txn)
+            except Exception as exc:
+                raise _CallbackFailed(f"on_transaction failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+            self._handled = commit.end_lsn
+            await self._store(side, commit.end_lsn)
+        else:
+            # An empty transaction (servers before 15 send one for every unpublished write,
+            # including our own position upserts) advances the in-memory and acknowledged
+            # position only: storing it would itself produce another empty transaction, and a
+            # stored position lagging behind empty transactions costs nothing on restart.
+            self._handled = commit.end_lsn
+        self._ack = max(self._ack, commit.end_lsn)
+
+    async def _send_status(self, repl: psycopg.AsyncConnection[Any]) -> None:
+        pg = repl.pgconn
+        ack = self._ack
+        try:
+            pg.put_copy_data(pgoutput.encode_standby_status(ack, ack, ack, _now_us_since_2000()))
+            while pg.flush() == 1:  # non-blocking connection: wait until the rest can be written
+                await self._wait(self._status_interval, write_fd=pg.socket)
+                if self._stopping:
+                    return
+        except psycopg.OperationalError as exc:
+            raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from exc
+
+    def _stream_ended(self, repl: psycopg.AsyncConnection[Any]) -> ReplicationError:
+        pg = repl.pgconn
+        result = pg.get_result()
+        message = ""
+        if result is not None and result.error_message:
+            message = result.error_message.decode("utf-8", "replace")
+        message = message or pg.get_error_message() or "the server ended the stream"
+        message = message.strip().splitlines()[0].removeprefix("FATAL:").strip()
+        return ReplicationError(f"replication connection lost: {message}")
+
+
+def _change(relation: pgoutput.Relation, msg: pgoutput.Insert | pgoutput.Update | pgoutput.Delete) -> Change:
+    if isinstance(msg, pgoutput.Insert):
+        return Change(relation, "INSERT", msg.new, None, None)
+    if isinstance(msg, pgoutput.Update):
+        return Change(relation, "UPDATE", msg.new, msg.old, msg.old_kind)
+    return Change(relation, "DELETE", None, msg.old, msg.old_kind)
