@@ -1,0 +1,568 @@
+"""postgres_changes: channel subscriptions, change routing, batched RLS and delivery.
+
+Theory of operation
+-------------------
+A channel's bindings (protocol.md §6.1) are validated against the database when the channel
+joins or refreshes its token (§6.3): tables are resolved against the publication, filters
+parsed and checked against the columns the subscriber's role may select, the role must exist.
+The outcome is one ``system`` message per (re)subscription.  Valid bindings become ``Sub``
+records indexed by table.
+
+The replication reader hands over one committed transaction at a time.  For each change the
+subscriptions of its table are narrowed by event and filter (§6.2, matched on the new row, or
+the old identity for DELETE); then, for tables with RLS, visibility of INSERT/UPDATE rows is
+checked **once per table per transaction for all claims cohorts together** (rls.py); column
+privileges trim ``record``/``old_record``/``columns`` per role (§6.6, §6.8).  Each channel gets
+one message per change listing the ids of all its matching bindings (§6.4).  The change's
+``data`` object is encoded once per distinct column set and embedded verbatim in every
+channel's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+import psycopg
+
+from ..protocol.codec import Message
+from . import catalog, pgoutput, sql
+from .filters import FilterError, TypedCondition, matches, parse_filter, validate
+from .replication import Change, ReplicationReader, Transaction
+from .rls import RlsChecker, cohort_key
+
+log = logging.getLogger(__name__)
+
+TOPIC_PREFIX = "realtime:"
+EVENTS = ("INSERT", "UPDATE", "DELETE")
+#: §6.7: a change larger than this is sent with only its short values.
+MAX_RECORD_BYTES = 1_048_576
+SHORT_VALUE_BYTES = 64
+RETRY_SECONDS = 5.0
+
+
+class Peer(Protocol):
+    def send(self, msg: Message) -> None: ...
+
+
+class SubscribeError(Exception):
+    """A binding the database cannot serve; ``str()`` is the client-facing message (§6.3)."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One ``config.postgres_changes`` entry, normalised for matching (the echo keeps the original)."""
+
+    id: int
+    event: str  # "*", "INSERT", "UPDATE", "DELETE"
+    schema: str
+    table: str
+    filter_text: str | None
+    select: tuple[str, ...] | None
+
+    @property
+    def is_wildcard(self) -> bool:
+        return "*" in self.schema or "*" in self.table
+
+    def describe(self) -> str:
+        """The bracketed parameter list of the §6.3 messages (diagnostic only)."""
+        filters = f"[{self.filter_text}]" if self.filter_text else "[]"
+        select = "nil" if self.select is None else "[" + ", ".join(self.select) + "]"
+        return f"[event: {self.event}, schema: {self.schema}, table: {self.table}, filters: {filters}, select: {select}]"
+
+
+def parse_binding(raw: Mapping[str, Any]) -> Binding:
+    """§6.1 parameters → Binding; raises SubscribeError with the reference's messages."""
+    event = raw.get("event")
+    event = event.upper() if isinstance(event, str) and event.upper() in EVENTS else "*"
+    schema, table = raw.get("schema"), raw.get("table")
+    if not isinstance(schema, str) and not isinstance(table, str):
+        raise SubscribeError(
+            "No subscription params provided. Please provide at least a `schema` or `table` to "
+            f"subscribe to: {_params_text(raw)}"
+        )
+    schema = schema if isinstance(schema, str) else "public"
+    table = table if isinstance(table, str) else "*"
+    select = raw.get("select")
+    if select is not None:
+        if not isinstance(select, list) or not all(isinstance(c, str) for c in select):
+            raise SubscribeError(
+                'Error parsing `select` params: expected a list of column name strings, e.g. select: ["col1", "col2"]'
+            )
+        if "*" in schema or "*" in table:
+            raise SubscribeError(
+                "Column selection is not supported for wildcard subscriptions. "
+                "Provide an explicit schema and table name."
+            )
+    flt = raw.get("filter")
+    return Binding(
+        id=int(raw["id"]),
+        event=event,
+        schema=schema,
+        table=table,
+        filter_text=flt if isinstance(flt, str) and flt.strip() else None,
+        select=tuple(select) if isinstance(select, list) else None,
+    )
+
+
+def _params_text(raw: Mapping[str, Any]) -> str:
+    return "%{" + ", ".join(f'"{k}" => {orjson.dumps(v).decode()}' for k, v in raw.items() if k != "id") + "}"
+
+
+@dataclass(slots=True)
+class Sub:
+    """A validated binding of one channel on one table."""
+
+    peer: Peer
+    topic: str
+    table_key: tuple[str, str]
+    binding: Binding
+    conds: tuple[TypedCondition, ...]
+    role: str
+    claims: Mapping[str, Any]
+    cohort: str
+
+
+@dataclass(slots=True)
+class ChannelSubs:
+    peer: Peer
+    topic: str
+    join_ref: str | None
+    bindings: tuple[dict[str, Any], ...]
+    claims: Mapping[str, Any]
+    subs: list[Sub] = field(default_factory=list)
+    generation: int = 0
+    retry: asyncio.TimerHandle | None = None
+
+
+def system(topic: str, join_ref: str | None, status: str, message: str) -> Message:
+    payload = {"extension": "postgres_changes", "status": status, "message": message,
+               "channel": topic[len(TOPIC_PREFIX):]}
+    return Message(topic, "system", payload, ref=None, join_ref=join_ref)
+
+
+class PostgresChanges:
+    """Owns the side connection, the replication reader and every channel's subscriptions."""
+
+    def __init__(self, dsn: str, *, publication: str, slot: str,
+                 on_state: Callable[[str, str | None], None] | None = None) -> None:
+        self.dsn = dsn
+        self.publication = publication
+        self.slot = slot
+        self._on_state = on_state
+        self.channels: dict[tuple[int, str], ChannelSubs] = {}
+        self.by_table: dict[tuple[str, str], list[Sub]] = {}
+        self.rls = RlsChecker()
+        self.cache = catalog.CatalogCache()
+        self._relations: dict[int, pgoutput.Relation] = {}
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._conn_lock = asyncio.Lock()
+        self.reader = ReplicationReader(dsn, slot=slot, publication=publication,
+                                        on_transaction=self._on_transaction, on_state=self._state_changed)
+        self._task: asyncio.Task[None] | None = None
+        self.delivered = 0
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.reader.run(), name="replication-reader")
+
+    async def stop(self) -> None:
+        await self.reader.stop()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for ch in self.channels.values():
+            if ch.retry is not None:
+                ch.retry.cancel()
+        if self._conn is not None:
+            await self._conn.close()
+
+    def _state_changed(self, state: str, detail: str | None) -> None:
+        if state == "down":
+            log.error("postgres_changes: replication is down: %s", detail)
+        else:
+            log.info("postgres_changes: replication %s", state)
+        if self._on_state is not None:
+            self._on_state(state, detail)
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        """The side connection for catalog look-ups and RLS checks (re-opened when broken)."""
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        conn = await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=True, options="-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3"
+        )
+        await sql.install(conn)
+        self._conn = conn
+        self.cache.invalidate()
+        return conn
+
+    # subscriptions (§6.3) --------------------------------------------------------------------
+
+    def subscribe(self, conn_id: int, peer: Peer, topic: str, join_ref: str | None,
+                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any]) -> None:
+        key = (conn_id, topic)
+        old = self.channels.get(key)
+        generation = old.generation + 1 if old is not None else 0
+        self._drop(key)
+        ch = ChannelSubs(peer, topic, join_ref, tuple(bindings), claims, generation=generation)
+        self.channels[key] = ch
+        asyncio.get_running_loop().create_task(self._subscribe(key, ch))
+
+    def unsubscribe(self, conn_id: int, topic: str) -> None:
+        self._drop((conn_id, topic))
+
+    def _drop(self, key: tuple[int, str]) -> None:
+        ch = self.channels.pop(key, None)
+        if ch is None:
+            return
+        if ch.retry is not None:
+            ch.retry.cancel()
+        for sub in ch.subs:
+            subs = self.by_table.get(sub.table_key)
+            if subs is not None and sub in subs:
+                subs.remove(sub)
+                if not subs:
+                    del self.by_table[sub.table_key]
+
+    async def _subscribe(self, key: tuple[int, str], ch: ChannelSubs) -> None:
+        try:
+            resolved = await self._resolve(ch)
+        except SubscribeError as err:
+            if self.channels.get(key) is not ch:
+                return
+            ch.peer.send(system(ch.topic, ch.join_ref, "error", str(err)))
+            if err.transient:  # §6.3: transient problems are retried every 5–10 s
+                loop = asyncio.get_running_loop()
+                ch.retry = loop.call_later(RETRY_SECONDS, lambda: loop.create_task(self._subscribe(key, ch)))
+            return
+        if self.channels.get(key) is not ch:
+            return  # left or re-subscribed while we were validating
+        ch.subs = [sub for _, sub in resolved]
+        for table_key, sub in resolved:
+            self.by_table.setdefault(table_key, []).append(sub)
+        ch.peer.send(system(ch.topic, ch.join_ref, "ok", "Subscribed to PostgreSQL"))
+
+    async def _resolve(self, ch: ChannelSubs) -> list[tuple[tuple[str, str], Sub]]:
+        bindings = [parse_binding(raw) for raw in ch.bindings]
+        conds = {b.id: _parse_conds(b) for b in bindings}
+        role = ch.claims.get("role")
+        if not isinstance(role, str):
+            raise SubscribeError("Unable to subscribe to changes with given parameters. The token has no role claim")
+        if self.reader.state != "streaming":
+            raise SubscribeError(
+                "Unable to subscribe to changes: Realtime was unable to connect to the project database"
+                + (f" ({self.reader.detail})" if self.reader.detail else ""),
+                transient=True,
+            )
+        try:
+            async with self._conn_lock:
+                conn = await self._connection()
+                return await self._resolve_in_db(conn, ch, bindings, conds, role)
+        except (psycopg.OperationalError, OSError) as exc:
+            raise SubscribeError(
+                f"Unable to subscribe to changes: Realtime was unable to connect to the project database ({exc})",
+                transient=True,
+            ) from exc
+
+    async def _resolve_in_db(self, conn: psycopg.AsyncConnection[Any], ch: ChannelSubs, bindings: list[Binding],
+                             conds: Mapping[int, tuple[Any, ...]], role: str) -> list[tuple[tuple[str, str], Sub]]:
+        published = await self.cache.publication_tables(conn, self.publication)
+        cohort = cohort_key(ch.claims)
+        out: list[tuple[tuple[str, str], Sub]] = []
+        for b in bindings:
+            tables = catalog.match_tables(published, b.schema, b.table)
+            if not tables:
+                raise SubscribeError(
+                    "Unable to subscribe to changes with given parameters. Please check Realtime is "
+                    f"enabled for the given connect parameters: {b.describe()}"
+                )
+            if not await self.cache.role_exists(conn, role):
+                raise _db_error(b, f'ERROR 22023 (invalid_parameter_value) role "{role}" does not exist')
+            for schema, table in tables:
+                info = await self.cache.table_info(conn, schema, table)
+                if info is None:
+                    continue
+                allowed = await self.cache.selectable_columns(conn, role, info.relid)
+                typed = self._typed_conditions(b, conds[b.id], info, allowed)
+                out.append(((schema, table), Sub(ch.peer, ch.topic, (schema, table), b, typed, role, ch.claims, cohort)))
+        return out
+
+    def _typed_conditions(self, b: Binding, parsed: tuple[Any, ...], info: catalog.TableInfo,
+                          allowed: frozenset[str]) -> tuple[TypedCondition, ...]:
+        columns = {c.name: c.type_name for c in info.columns if c.name in allowed}
+        for name in b.select or ():
+            if name not in columns:
+                raise _db_error(b, f"invalid column for select {name}")
+        try:
+            return validate(parsed, columns)
+        except FilterError as err:
+            raise _db_error(b, str(err)) from err
+
+    # changes (§6.4–6.8) ----------------------------------------------------------------------
+
+    async def _on_transaction(self, txn: Transaction) -> None:
+        if not self.by_table:
+            return
+        work = [(change, subs) for change in txn.changes
+                if (subs := self.by_table.get((change.relation.namespace, change.relation.name)))]
+        if not work:
+            return
+        try:
+            async with self._conn_lock:
+                conn = await self._connection()
+                await self._route(conn, txn, work)
+        except (psycopg.OperationalError, OSError) as exc:
+            # The side connection broke: the transaction is not acknowledged, so the reader
+            # will hand it over again once it reconnects (nothing is lost).
+            log.error("postgres_changes: database error while routing a transaction: %s", exc)
+            raise
+
+    async def _route(self, conn: psycopg.AsyncConnection[Any],
+                     txn: Transaction, work: list[tuple[Change, list[Sub]]]) -> None:
+        commit_ts = pgoutput.commit_timestamp(txn.commit_ts_us)
+        prepared: list[tuple[_Row, list[Sub]]] = []
+        for change, subs in work:
+            rel = change.relation
+            if self._relations.get(rel.relid) is not rel:
+                self._relations[rel.relid] = rel
+                self.cache.invalidate(rel.relid)  # a Relation message follows every schema change
+            info = await self.cache.table_info(conn, rel.namespace, rel.name)
+            if info is None:
+                continue
+            row = _Row(change, info)
+            hits = [s for s in subs if s.binding.event in ("*", change.kind) and row.matches(s.conds)]
+            if hits:
+                prepared.append((row, hits))
+        visible = await self._check_rls(conn, prepared)
+        for idx, (row, hits) in enumerate(prepared):
+            await self._deliver(conn, row, hits, visible.get(idx), commit_ts)
+
+    async def _check_rls(self, conn: psycopg.AsyncConnection[Any],
+                         prepared: list[tuple[_Row, list[Sub]]]) -> dict[int, set[str]]:
+        """Per change index, the cohorts that may see it — one round trip per table (§6.6)."""
+        by_table: dict[int, list[int]] = {}
+        for idx, (row, _) in enumerate(prepared):
+            if row.info.rls_enabled and row.kind != "DELETE" and row.info.pk:
+                by_table.setdefault(row.info.relid, []).append(idx)
+        result: dict[int, set[str]] = {}
+        for indexes in by_table.values():
+            info = prepared[indexes[0]][0].info
+            cohorts: dict[str, Mapping[str, Any]] = {}
+            for i in indexes:
+                for sub in prepared[i][1]:
+                    cohorts.setdefault(sub.cohort, sub.claims)
+            pk_rows = [prepared[i][0].pk_text() for i in indexes]
+            keys = list(cohorts)
+            seen = await self.rls.visible(conn, info, pk_rows, [cohorts[k] for k in keys])
+            for i in indexes:
+                result[i] = set()
+            for cohort, rows in zip(keys, seen, strict=True):
+                for r in rows:
+                    result[indexes[r]].add(cohort)
+        return result
+
+    async def _deliver(self, conn: psycopg.AsyncConnection[Any], row: _Row, hits: list[Sub],
+                       visible: set[str] | None, commit_ts: str) -> None:
+        # group by channel and by column set: one message per channel per distinct column set (§6.4)
+        groups: dict[tuple[int, str, tuple[str, ...]], tuple[Sub, list[int]]] = {}
+        encoded: dict[tuple[str, ...] | str, bytes] = {}
+        for sub in hits:
+            if visible is not None and sub.cohort not in visible:
+                continue
+            allowed = await self.cache.selectable_columns(conn, sub.role, row.info.relid)
+            cols = row.column_set(allowed, sub.binding.select)
+            gkey = (id(sub.peer), sub.topic, cols)
+            group = groups.get(gkey)
+            if group is None:
+                groups[gkey] = (sub, [sub.binding.id])
+            elif sub.binding.id not in group[1]:
+                group[1].append(sub.binding.id)
+        for (_, topic, cols), (sub, ids) in groups.items():
+            data = encoded.get(cols)
+            if data is None:
+                data = encoded[cols] = orjson.dumps(row.data(cols, commit_ts))
+            payload = {"ids": ids, "data": orjson.Fragment(data)}
+            sub.peer.send(Message(topic, "postgres_changes", payload))
+            self.delivered += 1
+
+
+def _parse_conds(b: Binding) -> tuple[Any, ...]:
+    try:
+        return parse_filter(b.filter_text)
+    except FilterError as err:
+        raise SubscribeError(str(err)) from err
+
+
+def _db_error(b: Binding, detail: str) -> SubscribeError:
+    return SubscribeError(
+        "Unable to subscribe to changes with given parameters. An exception happened so please "
+        f"check your connect parameters: {b.describe()}. Exception: {detail}"
+    )
+
+
+class _Row:
+    """One change's decoded values, computed lazily and shared by every subscriber."""
+
+    __slots__ = ("_filter_row", "_new", "_old", "change", "info", "kind")
+
+    def __init__(self, change: Change, info: catalog.TableInfo) -> None:
+        self.change = change
+        self.info = info
+        self.kind = change.kind
+        self._new: dict[str, Any] | None = None
+        self._old: dict[str, Any] | None = None
+        self._filter_row: dict[str, Any] | None = None
+
+    # values ----------------------------------------------------------------------------------
+
+    def _columns(self) -> Sequence[pgoutput.Column]:
+        return self.change.relation.columns
+
+    def _convert(self, tup: pgoutput.TupleData | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if tup is None:
+            return out
+        types = {c.name: c for c in self.info.columns}
+        for col, raw in zip(self._columns(), tup.values, strict=False):
+            if raw is pgoutput.UNCHANGED:
+                continue
+            if raw is None:
+                out[col.name] = None
+                continue
+            info = types.get(col.name)
+            conv = (pgoutput.make_converter(col.type_oid, info.base_type_oid, info.element_type_oid)
+                    if info is not None else pgoutput.make_converter(col.type_oid))
+            out[col.name] = conv(bytes(raw))
+        return out
+
+    def new(self) -> dict[str, Any]:
+        if self._new is None:
+            self._new = self._convert(self.change.new)
+            if self.change.old_kind == "O" and self.change.old is not None:
+                # §6.7: unchanged TOAST values are filled from the full old row when we have it
+                old = self.old_full()
+                for col, raw in zip(self._columns(), self.change.new.values if self.change.new else (), strict=False):
+                    if raw is pgoutput.UNCHANGED and col.name in old:
+                        self._new[col.name] = old[col.name]
+        return self._new
+
+    def old_full(self) -> dict[str, Any]:
+        if self._old is None:
+            self._old = self._convert(self.change.old)
+            if self.change.old_kind == "K":  # key-only tuple: other columns are sent as NULL
+                keys = {c.name for c in self._columns() if c.flags & 1}
+                self._old = {k: v for k, v in self._old.items() if k in keys}
+        return self._old
+
+    def old_record(self) -> dict[str, Any]:
+        """§6.5/§6.7: replica-identity values; without an old tuple, the key of the new row."""
+        if self.change.old is not None:
+            old = self.old_full()
+        else:
+            new = self.new()
+            old = {k: new[k] for k in self.info.pk if k in new}
+        if self.kind == "DELETE" and self.info.rls_enabled:
+            old = {k: v for k, v in old.items() if k in self.info.pk}  # §6.6
+        return old
+
+    def pk_text(self) -> list[str | None]:
+        values = dict(zip((c.name for c in self._columns()), self.change.new.values if self.change.new else (),
+                          strict=False))
+        out: list[str | None] = []
+        for k in self.info.pk:
+            raw = values.get(k)
+            out.append(None if raw is None or raw is pgoutput.UNCHANGED else bytes(raw).decode())
+        return out
+
+    # filters ---------------------------------------------------------------------------------
+
+    def matches(self, conds: Sequence[TypedCondition]) -> bool:
+        if not conds:
+            return True
+        if self._filter_row is None:
+            self._filter_row = self._text_row()
+        return matches(conds, self._filter_row)
+
+    def _text_row(self) -> dict[str, Any]:
+        """Values for filter matching: the text form (filters read it as a literal of the column
+        type), jsonb decoded; DELETE uses the old identity columns (§6.2)."""
+        tup = self.change.old if self.kind == "DELETE" else self.change.new
+        if tup is None:
+            return {}
+        kinds = {c.name: c.type_name for c in self.info.columns}
+        key_only = self.kind == "DELETE" and self.change.old_kind == "K"
+        out: dict[str, Any] = {}
+        for col, raw in zip(self._columns(), tup.values, strict=False):
+            if raw is pgoutput.UNCHANGED or (key_only and not col.flags & 1):
+                continue
+            if raw is None:
+                out[col.name] = None
+                continue
+            text = bytes(raw).decode()
+            out[col.name] = orjson.loads(text) if kinds.get(col.name) in ("jsonb", "json") else text
+        return out
+
+    # payload ---------------------------------------------------------------------------------
+
+    def column_set(self, allowed: frozenset[str], select: tuple[str, ...] | None) -> tuple[str, ...]:
+        """§6.5/§6.8: selectable columns in table order, restricted by ``select`` (PK kept);
+        ``UNAUTHORIZED`` / no PK are reported as errors instead (§6.7)."""
+        if self.kind != "DELETE" and not self.info.pk:
+            return ("#nopk",)
+        if any(k not in allowed for k in self.info.pk):
+            return ("#unauthorized",)
+        return tuple(c.name for c in self.info.columns
+                     if c.name in allowed and (select is None or c.name in select or c.is_pk))
+
+    def data(self, cols: tuple[str, ...], commit_ts: str) -> dict[str, Any]:
+        info = self.info
+        if cols in (("#nopk",), ("#unauthorized",)):
+            err = "Error 400: Bad Request, no primary key" if cols == ("#nopk",) else "Error 401: Unauthorized"
+            out: dict[str, Any] = {"schema": info.schema, "table": info.name, "type": self.kind,
+                                   "commit_timestamp": None, "columns": [], "errors": [err]}
+            if self.kind != "DELETE":
+                out["record"] = {}
+            if self.kind != "INSERT":
+                out["old_record"] = {}
+            return out
+        wanted = set(cols)
+        data: dict[str, Any] = {
+            "schema": info.schema,
+            "table": info.name,
+            "type": self.kind,
+            "commit_timestamp": commit_ts,
+            "columns": [{"name": c.name, "type": c.type_name} for c in info.columns if c.name in wanted],
+        }
+        errors: list[str] | None = None
+        if self.kind != "DELETE":
+            data["record"] = {k: v for k, v in self.new().items() if k in wanted}
+        if self.kind != "INSERT":
+            data["old_record"] = {k: v for k, v in self.old_record().items() if k in wanted}
+        if self._size() > MAX_RECORD_BYTES:
+            errors = ["Error 413: Payload Too Large"]
+            for key in ("record", "old_record"):
+                if key in data:
+                    data[key] = {k: v for k, v in data[key].items() if len(orjson.dumps(v)) <= SHORT_VALUE_BYTES}
+        data["errors"] = errors
+        return data
+
+    def _size(self) -> int:
+        total = 0
+        for tup in (self.change.new, self.change.old):
+            if tup is not None:
+                total += sum(len(v) for v in tup.values if isinstance(v, bytes | bytearray | memoryview))
+        return total
+
