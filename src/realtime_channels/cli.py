@@ -103,7 +103,8 @@ async def serve(settings: Settings) -> None:
     if settings.database_url:
         from .cdc.changes import PostgresChanges
 
-        changes = PostgresChanges(settings.database_url, publication=settings.publication, slot=settings.slot_name)
+        changes = PostgresChanges(settings.database_url, publication=settings.publication,
+                                  slot=settings.slot_name, rls_mode=settings.cdc_rls_mode)
     node = Node(settings, MemoryPubSub(), changes=changes)
     app = build_app(settings, node, verifier, refresher)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)

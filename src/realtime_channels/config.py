@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="PostgreSQL URL; enables postgres_changes")
     publication: str = Field("supabase_realtime", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     slot_name: str = Field("realtime_channels", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    #: "per_subscriber" reproduces Supabase's one-query-per-subscriber RLS check; it exists
+    #: only so bench/ can compare against it in the same run.
+    cdc_rls_mode: Literal["batched", "per_subscriber"] = "batched"
 
     # pacing of refusals (protocol.md §1.4, §3.3)
     join_error_backoff_ms: int = Field(5000, ge=0)

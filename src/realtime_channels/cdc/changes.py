@@ -153,8 +153,13 @@ class PostgresChanges:
     """Owns the side connection, the replication reader and every channel's subscriptions."""
 
     def __init__(self, dsn: str, *, publication: str, slot: str,
-                 on_state: Callable[[str, str | None], None] | None = None) -> None:
+                 on_state: Callable[[str, str | None], None] | None = None,
+                 rls_mode: str = "batched") -> None:
         self.dsn = dsn
+        #: "batched" (one round trip per table per transaction for every cohort) or
+        #: "per_subscriber" (one query per subscriber per change, as Supabase does; kept only
+        #: so bench/ can measure the difference in the same run).
+        self.rls_mode = rls_mode
         self.publication = publication
         self.slot = slot
         self._on_state = on_state
@@ -366,13 +371,27 @@ class PostgresChanges:
                     cohorts.setdefault(sub.cohort, sub.claims)
             pk_rows = [prepared[i][0].pk_text() for i in indexes]
             keys = list(cohorts)
-            seen = await self.rls.visible(conn, info, pk_rows, [cohorts[k] for k in keys])
             for i in indexes:
                 result[i] = set()
+            if self.rls_mode == "per_subscriber":
+                await self._check_each(conn, info, prepared, indexes, result)
+                continue
+            seen = await self.rls.visible(conn, info, pk_rows, [cohorts[k] for k in keys])
             for cohort, rows in zip(keys, seen, strict=True):
                 for r in rows:
                     result[indexes[r]].add(cohort)
         return result
+
+    async def _check_each(self, conn: psycopg.AsyncConnection[Any], info: catalog.TableInfo,
+                          prepared: list[tuple[_Row, list[Sub]]], indexes: list[int],
+                          result: dict[int, set[str]]) -> None:
+        """The baseline: one visibility query per subscriber per change."""
+        for i in indexes:
+            row, subs = prepared[i]
+            for sub in subs:
+                seen = await self.rls.visible(conn, info, [row.pk_text()], [sub.claims])
+                if seen[0]:
+                    result[i].add(sub.cohort)
 
     async def _deliver(self, conn: psycopg.AsyncConnection[Any], row: _Row, hits: list[Sub],
                        visible: set[str] | None, commit_ts: str) -> None:
