@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import make_token
+from support import make_token
 from peers import (  # noqa: F401 - node is a fixture
     NodePeer,
     PeerError,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-from conftest import make_token
+from support import make_token
 from peers import (  # noqa: F401 - py_clients is a fixture
     PyClient,
     is_broadcast,

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import ServerProc
+from support import ServerProc
 from rawclient import V1, V2, VSNS, RawClient, event_is, open_client, reply_to, sub_topic, unique_topic
 
 OK_REPLY = {"status": "ok", "response": {}}

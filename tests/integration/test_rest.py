@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from conftest import ServerProc, make_token
+from support import ServerProc, make_token
 from rawclient import V1, V2, Frame, RawClient, kind4, open_client, sub_topic, unique_topic
 from yarl import URL
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import ServerProc
+from support import ServerProc
 from rawclient import V1, V2, VSNS, Frame, RawClient, event_is, kind4, open_client, reply_to, unique_topic
 
 OK_REPLY = {"status": "ok", "response": {}}

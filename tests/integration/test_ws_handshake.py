@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import TEST_SECRET, ServerProc, make_token
+from support import TEST_SECRET, ServerProc, make_token
 from rawclient import (
     V1,
     V2,

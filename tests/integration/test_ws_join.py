@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import ServerProc, make_token
+from support import ServerProc, make_token
 from rawclient import V1, V2, VSNS, open_client, reply_to, sub_topic, system_msg, unique_topic
 
 OK_REPLY = {"status": "ok", "response": {}}
