@@ -43,6 +43,7 @@ EVENTS = ("INSERT", "UPDATE", "DELETE")
 MAX_RECORD_BYTES = 1_048_576
 SHORT_VALUE_BYTES = 64
 RETRY_SECONDS = 5.0
+DB_UNAVAILABLE = "Realtime was unable to connect to the project database"
 
 
 class Peer(Protocol):
@@ -267,20 +268,17 @@ class PostgresChanges:
         if not isinstance(role, str):
             raise SubscribeError("Unable to subscribe to changes with given parameters. The token has no role claim")
         if self.reader.state != "streaming":
-            raise SubscribeError(
-                "Unable to subscribe to changes: Realtime was unable to connect to the project database"
-                + (f" ({self.reader.detail})" if self.reader.detail else ""),
-                transient=True,
-            )
+            # the reason (host, port, driver text) goes to the log, never on the wire
+            log.info("postgres_changes: subscription deferred, replication is %s: %s",
+                     self.reader.state, self.reader.detail)
+            raise SubscribeError(DB_UNAVAILABLE, transient=True)
         try:
             async with self._conn_lock:
                 conn = await self._connection()
                 return await self._resolve_in_db(conn, ch, bindings, conds, role)
         except (psycopg.OperationalError, OSError) as exc:
-            raise SubscribeError(
-                f"Unable to subscribe to changes: Realtime was unable to connect to the project database ({exc})",
-                transient=True,
-            ) from exc
+            log.warning("postgres_changes: subscription deferred: %s", exc)
+            raise SubscribeError(DB_UNAVAILABLE, transient=True) from exc
 
     async def _resolve_in_db(self, conn: psycopg.AsyncConnection[Any], ch: ChannelSubs, bindings: list[Binding],
                              conds: Mapping[int, tuple[Any, ...]], role: str) -> list[tuple[tuple[str, str], Sub]]:
