@@ -48,7 +48,20 @@ class Settings(BaseSettings):
     max_client_presence_events_per_window: int = Field(5, gt=0)
     client_presence_window_ms: int = Field(30_000, gt=0)
     max_events_per_second: int = Field(100, gt=0)
+    max_concurrent_users: int = Field(200, gt=0)
+    max_joins_per_second: int = Field(100, gt=0)
+    max_presence_events_per_second: int = Field(1000, gt=0)
+    #: stored like Supabase's tenant field, and like Supabase not enforced (protocol.md §8)
+    max_bytes_per_second: int = Field(100_000, gt=0)
     presence_enabled: bool = False
+    private_only: bool = False
+
+    # private channels, database broadcast and replay (protocol.md §4.7, §4.8, §7.3)
+    messages_publication: str = Field("supabase_realtime_messages_publication", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    messages_slot_name: str = Field("realtime_channels_messages", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    messages_retention_days: int = Field(3, gt=0)
+    #: install auth.uid()/auth.role()/auth.jwt() on a plain PostgreSQL without Supabase's auth schema
+    install_auth_helpers: bool = False
 
     # channel tokens are re-verified at min(exp, now + this) (protocol.md §3.9)
     token_recheck_ms: int = Field(300_000, gt=0)

@@ -18,10 +18,29 @@ SubId = Hashable
 
 
 class Subscriber(Protocol):
-    vsn: Vsn
+    @property
+    def vsn(self) -> Vsn: ...
 
     def write(self, frame: bytes) -> None:
         """Queue a pre-built WebSocket frame; must not block or raise."""
+
+
+class SkipIds:
+    """A channel that received replayed messages (protocol.md §4.8): live broadcasts carrying
+    one of those ``meta.id`` values are not delivered to it a second time."""
+
+    __slots__ = ("skip_ids", "sub")
+
+    def __init__(self, sub: Subscriber, skip_ids: frozenset[str]) -> None:
+        self.sub = sub
+        self.skip_ids = skip_ids
+
+    @property
+    def vsn(self) -> Vsn:
+        return self.sub.vsn
+
+    def write(self, frame: bytes) -> None:
+        self.sub.write(frame)
 
 
 class Hub:
@@ -58,8 +77,11 @@ class Hub:
             return 0
         frames: dict[Vsn, bytes | None] = {}
         delivered = 0
+        meta_id = b.meta.get("id") if b.meta else None
         for sid, sub in subs.items():
             if sid == exclude:
+                continue
+            if meta_id is not None and isinstance(sub, SkipIds) and meta_id in sub.skip_ids:
                 continue
             vsn = sub.vsn
             try:

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .config import Settings
-from .hub import Hub, Subscriber
+from .hub import Hub, SkipIds, Subscriber
 from .protocol.codec import Broadcast, Message
+from .protocol.limits import TenantLimits
 from .protocol.presence import RefGenerator, TopicPresence
-from .protocol.session import TOPIC_PREFIX
+from .protocol.session import (
+    BROADCAST_READ,
+    TOPIC_PREFIX,
+    AuthResult,
+    Authorize,
+    ReplayedMessage,
+    stream_key,
+)
 from .pubsub import Envelope, PubSub
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,31 @@ class ChangeFeed(Protocol):
     def unsubscribe(self, conn_id: int, topic: str) -> None: ...
 
 
+class ReplayRowLike(Protocol):
+    id: str
+    event: str
+    payload_json: bytes | None
+    binary: bytes | None
+
+
+class Authorizer(Protocol):
+    """Private-channel policies on ``realtime.messages`` (protocol.md §7.3) and replay (§4.8)."""
+
+    async def can_read(self, sub_topic: str, claims: Mapping[str, Any], headers: Mapping[str, str],
+                       extensions: Sequence[str]) -> dict[str, bool]: ...
+
+    async def can_write(self, sub_topic: str, claims: Mapping[str, Any], headers: Mapping[str, str],
+                        extension: str) -> bool: ...
+
+    async def replay(self, sub_topic: str, since_ms: int, limit: int) -> Sequence[ReplayRowLike]: ...
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 def topic_of(stream: str) -> str:
     """``pub:room1`` / ``priv:room1`` → ``realtime:room1`` (the topic every client sees)."""
     return TOPIC_PREFIX + stream.split(":", 1)[1]
@@ -55,10 +89,19 @@ POSTGRES_NOT_CONFIGURED = (
 
 class Node:
     def __init__(self, settings: Settings, pubsub: PubSub, node_id: str | None = None,
-                 changes: ChangeFeed | None = None) -> None:
+                 changes: ChangeFeed | None = None, authorizer: Authorizer | None = None,
+                 services: Sequence[Service] = ()) -> None:
         self.settings = settings
         self.pubsub = pubsub
         self.changes = changes
+        self.authorizer = authorizer
+        self.services = list(services)
+        self.limits = TenantLimits(
+            max_concurrent_users=settings.max_concurrent_users,
+            max_events_per_second=settings.max_events_per_second,
+            max_joins_per_second=settings.max_joins_per_second,
+            max_presence_events_per_second=settings.max_presence_events_per_second,
+        )
         self.node_id = node_id or os.urandom(6).hex()
         self.hub = Hub()
         self.presence: dict[str, TopicPresence] = {}
@@ -68,15 +111,22 @@ class Node:
         await self.pubsub.start(self._deliver)
         if self.changes is not None:
             await self.changes.start()
+        for service in self.services:
+            await service.start()
 
     async def stop(self) -> None:
+        for service in reversed(self.services):
+            await service.stop()
         if self.changes is not None:
             await self.changes.stop()
         await self.pubsub.close()
 
     # streams ---------------------------------------------------------------------------------
 
-    def subscribe(self, stream: str, sid: Hashable, sub: Subscriber) -> None:
+    def subscribe(self, stream: str, sid: Hashable, sub: Subscriber,
+                  skip_ids: frozenset[str] = frozenset()) -> None:
+        if skip_ids:
+            sub = SkipIds(sub, skip_ids)
         if self.hub.add(stream, sid, sub):
             self.pubsub.subscribe(stream)
 
@@ -90,10 +140,55 @@ class Node:
     def _deliver(self, env: Envelope) -> None:
         if env.broadcast is not None:
             exclude = env.exclude if env.origin == self.node_id else None
-            self.hub.fanout_broadcast(env.stream, env.broadcast, exclude)
+            delivered = self.hub.fanout_broadcast(env.stream, env.broadcast, exclude)
+            if delivered:  # §8: every per-channel delivery counts toward events/s
+                self.limits.events.add(time.time(), delivered)
         elif env.presence_diff is not None:
             msg = Message(topic_of(env.stream), "presence_diff", env.presence_diff)
-            self.hub.fanout_message(env.stream, msg)
+            delivered = self.hub.fanout_message(env.stream, msg)
+            if delivered:  # §5.7: each delivered diff counts toward presence events/s
+                self.limits.presence.add(time.time(), delivered)
+
+    # database broadcast (protocol.md §4.7) ---------------------------------------------------
+
+    def publish_from_database(self, msg_id: str, sub_topic: str, event: str, private: bool,
+                              data: bytes, binary: bool) -> None:
+        """A committed insert into ``realtime.messages``: a user broadcast with ``meta.id``,
+        dropped (with a log line) when oversized or while the events/s limit is triggered."""
+        now = time.time()
+        if len(data) > self.settings.max_payload_bytes:
+            log.warning("dropping database broadcast %s: payload of %d bytes exceeds the limit", msg_id, len(data))
+            return
+        if self.limits.events_exceeded(now):
+            log.warning("dropping database broadcast %s: too many messages per second", msg_id)
+            return
+        self.limits.events.add(now)
+        b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=data, binary=binary, meta={"id": msg_id})
+        self.publish(stream_key(private, sub_topic), b)
+
+    # private channels (protocol.md §7.3) -----------------------------------------------------
+
+    async def authorize(self, req: Authorize, headers: Mapping[str, str]) -> AuthResult:
+        """Run the policy checks an ``Authorize`` effect asks for; never raises."""
+        if self.authorizer is None:
+            return AuthResult({}, error="no database")
+        granted: dict[str, bool] = {}
+        try:
+            reads = [c.split("_")[0] for c in req.checks if c.endswith("_read")]
+            if reads:
+                seen = await self.authorizer.can_read(req.sub_topic, req.claims, headers, reads)
+                granted.update({f"{ext}_read": bool(seen.get(ext)) for ext in reads})
+            for check in (c for c in req.checks if c.endswith("_write")):
+                ext = check.split("_")[0]
+                granted[check] = await self.authorizer.can_write(req.sub_topic, req.claims, headers, ext)
+            replayed: tuple[ReplayedMessage, ...] = ()
+            if req.replay is not None and granted.get(BROADCAST_READ):
+                rows = await self.authorizer.replay(req.sub_topic, req.replay[0], req.replay[1])
+                replayed = tuple(ReplayedMessage(r.id, r.event, r.payload_json, r.binary) for r in rows)
+        except Exception as exc:  # noqa: BLE001 - §7.3: evaluation errors count as denial
+            log.warning("could not evaluate policies for %s: %s", req.sub_topic, exc)
+            return AuthResult({}, error=str(exc))
+        return AuthResult(granted, replayed)
 
     # presence (protocol.md §5) ---------------------------------------------------------------
 

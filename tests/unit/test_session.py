@@ -17,6 +17,10 @@ from realtime_channels.auth import JwtVerifier, mint_token
 from realtime_channels.protocol.codec import BinaryBroadcastPush, Broadcast, Message
 from realtime_channels.protocol.join import binding_id
 from realtime_channels.protocol.session import (
+    BROADCAST_READ,
+    BROADCAST_WRITE,
+    AuthResult,
+    Authorize,
     Effect,
     Publish,
     PushPresenceState,
@@ -205,10 +209,12 @@ def test_join_with_sb_key_uses_connection_token() -> None:
     assert pg[0].claims == claims_of(CONN_TOKEN)
 
 
-def test_private_join_uses_private_stream_when_allowed() -> None:
+def test_private_join_waits_for_read_check_then_uses_private_streams() -> None:
     s = make_session(SessionConfig(private_allowed=True))
     effects = s.receive(join_msg(private=True), T0)
-    assert effects == [join_ok(), Subscribe("priv:room1", TOPIC)]
+    assert effects == [Authorize(TOPIC, "1", "join", "room1", claims_of(CONN_TOKEN), (BROADCAST_READ,))]
+    granted = AuthResult({BROADCAST_READ: True})
+    assert s.authorized(TOPIC, "1", "join", granted, T0) == [join_ok(), Subscribe("priv:room1", TOPIC)]
 
 
 # --- join errors: §3.3, §3.5, items 21, 26, 32–33, 36–39, 71 ---------------------------------
@@ -289,10 +295,10 @@ def test_checks_run_in_reference_order() -> None:
     assert sends(effects)[0].payload["response"]["reason"].startswith("MalformedJWT:")
 
 
-def test_replay_on_allowed_private_channel_is_not_refused() -> None:
+def test_replay_on_allowed_private_channel_is_fetched_with_the_read_check() -> None:
     s = make_session(SessionConfig(private_allowed=True))
     effects = s.receive(join_msg(private=True, broadcast={"replay": {"since": 1}}), T0)
-    assert effects[0] == join_ok()
+    assert effects == [Authorize(TOPIC, "1", "join", "room1", claims_of(CONN_TOKEN), (BROADCAST_READ,), (1, 25))]
 
 
 # --- duplicate join: §2.5, item 23 ------------------------------------------------------------
@@ -421,10 +427,15 @@ def test_broadcast_with_string_booleans() -> None:
     ]
 
 
-def test_broadcast_on_private_channel_publishes_to_private_stream() -> None:
+def test_broadcast_on_private_channel_publishes_to_private_stream_after_write_check() -> None:
     s = make_session(SessionConfig(private_allowed=True))
     s.receive(join_msg(private=True), T0)
-    assert s.receive(bcast(PAYLOAD), T0) == [Publish("priv:room1", Broadcast(TOPIC, payload=PAYLOAD), TOPIC)]
+    s.authorized(TOPIC, "1", "join", AuthResult({BROADCAST_READ: True}), T0)
+    check = Authorize(TOPIC, "1", "write", "room1", claims_of(CONN_TOKEN), (BROADCAST_WRITE,))
+    assert s.receive(bcast(PAYLOAD), T0) == [check]
+    publish = Publish("priv:room1", Broadcast(TOPIC, payload=PAYLOAD), TOPIC)
+    assert s.authorized(TOPIC, "1", "write", AuthResult({BROADCAST_WRITE: True}), T0) == [publish]
+    assert s.receive(bcast(PAYLOAD), T0) == [publish]  # cached until the next refresh (§7.3)
 
 
 def test_oversize_broadcast_with_ack_gets_string_error_and_is_not_published() -> None:

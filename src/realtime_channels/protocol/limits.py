@@ -120,3 +120,51 @@ class TokenBucket:
             self._tokens -= n
             return True
         return False
+
+
+class TenantLimits:
+    """The tenant-wide counters of protocol.md §8, shared by every session of a node.
+
+    Rates are rolling averages over the last minute (``RollingRate``).  ``*_exceeded`` asks
+    whether a limit is *currently triggered*, which is how the reference decides (the event
+    that trips it is still accepted; the next ones are refused).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrent_users: int = 200,
+        max_events_per_second: int = 100,
+        max_joins_per_second: int = 100,
+        max_presence_events_per_second: int = 1000,
+    ) -> None:
+        self.max_concurrent_users = max_concurrent_users
+        self.max_events_per_second = max_events_per_second
+        self.max_joins_per_second = max_joins_per_second
+        self.max_presence_events_per_second = max_presence_events_per_second
+        self.users = 0
+        self.events = RollingRate()
+        self.joins = RollingRate()
+        self.presence = RollingRate()
+
+    # concurrent users: sockets that have joined at least one channel
+    def users_full(self) -> bool:
+        return self.users >= self.max_concurrent_users
+
+    def add_user(self) -> None:
+        self.users += 1
+
+    def remove_user(self) -> None:
+        self.users = max(0, self.users - 1)
+
+    def joins_exceeded(self, now: float) -> bool:
+        return self.joins.rate(now) >= self.max_joins_per_second
+
+    def events_exceeded(self, now: float) -> bool:
+        return self.events.rate(now) >= self.max_events_per_second
+
+    def events_remaining(self, now: float) -> float:
+        return self.max_events_per_second - self.events.rate(now)
+
+    def presence_exceeded(self, now: float) -> bool:
+        return self.presence.rate(now) >= self.max_presence_events_per_second

@@ -14,6 +14,13 @@ call ``tick(now)`` next (protocol.md §3.9).  Nothing here touches sockets, cloc
 A channel is keyed by its full topic (``realtime:room1``): Phoenix allows one channel per topic
 per socket, and a second join replaces the first (§2.5).  Messages for a joined topic are routed
 to it whatever their ``join_ref`` (§2.4 "join_ref leniency").
+
+Private channels (§7.3) need the database to evaluate RLS policies, which is I/O: the session
+emits ``Authorize`` and parks the channel; the adapter answers with ``authorized(...)``.  A
+private join waits in ``joining`` for its read check; pushes that arrive meanwhile, and pushes
+that wait for a lazy write check (first broadcast, first track), queue on the channel and are
+processed in order once the answer comes.  A private topic has two streams: broadcasts go to
+members with broadcast-read, presence diffs to members with presence-read (§4.4, §5.2).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 from .. import errors
 from .codec import BinaryBroadcastPush, Broadcast, Message
 from .join import JoinParams, echo_bindings, parse_join
-from .limits import FixedWindow
+from .limits import FixedWindow, TenantLimits
 
 TOPIC_PREFIX = "realtime:"
 
@@ -45,10 +52,12 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Start delivering ``stream`` to this socket's channel ``topic``."""
+    """Start delivering ``stream`` to this socket's channel ``topic``; broadcasts whose
+    ``meta.id`` is in ``skip_ids`` were already delivered by replay (§4.8)."""
 
     stream: str
     topic: str
+    skip_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +114,71 @@ class UnsubscribePostgres:
     topic: str
 
 
+BROADCAST_READ = "broadcast_read"
+PRESENCE_READ = "presence_read"
+BROADCAST_WRITE = "broadcast_write"
+PRESENCE_WRITE = "presence_write"
+
+
+@dataclass(frozen=True, slots=True)
+class Authorize:
+    """Evaluate the RLS policies on ``realtime.messages`` for a private channel (§7.3) and
+    answer with ``Session.authorized(topic, join_ref, purpose, result, now)``.
+
+    ``purpose`` is ``"join"``, ``"refresh"`` (after ``access_token``) or ``"write"``;
+    ``replay`` = (since_ms, limit) asks for the stored messages too (§4.8).
+    """
+
+    topic: str
+    join_ref: str | None
+    purpose: str
+    sub_topic: str
+    claims: Mapping[str, Any]
+    checks: tuple[str, ...]
+    replay: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayedMessage:
+    id: str
+    event: str
+    payload_json: bytes | None
+    binary: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The adapter's answer to ``Authorize``; ``error`` when the policies could not be run."""
+
+    granted: Mapping[str, bool]
+    replayed: tuple[ReplayedMessage, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendReplayed:
+    """Push replayed messages (§4.8): JSON as text pushes with ``join_ref``, binary as kind-4
+    frames to V2 sockets only, each with ``meta: {"replayed": true, "id": …}``."""
+
+    topic: str
+    join_ref: str | None
+    messages: tuple[ReplayedMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the socket with ``code`` after ``delay`` seconds (e.g. 1001 after a join-rate refusal)."""
+
+    code: int
+    reason: str
+    delay: float = 0.0
+
+
 Effect = (
     Send
+    | Authorize
+    | SendReplayed
+    | Close
     | Subscribe
     | Unsubscribe
     | Publish
@@ -133,11 +205,21 @@ class SessionConfig:
     #: Private channels are authorized by RLS policies in the database (§7.3); without one
     #: nobody can be granted read, so private joins are refused.
     private_allowed: bool = False
+    #: Tenant ``private_only``: public joins are refused (§3.5 ``PrivateOnly``).
+    private_only: bool = False
+    #: §4.8: replay ``limit`` default and ceiling.
+    replay_max: int = 25
 
 
 def stream_key(private: bool, sub_topic: str) -> str:
     """Public and private channels of one sub-topic are separate streams (§3.1, §4.4)."""
     return ("priv:" if private else "pub:") + sub_topic
+
+
+def presence_stream_key(private: bool, sub_topic: str) -> str:
+    """Presence diffs of a private topic reach only members with presence-read (§5.2), so they
+    travel on a stream of their own; a public topic's diffs go to every member."""
+    return ("privp:" if private else "pub:") + sub_topic
 
 
 @dataclass(slots=True)
@@ -154,6 +236,24 @@ class Channel:
     presence_window: FixedWindow
     bindings: tuple[dict[str, Any], ...] = ()
     tracked: bool = False
+    private: bool = False
+    presence_stream: str = ""
+    replay: tuple[int, int] | None = None
+    #: private rights: None = not evaluated yet (§7.3 caches them until the next refresh)
+    rights: dict[str, bool | None] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)
+    #: pushes waiting for an authorization answer, in arrival order
+    queue: list[tuple[Message | BinaryBroadcastPush, int]] = field(default_factory=list)
+    #: the channel this join replaced (§2.5), closed right after this join's reply
+    replaces: Channel | None = None
+    #: the ``ref`` of the phx_join this channel answers
+    join_msg_ref: str | None = None
+
+    def join_reply(self, payload: dict[str, Any]) -> Message:
+        return Message(self.topic, "phx_reply", payload, ref=self.join_msg_ref, join_ref=self.join_ref)
+
+    def can(self, right: str) -> bool | None:
+        return True if not self.private else self.rights.get(right)
 
 
 def ok_payload(response: Any = None) -> dict[str, Any]:
@@ -192,29 +292,51 @@ class Session:
     conn_token: str
     new_presence_key: Callable[[], str]
     config: SessionConfig = field(default_factory=SessionConfig)
+    limits: TenantLimits | None = None
     channels: dict[str, Channel] = field(default_factory=dict)
+    #: private joins waiting for their read check (§3.3 step 6)
+    joining: dict[str, Channel] = field(default_factory=dict)
+    #: this socket counts toward the tenant's concurrent users (§8)
+    counted: bool = False
 
     # inbound ---------------------------------------------------------------------------------
 
     def receive(self, msg: Message | BinaryBroadcastPush, now: float, size: int = 0) -> list[Effect]:
         """Handle one decoded frame; ``size`` is its length on the wire (payload-size limit §4.5)."""
-        if isinstance(msg, BinaryBroadcastPush):
-            return self._binary_broadcast(msg, size)
-        if msg.topic == "phoenix" and msg.event == "heartbeat":
-            return [Send(reply(msg, ok_payload(), None))]  # §2.1
-        if msg.event == "phx_join":
-            return self._join(msg, now)
+        if isinstance(msg, Message):
+            if msg.topic == "phoenix" and msg.event == "heartbeat":
+                return [Send(reply(msg, ok_payload(), None))]  # §2.1
+            if msg.event == "phx_join":
+                return self._join(msg, now)
+            if msg.event == "phx_leave":
+                return self._leave(msg)
+        pending = self.joining.get(msg.topic)
+        if pending is not None:  # processed once the join is answered (§9.2)
+            pending.queue.append((msg, size))
+            return []
         ch = self.channels.get(msg.topic)
-        if msg.event == "phx_leave":
-            return self._leave(msg, ch)
         if ch is None:
             return [Send(unmatched(msg))]
+        if ch.queue:  # keep order behind pushes waiting for a write check
+            ch.queue.append((msg, size))
+            return []
+        return self._dispatch(ch, msg, now, size)
+
+    def _dispatch(self, ch: Channel, msg: Message | BinaryBroadcastPush, now: float, size: int) -> list[Effect]:
+        if isinstance(msg, BinaryBroadcastPush):
+            # §4.3: kind-3 metadata (only ``persist``) is not forwarded; receivers get none.
+            b = Broadcast(ch.topic, event=msg.event, data=msg.data, binary=msg.binary)
+            return self._publish(ch, msg, b, now, size)
         if msg.event == "broadcast":
-            return self._broadcast(ch, msg, size)
+            if not isinstance(msg.payload, dict):
+                return []  # §4.1: the payload is an object; anything else cannot be relayed
+            return self._publish(ch, msg, Broadcast(ch.topic, payload=msg.payload), now, size)
         if msg.event == "presence":
             return self._presence(ch, msg, now, size)
         if msg.event == "access_token" and isinstance(msg.payload, dict) and "access_token" in msg.payload:
             return self._access_token(ch, msg.payload["access_token"], now)
+        if self.limits is not None:
+            self.limits.events.add(now)  # §2.4: unknown events count toward the rate
         return []  # §2.4: unknown events on a joined channel are ignored without a reply
 
     def tick(self, now: float) -> list[Effect]:
@@ -238,6 +360,10 @@ class Session:
         for ch in list(self.channels.values()):
             effects += self._teardown(ch)
         self.channels.clear()
+        self.joining.clear()
+        if self.counted and self.limits is not None:
+            self.limits.remove_user()
+            self.counted = False
         return effects
 
     # join / leave ----------------------------------------------------------------------------
@@ -249,24 +375,29 @@ class Session:
         old = self.channels.pop(msg.topic, None)
         if old is not None:  # §2.5 duplicate join: stop the old channel first
             effects += self._teardown(old)
+        self.joining.pop(msg.topic, None)  # a join still being authorized is superseded
         try:
             ch = self._open_channel(msg, now)
         except errors.RealtimeError as err:
-            if old is not None:
-                effects.append(Send(phx_close(old)))
-            # §3.3: every join error is delayed to slow retry storms
-            reason = {"reason": err.reason}
-            effects.append(Send(reply(msg, error_payload(reason), msg.join_ref), self.config.join_error_delay_s))
+            return effects + self._join_error(msg, err, old)
+        ch.replaces = old
+        if ch.private:
+            self.joining[msg.topic] = ch
+            checks = (BROADCAST_READ, PRESENCE_READ) if self._presence_enabled(ch) else (BROADCAST_READ,)
+            ch.pending.update(checks)
+            effects.append(Authorize(ch.topic, ch.join_ref, "join", ch.sub_topic, ch.claims, checks, ch.replay))
             return effects
-        self.channels[msg.topic] = ch
-        effects.append(Send(reply(msg, ok_payload({"postgres_changes": list(ch.bindings)}), msg.join_ref)))
-        effects.append(Subscribe(ch.stream, ch.topic))
+        return effects + self._activate(ch, (), now)
+
+    def _join_error(self, msg: Message, err: errors.RealtimeError, old: Channel | None) -> list[Effect]:
+        effects: list[Effect] = []
         if old is not None:
-            effects.append(Send(phx_close(old)))  # written right after the new join's reply (§2.5)
-        if ch.params.presence_enabled or self.config.presence_forced:
-            effects.append(PushPresenceState(ch.stream, ch.topic, ch.join_ref))
-        if ch.bindings:
-            effects.append(SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, ch.claims))
+            effects.append(Send(phx_close(old)))
+        # §3.3: every join error is delayed to slow retry storms
+        delay = self.config.join_error_delay_s
+        effects.append(Send(reply(msg, error_payload({"reason": err.reason}), msg.join_ref), delay))
+        if isinstance(err, errors.ClientJoinRateLimitReached):
+            effects.append(Close(1001, "too many joins", delay))  # §3.5
         return effects
 
     def _open_channel(self, msg: Message, now: float) -> Channel:
@@ -275,14 +406,22 @@ class Session:
         if not sub_topic:
             raise errors.TopicNameRequired()
         params = parse_join(msg.payload)
-        if len(self.channels) >= self.config.max_channels:
+        if self.config.private_only and not params.private:
+            raise errors.PrivateOnly()
+        limits = self.limits
+        if limits is not None:
+            if not self.counted and limits.users_full():
+                raise errors.ConnectionRateLimitReached()
+            if limits.joins_exceeded(now):
+                raise errors.ClientJoinRateLimitReached()
+            limits.joins.add(now)
+        if len(self.channels) + len(self.joining) >= self.config.max_channels:
             raise errors.ChannelRateLimitReached()
         token = params.access_token if params.access_token is not None else self.conn_token
         claims = self.verify(token, now)
         if params.private and not self.config.private_allowed:
             raise errors.Unauthorized(sub_topic)
-        if params.replay is not None and not params.private:
-            raise errors.UnableToReplayMessages("Replay is not allowed for public channels")
+        replay = self._replay_params(params.replay, params.private)
         return Channel(
             topic=msg.topic,
             sub_topic=sub_topic,
@@ -295,9 +434,72 @@ class Session:
             presence_key=params.presence_key or self.new_presence_key(),
             presence_window=FixedWindow(self.config.presence_window_limit, self.config.presence_window_s),
             bindings=tuple(echo_bindings(params.postgres_changes)),
+            private=params.private,
+            presence_stream=presence_stream_key(params.private, sub_topic),
+            replay=replay,
+            join_msg_ref=msg.ref,
         )
 
-    def _leave(self, msg: Message, ch: Channel | None) -> list[Effect]:
+    def _replay_params(self, raw: Any, private: bool) -> tuple[int, int] | None:
+        """§4.8: ``since`` required integer ms, ``limit`` integer clamped to 1…25 (default 25)."""
+        if raw is None:
+            return None
+        if not private:
+            raise errors.UnableToReplayMessages("Replay is not allowed for public channels")
+        since = raw.get("since") if isinstance(raw, dict) else None
+        limit = raw.get("limit", self.config.replay_max) if isinstance(raw, dict) else None
+        if not isinstance(since, int) or isinstance(since, bool) or not isinstance(limit, int) or isinstance(limit, bool):
+            raise errors.UnableToReplayMessages("Replay params are not valid")
+        return since, max(1, min(self.config.replay_max, limit))
+
+    def _presence_enabled(self, ch: Channel) -> bool:
+        return ch.params.presence_enabled or self.config.presence_forced
+
+    def _activate(self, ch: Channel, replayed: tuple[ReplayedMessage, ...], now: float) -> list[Effect]:
+        """Reply ok and start the channel's streams; pushes queued meanwhile run after (§3.7)."""
+        self.channels[ch.topic] = ch
+        if not self.counted and self.limits is not None:
+            self.limits.add_user()
+            self.counted = True
+        effects: list[Effect] = [Send(ch.join_reply(ok_payload({"postgres_changes": list(ch.bindings)})))]
+        effects += self._subscriptions(ch, frozenset(m.id for m in replayed))
+        if ch.replaces is not None:
+            effects.append(Send(phx_close(ch.replaces)))  # right after the new join's reply (§2.5)
+            ch.replaces = None
+        if replayed:
+            effects.append(SendReplayed(ch.topic, ch.join_ref, replayed))
+        if self._presence_enabled(ch) and ch.can(PRESENCE_READ):
+            if self.limits is not None:
+                self.limits.presence.add(now)
+            effects.append(PushPresenceState(ch.presence_stream, ch.topic, ch.join_ref))
+        if ch.bindings:
+            effects.append(SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, ch.claims))
+        return effects + self._drain(ch, now)
+
+    def _subscriptions(self, ch: Channel, skip_ids: frozenset[str] = frozenset()) -> list[Effect]:
+        if not ch.private:
+            return [Subscribe(ch.stream, ch.topic, skip_ids) if skip_ids else Subscribe(ch.stream, ch.topic)]
+        effects: list[Effect] = []
+        if ch.can(BROADCAST_READ):
+            effects.append(Subscribe(ch.stream, ch.topic, skip_ids) if skip_ids else Subscribe(ch.stream, ch.topic))
+        if ch.can(PRESENCE_READ):
+            effects.append(Subscribe(ch.presence_stream, ch.topic))
+        return effects
+
+    def _drain(self, ch: Channel, now: float) -> list[Effect]:
+        """Process queued pushes until one needs an authorization answer again."""
+        effects: list[Effect] = []
+        while ch.queue and not ch.pending and self.channels.get(ch.topic) is ch:
+            msg, size = ch.queue.pop(0)
+            effects += self._dispatch(ch, msg, now, size)
+        return effects
+
+    def _leave(self, msg: Message) -> list[Effect]:
+        joining = self.joining.get(msg.topic)
+        if joining is not None and (msg.join_ref is None or msg.join_ref == joining.join_ref):
+            del self.joining[msg.topic]  # the pending join is abandoned; its answer is ignored
+            return [Send(reply(msg, ok_payload(), joining.join_ref)), Send(phx_close(joining))]
+        ch = self.channels.get(msg.topic)
         stale = ch is not None and msg.join_ref is not None and msg.join_ref != ch.join_ref
         if ch is None or stale:
             # §2.4: leaving a topic that is not joined is fine; a leave naming an older join of
@@ -311,8 +513,10 @@ class Session:
 
     def _teardown(self, ch: Channel) -> list[Effect]:
         effects: list[Effect] = [Unsubscribe(ch.stream, ch.topic)]
+        if ch.presence_stream != ch.stream:
+            effects.append(Unsubscribe(ch.presence_stream, ch.topic))
         if ch.tracked:
-            effects.append(Untrack(ch.stream, ch.topic))
+            effects.append(Untrack(ch.presence_stream, ch.topic))
         if ch.bindings:
             effects.append(UnsubscribePostgres(ch.topic))
         return effects
@@ -320,6 +524,7 @@ class Session:
     def _shutdown(self, ch: Channel, message: str) -> list[Effect]:
         """§8 "shut down": system error, then phx_close; the socket stays open."""
         self.channels.pop(ch.topic, None)
+        ch.queue.clear()
         effects = self._teardown(ch)
         effects.append(Send(system_message(ch, "error", message)))
         effects.append(Send(phx_close(ch)))
@@ -330,26 +535,93 @@ class Session:
         recheck = now + self.config.token_recheck_s
         return min(float(exp), recheck) if isinstance(exp, int | float) else recheck
 
+    # authorization answers (§7.3) --------------------------------------------------------------
+
+    def authorized(self, topic: str, join_ref: str | None, purpose: str, result: AuthResult,
+                   now: float) -> list[Effect]:
+        """The adapter's answer to an ``Authorize`` effect."""
+        if purpose == "join":
+            ch = self.joining.get(topic)
+            if ch is None or ch.join_ref != join_ref:
+                return []  # left or superseded meanwhile
+            del self.joining[topic]
+            return self._join_authorized(ch, result, now)
+        ch = self.channels.get(topic)
+        if ch is None or ch.join_ref != join_ref:
+            return []
+        if purpose == "refresh":
+            return self._refresh_authorized(ch, result)
+        return self._write_authorized(ch, result, now)
+
+    def _join_authorized(self, ch: Channel, result: AuthResult, now: float) -> list[Effect]:
+        ch.pending.clear()
+        read_b = result.error is None and result.granted.get(BROADCAST_READ, False)
+        read_p = result.error is None and result.granted.get(PRESENCE_READ, False)
+        # §3.3 step 6: join refused unless broadcast-read or presence-read; replay needs
+        # broadcast-read (§4.8); policy errors count as denial (§7.3)
+        if not (read_b or read_p) or (ch.replay is not None and not read_b):
+            err = errors.Unauthorized(ch.sub_topic)
+            queued, ch.queue = ch.queue, []
+            effects = self._join_error(_join_message(ch), err, ch.replaces)
+            for msg, _ in queued:  # the client's pushes for a topic that never joined
+                effects.append(Send(unmatched(msg)))
+            return effects
+        ch.rights[BROADCAST_READ] = read_b
+        if PRESENCE_READ in result.granted:
+            ch.rights[PRESENCE_READ] = read_p
+        return self._activate(ch, result.replayed, now)
+
+    def _refresh_authorized(self, ch: Channel, result: AuthResult) -> list[Effect]:
+        """§3.9: read rights are re-evaluated; losing all, or losing one held, ends the channel."""
+        ch.pending.difference_update(result.granted)
+        if result.error is not None:
+            return self._shutdown(ch, "Realtime was unable to connect to the project database")
+        read_b = result.granted.get(BROADCAST_READ, False)
+        read_p = result.granted.get(PRESENCE_READ, ch.rights.get(PRESENCE_READ) or False)
+        if not (read_b or read_p):
+            return self._shutdown(ch, f"You do not have permissions to read from this Channel topic: {ch.sub_topic}")
+        if (ch.rights.get(BROADCAST_READ) and not read_b) or (ch.rights.get(PRESENCE_READ) and not read_p):
+            return self._shutdown(ch, f"You no longer have permission to read from this Channel topic: {ch.sub_topic}")
+        ch.rights[BROADCAST_READ] = read_b
+        if PRESENCE_READ in result.granted:
+            ch.rights[PRESENCE_READ] = read_p
+        return []
+
+    def _write_authorized(self, ch: Channel, result: AuthResult, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for check in ch.pending & set(result.granted) | (ch.pending if result.error else set()):
+            granted = result.error is None and result.granted.get(check, False)
+            if check == PRESENCE_READ and granted and not ch.rights.get(PRESENCE_READ):
+                effects.append(Subscribe(ch.presence_stream, ch.topic))
+            ch.rights[check] = granted
+        ch.pending.clear()
+        return effects + self._drain(ch, now)
+
+    def _need(self, ch: Channel, msg: Message | BinaryBroadcastPush, size: int, checks: tuple[str, ...]) -> list[Effect]:
+        """Park ``msg`` until the lazily evaluated ``checks`` are answered (§4.4, §5.5)."""
+        ch.queue.insert(0, (msg, size))
+        if ch.pending:
+            return []
+        ch.pending.update(checks)
+        return [Authorize(ch.topic, ch.join_ref, "write", ch.sub_topic, ch.claims, checks)]
+
     # broadcast -------------------------------------------------------------------------------
 
-    def _broadcast(self, ch: Channel, msg: Message, size: int) -> list[Effect]:
-        if not isinstance(msg.payload, dict):
-            return []  # §4.1: the payload is an object; anything else cannot be relayed
-        b = Broadcast(ch.topic, payload=msg.payload)
-        return self._publish(ch, msg, b, size)
-
-    def _binary_broadcast(self, push: BinaryBroadcastPush, size: int) -> list[Effect]:
-        ch = self.channels.get(push.topic)
-        if ch is None:
-            return [Send(unmatched(push))]
-        # §4.3: kind-3 metadata (only ``persist``) is not forwarded; receivers get no metadata.
-        b = Broadcast(ch.topic, event=push.event, data=push.data, binary=push.binary)
-        return self._publish(ch, push, b, size)
-
-    def _publish(self, ch: Channel, msg: Message | BinaryBroadcastPush, b: Broadcast, size: int) -> list[Effect]:
+    def _publish(self, ch: Channel, msg: Message | BinaryBroadcastPush, b: Broadcast, now: float,
+                 size: int) -> list[Effect]:
+        if ch.private:
+            allowed = ch.can(BROADCAST_WRITE)
+            if allowed is None:
+                return self._need(ch, msg, size, (BROADCAST_WRITE,))
+            if not allowed:
+                return []  # §4.2: unauthorized sends are dropped silently, even with ack
         ack = ch.params.broadcast_ack
         if size > self.config.max_payload_bytes:  # §4.5
             return [Send(reply(msg, error_payload("payload_size_exceeded"), ch.join_ref))] if ack else []
+        if self.limits is not None:
+            if self.limits.events_exceeded(now):  # §8 events per second
+                return self._shutdown(ch, "Too many messages per second")
+            self.limits.events.add(now)
         exclude = None if ch.params.broadcast_self else ch.topic
         effects: list[Effect] = [Publish(ch.stream, b, exclude)]
         if ack:
@@ -367,13 +639,19 @@ class Session:
         event = body["event"].lower() if isinstance(body["event"], str) else None
         if event not in ("track", "untrack"):
             return [Send(reply(msg, error_payload({}), ch.join_ref))]
+        if event == "track" and ch.private:
+            missing = tuple(c for c in (PRESENCE_WRITE, PRESENCE_READ) if ch.rights.get(c) is None)
+            if missing:  # §5.5: write on the first track; read too if presence was off at join
+                return self._need(ch, msg, size, missing)
+            if not ch.rights.get(PRESENCE_WRITE):
+                return [Send(reply(msg, error_payload({}), ch.join_ref))]  # item 84
         if not ch.presence_window.hit(now):  # §5.7 per-channel window
             return self._shutdown(ch, "Client presence rate limit exceeded")
         if event == "untrack":
             effects: list[Effect] = [Send(reply(msg, ok_payload(), ch.join_ref))]
             if ch.tracked:
                 ch.tracked = False
-                effects.append(Untrack(ch.stream, ch.topic))
+                effects.append(Untrack(ch.presence_stream, ch.topic))
             return effects
         payload = body.get("payload", {})
         if payload is None:
@@ -383,10 +661,14 @@ class Session:
             return [Send(reply(msg, error_payload(reason), ch.join_ref))]
         if size > self.config.max_payload_bytes:
             return self._shutdown(ch, "Track message size exceeded")
+        if self.limits is not None:
+            if self.limits.presence_exceeded(now):  # §5.7 tenant presence rate
+                return self._shutdown(ch, "Too many presence messages per second")
+            self.limits.presence.add(now)
         ch.tracked = True
         return [
             Send(reply(msg, ok_payload(), ch.join_ref)),
-            Track(ch.stream, ch.topic, ch.presence_key, payload),
+            Track(ch.presence_stream, ch.topic, ch.presence_key, payload),
         ]
 
     # token refresh ---------------------------------------------------------------------------
@@ -403,6 +685,17 @@ class Session:
             return self._shutdown(ch, err.message)
         ch.token, ch.claims = token, claims
         ch.deadline = self._deadline(claims, now)
+        effects: list[Effect] = []
+        if ch.private:
+            # §7.3: cached rights last until the next refresh; reads are re-checked now
+            checks = (BROADCAST_READ, PRESENCE_READ) if ch.rights.get(PRESENCE_READ) is not None else (BROADCAST_READ,)
+            ch.rights = {k: v for k, v in ch.rights.items() if k in (BROADCAST_READ, PRESENCE_READ)}
+            effects.append(Authorize(ch.topic, ch.join_ref, "refresh", ch.sub_topic, claims, checks))
         if ch.bindings:
-            return [SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, claims)]
-        return []
+            effects.append(SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, claims))
+        return effects
+
+
+def _join_message(ch: Channel) -> Message:
+    """The phx_join a parked private channel answers."""
+    return Message(ch.topic, "phx_join", {}, ref=ch.join_msg_ref, join_ref=ch.join_ref)
