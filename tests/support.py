@@ -87,6 +87,12 @@ def start_server(tmp_dir: str, **env_overrides: str) -> ServerProc:
         "REALTIME_JOIN_ERROR_BACKOFF_MS": "0",
         "REALTIME_CONNECT_ERROR_BACKOFF_MS": "0",
         "REALTIME_LOG_LEVEL": "info",
+        # Supabase's default limits count every delivery; the shared test servers carry the
+        # whole suite's traffic, so limits are raised here and tested with explicit values.
+        "REALTIME_MAX_EVENTS_PER_SECOND": "1000000",
+        "REALTIME_MAX_JOINS_PER_SECOND": "1000000",
+        "REALTIME_MAX_CONCURRENT_USERS": "1000000",
+        "REALTIME_MAX_PRESENCE_EVENTS_PER_SECOND": "1000000",
         **env_overrides,
     }
     log_path = os.path.join(tmp_dir, f"server-{port}.log")

@@ -100,12 +100,22 @@ async def serve(settings: Settings) -> None:
     verifier = JwtVerifier(settings.effective_jwt_secret, jwks)
     refresher = JwksRefresher(verifier, url_source[1]) if url_source is not None else None
     changes = None
+    authorizer = None
     if settings.database_url:
         from .cdc.changes import PostgresChanges
+        from .messages.authz import ChannelAuthorizer
 
         changes = PostgresChanges(settings.database_url, publication=settings.publication,
                                   slot=settings.slot_name, rls_mode=settings.cdc_rls_mode)
-    node = Node(settings, MemoryPubSub(), changes=changes)
+        authorizer = ChannelAuthorizer(settings.database_url)
+    node = Node(settings, MemoryPubSub(), changes=changes, authorizer=authorizer)
+    if settings.database_url:
+        from .messages.service import MessagesService
+
+        node.services.append(MessagesService(
+            settings.database_url, node, publication=settings.messages_publication,
+            slot=settings.messages_slot_name, retention_days=settings.messages_retention_days,
+            auth_helpers=settings.install_auth_helpers))
     app = build_app(settings, node, verifier, refresher)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()

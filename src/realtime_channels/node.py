@@ -52,10 +52,17 @@ class ChangeFeed(Protocol):
 
 
 class ReplayRowLike(Protocol):
-    id: str
-    event: str
-    payload_json: bytes | None
-    binary: bytes | None
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def event(self) -> str: ...
+
+    @property
+    def payload_json(self) -> bytes | None: ...
+
+    @property
+    def binary(self) -> bytes | None: ...
 
 
 class Authorizer(Protocol):

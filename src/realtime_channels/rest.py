@@ -12,7 +12,6 @@ from aiohttp import web
 
 from . import errors
 from .protocol.codec import Broadcast
-from .protocol.limits import RollingRate
 from .protocol.session import TOPIC_PREFIX, stream_key
 
 if TYPE_CHECKING:
@@ -33,13 +32,13 @@ TOO_BIG = ["Payload size exceeds tenant limit"]
 class Rest:
     def __init__(self, state: AppState) -> None:
         self.state = state
-        #: REST traffic counted toward the tenant's rolling events/s, reported in x-rate-* (§1.8)
-        self.rate = RollingRate()
+        #: the tenant's rolling events/s, shared with WebSocket traffic (§8), in x-rate-* (§1.8)
+        self.limits = state.node.limits
 
     def _respond(self, status: int, body: Any = None) -> web.Response:
         now = time.time()
-        rolling = int(self.rate.rate(now))
-        limit = self.state.settings.max_events_per_second
+        rolling = int(self.limits.events.rate(now))
+        limit = self.limits.max_events_per_second
         headers = {
             **CORS_HEADERS,
             "x-rate-rolling": str(rolling),
@@ -50,6 +49,14 @@ class Rest:
             return web.Response(status=status, headers=headers)
         return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
                             headers=headers)
+
+    async def _can_write(self, request: web.Request, sub_topic: str, claims: dict[str, Any]) -> bool:
+        """§7.3 broadcast write policy for a private REST broadcast (request headers exposed)."""
+        authorizer = self.state.node.authorizer
+        if authorizer is None:
+            return False  # no database: no policy can grant it
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return await authorizer.can_write(sub_topic, claims, headers, "broadcast")
 
     async def _authorize(self, request: web.Request) -> dict[str, Any] | None:
         """§1.8: ``Authorization: Bearer`` (scheme case-insensitive, non-empty) wins over ``apikey``."""
@@ -70,7 +77,8 @@ class Rest:
     # POST /api/broadcast ---------------------------------------------------------------------
 
     async def batch(self, request: web.Request) -> web.Response:
-        if await self._authorize(request) is None:
+        claims = await self._authorize(request)
+        if claims is None:
             return self._respond(401, {"message": "Unauthorized"})
         try:
             body = orjson.loads(await request.read() or b"{}")
@@ -85,18 +93,29 @@ class Rest:
         if any(problems):  # any invalid entry rejects the whole batch
             return self._respond(422, {"errors": {"messages": problems}})
         now = time.time()
+        if self.limits.events_exceeded(now):
+            return self._respond(429, {"message": "You have exceeded your rate limit"})
+        if self.limits.events_remaining(now) < len(messages):
+            return self._respond(429, {"message": "Too many messages to broadcast, please reduce the batch size"})
+        allowed: dict[str, bool] = {}
         for m in messages:
-            self.rate.add(now)
-            if m.get("private") is True or m.get("private") == "true":
-                # Private messages need the caller to pass the broadcast write policy (§7.3);
-                # no policy can pass without a database, so they are dropped silently (§1.8).
-                continue
+            private = m.get("private") is True or m.get("private") == "true"
+            if private and m["topic"] not in allowed:
+                try:
+                    allowed[m["topic"]] = await self._can_write(request, m["topic"], claims)
+                except Exception:  # noqa: BLE001 - §7.3: evaluation errors count as denial
+                    allowed[m["topic"]] = False
+        for m in messages:
+            private = m.get("private") is True or m.get("private") == "true"
+            if private and not allowed[m["topic"]]:
+                continue  # §1.8: unauthorized private messages are dropped silently
+            self.limits.events.add(now)
             meta = {"id": m["id"]} if m.get("id") is not None else None
             payload: dict[str, Any] = {"payload": m["payload"], "event": m["event"], "type": "broadcast"}
             if meta is not None:
                 payload["meta"] = meta
             topic = TOPIC_PREFIX + m["topic"]
-            self.state.node.publish(stream_key(False, m["topic"]), Broadcast(topic, payload=payload))
+            self.state.node.publish(stream_key(private, m["topic"]), Broadcast(topic, payload=payload))
         return self._respond(202)
 
     def _validate(self, m: Any) -> dict[str, list[str]]:
@@ -121,7 +140,8 @@ class Rest:
     # POST /api/broadcast/{topic}/events/{event} ---------------------------------------------
 
     async def single(self, request: web.Request) -> web.Response:
-        if await self._authorize(request) is None:
+        claims = await self._authorize(request)
+        if claims is None:
             return self._respond(401, {"message": "Unauthorized"})
         sub_topic = request.match_info["topic"]
         event = request.match_info["event"]
@@ -145,12 +165,19 @@ class Rest:
             return self._respond(415, {"error": UNSUPPORTED_MEDIA})
         if len(data) > self.state.settings.max_payload_bytes:
             return self._respond(422, {"errors": {"payload": TOO_BIG}})
-        if request.query.get("private") == "true":
-            # No database, so the broadcast write policy cannot grant this (§1.8: 403).
-            return self._respond(403, {"message": "Unauthorized"})
-        self.rate.add(time.time())
+        now = time.time()
+        if self.limits.events_exceeded(now):
+            return self._respond(429, {"message": "You have exceeded your rate limit"})
+        private = request.query.get("private") == "true"
+        if private:
+            try:
+                if not await self._can_write(request, sub_topic, claims):
+                    return self._respond(403, {"message": "Unauthorized"})  # §1.8
+            except Exception:  # noqa: BLE001 - the database could not evaluate the policy
+                return self._respond(500, {"message": "Unable to authorize broadcast"})
+        self.limits.events.add(now)
         b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=data, binary=binary)
-        self.state.node.publish(stream_key(False, sub_topic), b)
+        self.state.node.publish(stream_key(private, sub_topic), b)
         return self._respond(202)
 
     async def preflight(self, request: web.Request) -> web.Response:

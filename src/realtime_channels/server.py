@@ -25,7 +25,7 @@ from .auth import JwksRefresher, JwtVerifier
 from .config import Settings
 from .node import Node
 from .protocol import session as s
-from .protocol.codec import DecodeError, Message, Vsn, decode_binary, decode_text, encode, parse_vsn
+from .protocol.codec import DecodeError, Message, Vsn, decode_binary, decode_text, encode, encode_kind4, parse_vsn
 from .protocol.wsframe import build_frame
 from .rest import add_rest_routes
 
@@ -52,6 +52,7 @@ class Connection:
         "app_state",
         "closing",
         "conn_id",
+        "headers",
         "last_rx",
         "loop",
         "session",
@@ -63,8 +64,10 @@ class Connection:
     )
 
     def __init__(self, state: AppState, ws: web.WebSocketResponse, transport: asyncio.BaseTransport,
-                 vsn: Vsn, session: s.Session) -> None:
+                 vsn: Vsn, session: s.Session, headers: dict[str, str] | None = None) -> None:
         self.app_state = state
+        #: the upgrade request's ``x-*`` headers, exposed to policies as request.headers (§1.3)
+        self.headers = headers or {}
         self.ws = ws
         # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -115,7 +118,7 @@ class Connection:
             elif isinstance(e, s.Publish):
                 node.publish(e.stream, e.broadcast, None if e.exclude is None else (cid, e.exclude))
             elif isinstance(e, s.Subscribe):
-                node.subscribe(e.stream, (cid, e.topic), self)
+                node.subscribe(e.stream, (cid, e.topic), self, e.skip_ids)
             elif isinstance(e, s.Unsubscribe):
                 node.unsubscribe(e.stream, (cid, e.topic))
             elif isinstance(e, s.Track):
@@ -125,10 +128,41 @@ class Connection:
             elif isinstance(e, s.PushPresenceState):
                 state = node.presence_state(e.stream)
                 self.send(Message(e.topic, "presence_state", state, ref=None, join_ref=e.join_ref))
+            elif isinstance(e, s.Authorize):
+                self.loop.create_task(self._authorize(e))
+            elif isinstance(e, s.SendReplayed):
+                self._send_replayed(e)
+            elif isinstance(e, s.Close):
+                self.loop.call_later(e.delay, self.close, e.code, e.reason)
             elif isinstance(e, s.SubscribePostgres):
                 node.subscribe_postgres(cid, self, e.topic, e.join_ref, e.bindings, e.claims)
             elif isinstance(e, s.UnsubscribePostgres):
                 node.unsubscribe_postgres(cid, e.topic)
+
+    async def _authorize(self, req: s.Authorize) -> None:
+        result = await self.app_state.node.authorize(req, self.headers)
+        if not self.closing:
+            self.run(self.session.authorized(req.topic, req.join_ref, req.purpose, result, time.time()))
+
+    def _send_replayed(self, e: s.SendReplayed) -> None:
+        """§4.8: JSON rows as text pushes carrying the join_ref; binary rows as kind-4 frames
+        to V2 sockets only (a V1 socket cannot carry bytes)."""
+        for m in e.messages:
+            meta = {"replayed": True, "id": m.id}
+            if m.binary is not None:
+                if self.vsn is Vsn.V2:
+                    frame = encode_kind4(e.topic, m.event, meta, m.binary, True)
+                    if frame is not None:
+                        self.write(build_frame(frame))
+                continue
+            payload = {"type": "broadcast", "event": m.event,
+                       "payload": orjson.Fragment(m.payload_json or b"{}"), "meta": meta}
+            self.send(Message(e.topic, "broadcast", payload, ref=None, join_ref=e.join_ref))
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
 
     # input -----------------------------------------------------------------------------------
 
@@ -170,8 +204,7 @@ class Connection:
             return
         if self.loop.time() - self.last_rx >= self.app_state.settings.idle_timeout_ms / 1000:
             log.info("closing idle connection conn=%s", self.conn_id)
-            self.closing = True
-            asyncio.ensure_future(self.ws.close(code=IDLE_CLOSE_CODE, message=b"idle timeout"))
+            self.close(IDLE_CLOSE_CODE, "idle timeout")
             return
         self.run(self.session.tick(time.time()))
         self.arm_timer()
@@ -201,7 +234,8 @@ class AppState:
             token_recheck_s=settings.token_recheck_ms / 1000,
             join_error_delay_s=settings.join_error_backoff_ms / 1000,
             presence_forced=settings.presence_enabled,
-            private_allowed=False,
+            private_allowed=node.authorizer is not None,
+            private_only=settings.private_only,
         )
 
     async def verify(self, token: str) -> dict[str, Any]:
@@ -244,6 +278,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await state.verify(api_key)
     except errors.RealtimeError as err:
         return await refuse(state, err.http_status, {"error": err.handshake_error})
+    limits = state.node.limits
+    if limits.users_full():  # §1.4, §8
+        return await refuse(state, 429, {"error": "Too many connected users"})
+    if limits.joins_exceeded(time.time()):
+        return await refuse(state, 429, {"error": "Too many joins per second"})
 
     ws = web.WebSocketResponse(compress=False, max_msg_size=state.settings.max_frame_bytes,
                                autoping=True, autoclose=True)
@@ -252,8 +291,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if transport is None:  # the peer vanished during the upgrade
         return ws
     session = s.Session(verify=state.session_verifier(), conn_token=api_key,
-                        new_presence_key=lambda: str(uuid.uuid1()), config=state.session_config)
-    conn = Connection(state, ws, transport, vsn, session)
+                        new_presence_key=lambda: str(uuid.uuid1()), config=state.session_config,
+                        limits=state.node.limits)
+    headers = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-")}
+    conn = Connection(state, ws, transport, vsn, session, headers)
     state.connections.add(conn)
     conn.arm_timer()
     try:

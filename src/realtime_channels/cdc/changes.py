@@ -196,7 +196,7 @@ class PostgresChanges:
             await self._conn.close()
 
     def _state_changed(self, state: str, detail: str | None) -> None:
-        if state == "down":
+        if state == "down" and detail != "stopped":
             log.error("postgres_changes: replication is down: %s", detail)
         else:
             log.info("postgres_changes: replication %s", state)
