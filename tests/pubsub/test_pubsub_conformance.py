@@ -1,9 +1,8 @@
 """Conformance suite for the ``PubSub`` backbone (pubsub/__init__.py, design.md §2).
 
 Every backend must pass it.  The ``backend_factory`` fixture is parametrized over backends;
-today only the in-process memory backend exists (several ``MemoryPubSub`` sharing one
-``MemoryBroker`` stand in for several nodes).  To add a networked backend (Redis), add a
-parameter that builds its nodes: nothing else changes.
+the in-process memory backend (several ``MemoryPubSub`` sharing one ``MemoryBroker`` stand in
+for several nodes) and Redis (one ``RedisPubSub`` per node on a private ``redis-server``).
 
 Networked backends deliver later than ``publish`` returns and subscriptions take effect
 asynchronously, so the suite never assumes synchronous delivery:
@@ -33,6 +32,7 @@ import pytest
 from realtime_channels.protocol.codec import Broadcast
 from realtime_channels.pubsub import Envelope, PubSub
 from realtime_channels.pubsub.memory import MemoryBroker, MemoryPubSub
+from realtime_channels.pubsub.redis import RedisPubSub
 
 TIMEOUT_S = 10.0
 PROBE_ORIGIN = "__conformance_probe__"
@@ -119,18 +119,28 @@ class BackendFactory:
                 await handle.close()
 
 
-def _memory_backend() -> Callable[[], PubSub]:
+def _memory_backend(request: pytest.FixtureRequest) -> Callable[[], PubSub]:
     broker = MemoryBroker()  # one broker per test: the "network" the nodes share
     return lambda: MemoryPubSub(broker)
 
 
-BACKENDS: dict[str, Callable[[], Callable[[], PubSub]]] = {"memory": _memory_backend}
+def _redis_backend(request: pytest.FixtureRequest) -> Callable[[], PubSub]:
+    # Every node is its own RedisPubSub (own connections) on the session's redis-server
+    # (tests/pubsub/conftest.py); the per-test stream prefix keeps tests apart.
+    url: str = request.getfixturevalue("redis_server").url
+    return lambda: RedisPubSub(url)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Callable[[], PubSub]]] = {
+    "memory": _memory_backend,
+    "redis": _redis_backend,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend_factory(request: pytest.FixtureRequest) -> AsyncIterator[BackendFactory]:
     name: str = request.param
-    factory = BackendFactory(name, BACKENDS[name](), prefix=f"conformance-{uuid.uuid4().hex}:")
+    factory = BackendFactory(name, BACKENDS[name](request), prefix=f"conformance-{uuid.uuid4().hex}:")
     try:
         yield factory
     finally:

@@ -1,0 +1,225 @@
+"""How an :class:`Envelope` travels between nodes as bytes (pure: no I/O, no clocks).
+
+Layout, all integers big-endian::
+
+    version:u8  sender:8 bytes  seq:u64  flags:u8
+    stream:str  origin:str  exclude:value
+    [broadcast]  topic:str  [payload:json]  [event:str]  data:blob  [meta:json]
+    [presence]   presence_diff:json
+
+``str``/``blob``/``json`` are a u32 length then the bytes (UTF-8 text, raw bytes, orjson text);
+bracketed parts are present only when their ``flags`` bit is set.  ``sender`` and ``seq`` are
+not part of the envelope: they let a backend recognise its own envelopes when Redis echoes them
+back (see ``redis.py``) by reading only the fixed-size header.
+
+``exclude`` is whatever the node passes (``(conn_id, topic)``, a probe id, ``None``), so it is
+written with a small tagged encoding that keeps tuples as tuples: the origin node compares the
+decoded value with ``==`` (pubsub/__init__.py), so ``(7, "t")`` must not come back as a list.
+Payloads are JSON values (protocol.md §4.2) and round-trip through orjson; ``Broadcast.data``
+is carried byte-exact whatever it holds.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+
+from ..protocol.codec import Broadcast
+from . import Envelope
+
+VERSION = 1
+SENDER_LEN = 8
+NO_SENDER = bytes(SENDER_LEN)
+
+_HEADER = struct.Struct("!B8sQB")
+_U32 = struct.Struct("!I")
+_I64 = struct.Struct("!q")
+_F64 = struct.Struct("!d")
+
+# flags
+_BROADCAST = 0x01
+_PRESENCE = 0x02
+_PAYLOAD = 0x04
+_EVENT = 0x08
+_BINARY = 0x10
+_META = 0x20
+
+# exclude value tags
+_T_NONE, _T_TRUE, _T_FALSE, _T_INT, _T_BIGINT, _T_FLOAT, _T_STR, _T_BYTES, _T_TUPLE = range(9)
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_MAX_DEPTH = 16
+
+
+class WireError(ValueError):
+    """The bytes are not an envelope of this format (truncated, wrong version, trailing data)."""
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def encode_envelope(env: Envelope, *, sender: bytes = NO_SENDER, seq: int = 0) -> bytes:
+    """Serialize ``env``; raises ``TypeError`` if a payload is not JSON or ``exclude`` is not
+    made of None/bool/int/float/str/bytes/tuple (those cannot cross nodes faithfully)."""
+    if len(sender) != SENDER_LEN:
+        raise ValueError(f"sender must be {SENDER_LEN} bytes")
+    b = env.broadcast
+    flags = 0
+    parts: list[bytes] = []
+    _str(parts, env.stream)
+    _str(parts, env.origin)
+    _value(parts, env.exclude, 0)
+    if b is not None:
+        flags |= _BROADCAST
+        _str(parts, b.topic)
+        if b.payload is not None:
+            flags |= _PAYLOAD
+            _blob(parts, orjson.dumps(b.payload))
+        if b.event is not None:
+            flags |= _EVENT
+            _str(parts, b.event)
+        _blob(parts, b.data)
+        if b.binary:
+            flags |= _BINARY
+        if b.meta is not None:
+            flags |= _META
+            _blob(parts, orjson.dumps(b.meta))
+    if env.presence_diff is not None:
+        flags |= _PRESENCE
+        _blob(parts, orjson.dumps(env.presence_diff))
+    return _HEADER.pack(VERSION, sender, seq, flags) + b"".join(parts)
+
+
+def _blob(parts: list[bytes], data: bytes) -> None:
+    parts.append(_U32.pack(len(data)))
+    parts.append(data)
+
+
+def _str(parts: list[bytes], text: str) -> None:
+    _blob(parts, text.encode("utf-8"))
+
+
+def _value(parts: list[bytes], v: Any, depth: int) -> None:
+    # ``bool`` before ``int``: True is an int in Python but must come back as True.
+    if v is None:
+        parts.append(bytes((_T_NONE,)))
+    elif v is True:
+        parts.append(bytes((_T_TRUE,)))
+    elif v is False:
+        parts.append(bytes((_T_FALSE,)))
+    elif type(v) is int:
+        if _I64_MIN <= v <= _I64_MAX:
+            parts.append(bytes((_T_INT,)) + _I64.pack(v))
+        else:
+            parts.append(bytes((_T_BIGINT,)))
+            _str(parts, str(v))
+    elif type(v) is float:
+        parts.append(bytes((_T_FLOAT,)) + _F64.pack(v))
+    elif type(v) is str:
+        parts.append(bytes((_T_STR,)))
+        _str(parts, v)
+    elif type(v) is bytes:
+        parts.append(bytes((_T_BYTES,)))
+        _blob(parts, v)
+    elif type(v) is tuple and depth < _MAX_DEPTH:
+        parts.append(bytes((_T_TUPLE,)) + _U32.pack(len(v)))
+        for item in v:
+            _value(parts, item, depth + 1)
+    else:
+        raise TypeError(f"exclude value of type {type(v).__name__} cannot be sent between nodes")
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def read_header(data: bytes) -> tuple[bytes, int]:
+    """``(sender, seq)`` of a serialized envelope, without decoding the rest."""
+    if len(data) < _HEADER.size:
+        raise WireError("truncated header")
+    version, sender, seq, _flags = _HEADER.unpack_from(data)
+    if version != VERSION:
+        raise WireError(f"unknown envelope version {version}")
+    return sender, seq
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Inverse of :func:`encode_envelope`; raises :class:`WireError` on malformed input."""
+    read_header(data)
+    flags = data[_HEADER.size - 1]
+    r = _Reader(data, _HEADER.size)
+    try:
+        stream = r.text()
+        origin = r.text()
+        exclude = r.value(0)
+        broadcast: Broadcast | None = None
+        if flags & _BROADCAST:
+            topic = r.text()
+            payload = orjson.loads(r.blob()) if flags & _PAYLOAD else None
+            event = r.text() if flags & _EVENT else None
+            body = r.blob()
+            meta = orjson.loads(r.blob()) if flags & _META else None
+            broadcast = Broadcast(topic, payload, event, body, bool(flags & _BINARY), meta)
+        presence = orjson.loads(r.blob()) if flags & _PRESENCE else None
+    except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError, ValueError) as exc:
+        raise WireError(f"malformed envelope: {exc}") from exc
+    if r.pos != len(data):
+        raise WireError("trailing bytes after envelope")
+    return Envelope(stream, origin, broadcast=broadcast, presence_diff=presence, exclude=exclude)
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data = data
+        self.pos = pos
+
+    def blob(self) -> bytes:
+        (n,) = _U32.unpack_from(self.data, self.pos)
+        start = self.pos + _U32.size
+        end = start + n
+        if end > len(self.data):
+            raise WireError("truncated field")
+        self.pos = end
+        return self.data[start:end]
+
+    def text(self) -> str:
+        return self.blob().decode("utf-8")
+
+    def tag(self) -> int:
+        if self.pos >= len(self.data):
+            raise WireError("truncated value")
+        t = self.data[self.pos]
+        self.pos += 1
+        return t
+
+    def value(self, depth: int) -> Any:
+        t = self.tag()
+        if t == _T_NONE:
+            return None
+        if t == _T_TRUE:
+            return True
+        if t == _T_FALSE:
+            return False
+        if t == _T_INT:
+            (i,) = _I64.unpack_from(self.data, self.pos)
+            self.pos += _I64.size
+            return i
+        if t == _T_BIGINT:
+            return int(self.text())
+        if t == _T_FLOAT:
+            (f,) = _F64.unpack_from(self.data, self.pos)
+            self.pos += _F64.size
+            return f
+        if t == _T_STR:
+            return self.text()
+        if t == _T_BYTES:
+            return self.blob()
+        if t == _T_TUPLE and depth < _MAX_DEPTH:
+            (n,) = _U32.unpack_from(self.data, self.pos)
+            self.pos += _U32.size
+            if n > len(self.data) - self.pos:  # each item takes at least one byte
+                raise WireError("truncated tuple")
+            return tuple(self.value(depth + 1) for _ in range(n))
+        raise WireError(f"unknown value tag {t}")
