@@ -93,8 +93,18 @@ async def serve(settings: Settings) -> None:
     from aiohttp import web
 
     from .node import Node
-    from .pubsub.memory import MemoryPubSub
+    from .pubsub import PubSub
     from .server import build_app, shutdown_connections
+
+    pubsub: PubSub
+    if settings.redis_url:
+        from .pubsub.redis import RedisPubSub
+
+        pubsub = RedisPubSub(settings.redis_url)
+    else:
+        from .pubsub.memory import MemoryPubSub
+
+        pubsub = MemoryPubSub()
 
     jwks, _, url_source = await _load_jwks(settings)
     verifier = JwtVerifier(settings.effective_jwt_secret, jwks)
@@ -108,7 +118,7 @@ async def serve(settings: Settings) -> None:
         changes = PostgresChanges(settings.database_url, publication=settings.publication,
                                   slot=settings.slot_name, rls_mode=settings.cdc_rls_mode)
         authorizer = ChannelAuthorizer(settings.database_url)
-    node = Node(settings, MemoryPubSub(), changes=changes, authorizer=authorizer)
+    node = Node(settings, pubsub, changes=changes, authorizer=authorizer)
     if settings.database_url:
         from .messages.service import MessagesService
 
@@ -119,10 +129,11 @@ async def serve(settings: Settings) -> None:
     app = build_app(settings, node, verifier, refresher)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
+                       reuse_port=settings.reuse_port or None)
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else settings.port
-    if settings.dev_secret_in_use:
+    if settings.dev_secret_in_use and not settings.reuse_port:  # workers: the supervisor prints it
         print(dev_banner(settings, port), file=sys.stderr, flush=True)
     log.info("realtime-channels listening on http://%s:%s (ws path /realtime/v1/websocket)", settings.host, port)
 
@@ -151,6 +162,8 @@ def run_async(coro: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = build_settings(args)
     configure_logging(settings.log_level)
+    if settings.workers > 1:
+        return supervise(settings)
     try:
         run_async(serve(settings))
     except errors.ConfigError as exc:
@@ -159,6 +172,62 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror)
         return 1
+    return 0
+
+
+def supervise(settings: Settings) -> int:
+    """``--workers N``: N server processes share the port (SO_REUSEPORT) and talk through Redis.
+
+    Each worker is a full node; a worker that dies is restarted (with back-off).  SIGTERM or
+    SIGINT stops them all."""
+    import os
+    import subprocess
+
+    if not settings.redis_url:
+        log.error("--workers %d needs REALTIME_REDIS_URL (or --redis-url): worker processes share "
+                  "channels and presence through Redis", settings.workers)
+        return 2
+    if settings.port == 0:
+        log.error("--workers needs an explicit --port (each worker binds the same one)")
+        return 2
+    env = dict(os.environ)
+    for key, value in settings.model_dump().items():
+        if value is not None:
+            env[f"REALTIME_{key.upper()}"] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    env["REALTIME_WORKERS"] = "1"
+    env["REALTIME_REUSE_PORT"] = "true"
+    if settings.dev_secret_in_use:
+        print(dev_banner(settings, settings.port), file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "realtime_channels", "serve"]
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(settings.workers)]
+    log.info("started %d workers on %s:%s: pids %s", settings.workers, settings.host, settings.port,
+             " ".join(str(p.pid) for p in procs))
+    stopping = False
+
+    def stop(_sig: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    restarts = [0.0] * len(procs)
+    while not stopping:
+        for i, p in enumerate(procs):
+            if p.poll() is not None and not stopping:
+                delay = min(30.0, 0.5 * 2 ** min(restarts[i], 6))
+                log.error("worker pid %d exited with %s; restarting in %.1f s", p.pid, p.returncode, delay)
+                time.sleep(delay)
+                restarts[i] += 1
+                procs[i] = subprocess.Popen(cmd, env=env)
+        time.sleep(0.5)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
     return 0
 
 
@@ -194,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--jwt-jwks", dest="jwt_jwks", help="JWKS JSON, file or URL (REALTIME_JWT_JWKS)")
     sp.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     sp.add_argument("--database-url", dest="database_url", help="PostgreSQL URL (REALTIME_DATABASE_URL)")
+    sp.add_argument("--redis-url", dest="redis_url", help="Redis URL: share channels between processes/machines")
+    sp.add_argument("--workers", type=int, help="worker processes sharing the port (needs --redis-url)")
     sp.set_defaults(func=cmd_serve)
 
     tp = sub.add_parser("token", help="mint a JWT signed with the configured secret")

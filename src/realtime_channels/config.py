@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     #: only so bench/ can compare against it in the same run.
     cdc_rls_mode: Literal["batched", "per_subscriber"] = "batched"
 
+    # scale-out (several processes / machines share channels through Redis)
+    redis_url: str | None = Field(None, description="Redis URL; switches the backbone to Redis")
+    workers: int = Field(1, ge=1, le=64)
+    #: set for the worker processes started by --workers (they share the port)
+    reuse_port: bool = False
+
     # pacing of refusals (protocol.md §1.4, §3.3)
     join_error_backoff_ms: int = Field(5000, ge=0)
     connect_error_backoff_ms: int = Field(2000, ge=0)

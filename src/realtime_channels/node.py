@@ -7,6 +7,7 @@ PubSub interface; ``cli`` picks the concrete backend.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -17,7 +18,8 @@ from .config import Settings
 from .hub import Hub, SkipIds, Subscriber
 from .protocol.codec import Broadcast, Message
 from .protocol.limits import TenantLimits
-from .protocol.presence import RefGenerator, TopicPresence
+from .protocol.presence import PresenceDiff, RefGenerator
+from .protocol.replica import HEARTBEAT_S, PresenceReplica
 from .protocol.session import (
     BROADCAST_READ,
     TOPIC_PREFIX,
@@ -88,6 +90,9 @@ def topic_of(stream: str) -> str:
     return TOPIC_PREFIX + stream.split(":", 1)[1]
 
 
+#: the stream every node subscribes to for presence replication and heartbeats
+CONTROL_STREAM = "__cluster"
+
 POSTGRES_NOT_CONFIGURED = (
     "Unable to subscribe to changes with given parameters. "
     "PostgreSQL is not configured (set REALTIME_DATABASE_URL)"
@@ -111,17 +116,23 @@ class Node:
         )
         self.node_id = node_id or os.urandom(6).hex()
         self.hub = Hub()
-        self.presence: dict[str, TopicPresence] = {}
+        self.replica = PresenceReplica(self.node_id)
         self.refs = RefGenerator(os.urandom(6))
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.pubsub.start(self._deliver)
+        self.pubsub.subscribe(CONTROL_STREAM)
+        self._control(PresenceReplica.sync_op())  # ask every node for its members
+        self._heartbeat = asyncio.create_task(self._heartbeats(), name="cluster-heartbeat")
         if self.changes is not None:
             await self.changes.start()
         for service in self.services:
             await service.start()
 
     async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         for service in reversed(self.services):
             await service.stop()
         if self.changes is not None:
@@ -145,16 +156,15 @@ class Node:
         self.pubsub.publish(Envelope(stream, self.node_id, broadcast=b, exclude=exclude))
 
     def _deliver(self, env: Envelope) -> None:
+        if env.stream == CONTROL_STREAM:
+            if env.presence_diff is not None:
+                self._on_control(env.origin, env.presence_diff)
+            return
         if env.broadcast is not None:
             exclude = env.exclude if env.origin == self.node_id else None
             delivered = self.hub.fanout_broadcast(env.stream, env.broadcast, exclude)
             if delivered:  # §8: every per-channel delivery counts toward events/s
                 self.limits.events.add(time.time(), delivered)
-        elif env.presence_diff is not None:
-            msg = Message(topic_of(env.stream), "presence_diff", env.presence_diff)
-            delivered = self.hub.fanout_message(env.stream, msg)
-            if delivered:  # §5.7: each delivered diff counts toward presence events/s
-                self.limits.presence.add(time.time(), delivered)
 
     # database broadcast (protocol.md §4.7) ---------------------------------------------------
 
@@ -197,27 +207,48 @@ class Node:
             return AuthResult({}, error=str(exc))
         return AuthResult(granted, replayed)
 
-    # presence (protocol.md §5) ---------------------------------------------------------------
+    # presence (protocol.md §5), replicated across nodes (protocol/replica.py) --------------
 
     def track(self, stream: str, owner: Hashable, key: str, payload: Mapping[str, Any]) -> None:
-        state = self.presence.setdefault(stream, TopicPresence())
-        diff = state.track((self.node_id, owner), key, payload, self.refs.next())
-        if diff is not None:
-            self.pubsub.publish(Envelope(stream, self.node_id, presence_diff=diff.payload()))
+        self._control(self.replica.track_op(stream, owner, key, payload, self.refs.next()))
 
     def untrack(self, stream: str, owner: Hashable) -> None:
-        state = self.presence.get(stream)
-        if state is None:
-            return
-        diff = state.untrack((self.node_id, owner))
-        if not state:
-            del self.presence[stream]
-        if diff is not None:
-            self.pubsub.publish(Envelope(stream, self.node_id, presence_diff=diff.payload()))
+        op = self.replica.untrack_op(stream, owner)
+        if op is not None:
+            self._control(op)
 
     def presence_state(self, stream: str) -> dict[str, Any]:
-        state = self.presence.get(stream)
-        return state.state_payload() if state is not None else {}
+        return self.replica.state_payload(stream)
+
+    def _control(self, op: dict[str, Any]) -> None:
+        self.pubsub.publish(Envelope(CONTROL_STREAM, self.node_id, presence_diff=op))
+
+    def _on_control(self, origin: str, op: dict[str, Any]) -> None:
+        diffs, replies = self.replica.apply(origin, op, time.monotonic())
+        self._fanout_diffs(diffs)
+        for reply in replies:
+            self._control(reply)
+
+    def _fanout_diffs(self, diffs: list[tuple[str, PresenceDiff]]) -> None:
+        now = time.time()
+        for stream, diff in diffs:
+            msg = Message(topic_of(stream), "presence_diff", diff.payload())
+            delivered = self.hub.fanout_message(stream, msg)
+            if delivered:  # §5.7: each delivered diff counts toward presence events/s
+                self.limits.presence.add(now, delivered)
+
+    async def _heartbeats(self) -> None:
+        """Liveness and counters for the other nodes; expiry of nodes that went silent."""
+        while True:
+            now = time.time()
+            limits = self.limits
+            self._control(self.replica.heartbeat_op(limits.users, limits.events.rate(now),
+                                                    limits.joins.rate(now), limits.presence.rate(now)))
+            self._fanout_diffs(self.replica.expire(time.monotonic()))
+            users, events, joins, presence = self.replica.cluster_totals()
+            limits.remote_users, limits.remote_events = users, events
+            limits.remote_joins, limits.remote_presence = joins, presence
+            await asyncio.sleep(HEARTBEAT_S / 2)
 
     # postgres_changes (protocol.md §6) -------------------------------------------------------
 

@@ -337,6 +337,21 @@ async def healthcheck(request: web.Request) -> web.Response:
     return web.Response(text="ok", content_type="text/plain")
 
 
+async def health(request: web.Request) -> web.Response:
+    """Readiness for operators: ``degraded`` while the PubSub backbone (Redis) or a configured
+    database feed is down; the node keeps serving local traffic meanwhile."""
+    node = request.app[STATE].node
+    pubsub = str(getattr(node.pubsub, "state", "connected"))
+    body: dict[str, Any] = {"node": node.node_id, "pubsub": pubsub, "nodes": 1 + len(node.replica.peers),
+                            "connections": len(request.app[STATE].connections)}
+    degraded = pubsub != "connected"
+    if node.changes is not None:
+        body["replication"] = str(getattr(node.changes, "state", "unknown"))
+        degraded = degraded or body["replication"] != "streaming"
+    body["status"] = "degraded" if degraded else "ok"
+    return json_response(200, body)
+
+
 async def ping(request: web.Request) -> web.Response:
     return json_response(200, {"message": "Success"})
 
@@ -350,6 +365,7 @@ def build_app(settings: Settings, node: Node, verifier: JwtVerifier,
     for path in WS_PATHS:
         app.router.add_route("*", path, websocket_handler)
     app.router.add_get("/healthcheck", healthcheck)
+    app.router.add_get("/health", health)
     for prefix in ("", "/realtime/v1"):
         app.router.add_get(prefix + "/api/ping", ping)
     add_rest_routes(app, state)

@@ -176,6 +176,10 @@ class PostgresChanges:
         self._task: asyncio.Task[None] | None = None
         self.delivered = 0
 
+    @property
+    def state(self) -> str:
+        return self.reader.state
+
     # lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -146,10 +146,15 @@ class TenantLimits:
         self.events = RollingRate()
         self.joins = RollingRate()
         self.presence = RollingRate()
+        #: the other nodes' figures from their last heartbeats: limits are cluster-wide
+        self.remote_users = 0
+        self.remote_events = 0.0
+        self.remote_joins = 0.0
+        self.remote_presence = 0.0
 
     # concurrent users: sockets that have joined at least one channel
     def users_full(self) -> bool:
-        return self.users >= self.max_concurrent_users
+        return self.users + self.remote_users >= self.max_concurrent_users
 
     def add_user(self) -> None:
         self.users += 1
@@ -158,13 +163,13 @@ class TenantLimits:
         self.users = max(0, self.users - 1)
 
     def joins_exceeded(self, now: float) -> bool:
-        return self.joins.rate(now) >= self.max_joins_per_second
+        return self.joins.rate(now) + self.remote_joins >= self.max_joins_per_second
 
     def events_exceeded(self, now: float) -> bool:
-        return self.events.rate(now) >= self.max_events_per_second
+        return self.events.rate(now) + self.remote_events >= self.max_events_per_second
 
     def events_remaining(self, now: float) -> float:
-        return self.max_events_per_second - self.events.rate(now)
+        return self.max_events_per_second - self.events.rate(now) - self.remote_events
 
     def presence_exceeded(self, now: float) -> bool:
-        return self.presence.rate(now) >= self.max_presence_events_per_second
+        return self.presence.rate(now) + self.remote_presence >= self.max_presence_events_per_second
