@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .config import Settings
@@ -51,6 +51,11 @@ class ChangeFeed(Protocol):
         """Validate and create the channel's subscriptions; report with a ``system`` message."""
 
     def unsubscribe(self, conn_id: int, topic: str) -> None: ...
+
+    def attach(self, share: Callable[[dict[str, Any]], None]) -> None:
+        """Give the feed a way to send ops to every node (one node reads, all route)."""
+
+    def handle_shared(self, op: dict[str, Any]) -> None: ...
 
 
 class ReplayRowLike(Protocol):
@@ -92,6 +97,8 @@ def topic_of(stream: str) -> str:
 
 #: the stream every node subscribes to for presence replication and heartbeats
 CONTROL_STREAM = "__cluster"
+#: the stream the replication leader shares decoded transactions on (every node routes them)
+CDC_STREAM = "__cdc"
 
 POSTGRES_NOT_CONFIGURED = (
     "Unable to subscribe to changes with given parameters. "
@@ -126,6 +133,8 @@ class Node:
         self._control(PresenceReplica.sync_op())  # ask every node for its members
         self._heartbeat = asyncio.create_task(self._heartbeats(), name="cluster-heartbeat")
         if self.changes is not None:
+            self.pubsub.subscribe(CDC_STREAM)
+            self.changes.attach(lambda op: self.pubsub.publish(Envelope(CDC_STREAM, self.node_id, presence_diff=op)))
             await self.changes.start()
         for service in self.services:
             await service.start()
@@ -159,6 +168,10 @@ class Node:
         if env.stream == CONTROL_STREAM:
             if env.presence_diff is not None:
                 self._on_control(env.origin, env.presence_diff)
+            return
+        if env.stream == CDC_STREAM:
+            if env.presence_diff is not None and self.changes is not None:
+                self.changes.handle_shared(env.presence_diff)
             return
         if env.broadcast is not None:
             exclude = env.exclude if env.origin == self.node_id else None

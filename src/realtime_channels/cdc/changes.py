@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from ..protocol.codec import Message
 from . import catalog, pgoutput, sql
 from .filters import FilterError, TypedCondition, matches, parse_filter, validate
 from .replication import Change, ReplicationReader, Transaction
+from .txwire import decode_transaction, encode_transaction
 from .rls import RlsChecker, cohort_key
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,12 @@ EVENTS = ("INSERT", "UPDATE", "DELETE")
 MAX_RECORD_BYTES = 1_048_576
 SHORT_VALUE_BYTES = 64
 RETRY_SECONDS = 5.0
+LOCK_RETRY_S = 2.0
+#: followers consider the stream down when the leader has not reported for this long
+LEADER_TTL_S = 6.0
+ECHO_TIMEOUT_S = 30.0
+#: a subscription made while the stream is (re)starting waits this long before failing
+STARTUP_GRACE_S = 3.0
 DB_UNAVAILABLE = "Realtime was unable to connect to the project database"
 
 
@@ -171,28 +179,56 @@ class PostgresChanges:
         self._relations: dict[int, pgoutput.Relation] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._conn_lock = asyncio.Lock()
-        self.reader = ReplicationReader(dsn, slot=slot, publication=publication,
-                                        on_transaction=self._on_transaction, on_state=self._state_changed)
+        self.reader = self._new_reader()
         self._task: asyncio.Task[None] | None = None
+        self._router: asyncio.Task[None] | None = None
+        #: sends an op to every node (this one included); None = this node works alone
+        self._share: Callable[[dict[str, Any]], None] | None = None
+        self._shared: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._echo: dict[int, asyncio.Future[None]] = {}
+        self.leading = False
+        #: the leader's reader state as last shared, and when (monotonic)
+        self._remote: tuple[str, float] = ("connecting", 0.0)
         self.delivered = 0
+
+    def _new_reader(self) -> ReplicationReader:
+        return ReplicationReader(self.dsn, slot=self.slot, publication=self.publication,
+                                 on_transaction=self._lead_transaction, on_state=self._state_changed)
 
     @property
     def state(self) -> str:
-        return self.reader.state
+        """The replication stream's state as this node knows it (the leader's, on followers)."""
+        if self.leading or self._share is None:
+            return self.reader.state
+        state, at = self._remote
+        return state if time.monotonic() - at < LEADER_TTL_S else "down"
 
     # lifecycle -------------------------------------------------------------------------------
 
+    def attach(self, share: Callable[[dict[str, Any]], None]) -> None:
+        """Share transactions through the node's PubSub: one node reads, every node routes."""
+        self._share = share
+
+    def handle_shared(self, op: dict[str, Any]) -> None:
+        """An op from the leader (or from this node as leader); routed in order."""
+        if op.get("op") == "state":
+            self._remote = (str(op.get("state")), time.monotonic())
+        else:
+            self._shared.put_nowait(op)
+
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.reader.run(), name="replication-reader")
+        self._task = asyncio.create_task(self._lead(), name="replication-leader")
+        self._router = asyncio.create_task(self._route_shared(), name="changes-router")
 
     async def stop(self) -> None:
         await self.reader.stop()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._task, self._router):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         for ch in self.channels.values():
             if ch.retry is not None:
                 ch.retry.cancel()
@@ -204,8 +240,82 @@ class PostgresChanges:
             log.error("postgres_changes: replication is down: %s", detail)
         else:
             log.info("postgres_changes: replication %s", state)
+        if self._share is not None:
+            self._share({"op": "state", "state": state})
         if self._on_state is not None:
             self._on_state(state, detail)
+
+    # one reader per slot in the cluster ------------------------------------------------------
+
+    async def _lead(self) -> None:
+        """Exactly one node reads the slot: the holder of a PostgreSQL advisory lock.  When it
+        dies its session ends, the lock is released and another node takes over from the
+        stored position (design in README "Scale-out")."""
+        key = f"realtime_channels:{self.slot}"
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("postgres_changes: cannot connect to PostgreSQL: %s", exc)
+                await asyncio.sleep(LOCK_RETRY_S)
+                continue
+            try:
+                async with conn:
+                    row = await (await conn.execute("select pg_try_advisory_lock(hashtext(%s))", [key])).fetchone()
+                    if not row or not row[0]:  # another node reads; we route what it shares
+                        await asyncio.sleep(LOCK_RETRY_S)
+                        continue
+                    await self._read_while_locked(conn)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("postgres_changes: lost the reader lock: %s", exc)
+            finally:
+                self.leading = False
+
+    async def _read_while_locked(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.leading = True
+        log.info("postgres_changes: this node reads the replication stream (slot %s)", self.slot)
+        self.reader = self._new_reader()
+        reader = asyncio.create_task(self.reader.run(), name="replication-reader")
+        try:
+            while not reader.done():
+                await asyncio.sleep(LOCK_RETRY_S)
+                await conn.execute("select 1")  # the lock lives as long as this session
+                if self._share is not None:
+                    self._share({"op": "state", "state": self.reader.state})
+        finally:
+            await self.reader.stop()
+            reader.cancel()
+
+    async def _lead_transaction(self, txn: Transaction) -> None:
+        """The reader's callback on the leader: share the transaction and wait until it has
+        come back through the PubSub and been routed here, so the position is stored only after
+        every node was sent it."""
+        if self._share is None:
+            await self._on_transaction(txn)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._echo[txn.end_lsn] = fut
+        self._share({"op": "txn", "tx": encode_transaction(txn)})
+        try:
+            async with asyncio.timeout(ECHO_TIMEOUT_S):
+                await fut
+        finally:
+            self._echo.pop(txn.end_lsn, None)
+
+    async def _route_shared(self) -> None:
+        while True:
+            op = await self._shared.get()
+            txn = decode_transaction(op["tx"])
+            fut = self._echo.get(txn.end_lsn)
+            try:
+                await self._on_transaction(txn)
+            except Exception as exc:  # noqa: BLE001 - one bad transaction must not stop routing
+                log.error("postgres_changes: could not route transaction %s: %s", txn.xid, exc)
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+                continue
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         """The side connection for catalog look-ups and RLS checks (re-opened when broken)."""
@@ -271,10 +381,12 @@ class PostgresChanges:
         role = ch.claims.get("role")
         if not isinstance(role, str):
             raise SubscribeError("Unable to subscribe to changes with given parameters. The token has no role claim")
-        if self.reader.state != "streaming":
+        if self.state != "streaming":
+            await self._wait_streaming(STARTUP_GRACE_S)  # just started, or not yet told by the leader
+        if self.state != "streaming":
             # the reason (host, port, driver text) goes to the log, never on the wire
             log.info("postgres_changes: subscription deferred, replication is %s: %s",
-                     self.reader.state, self.reader.detail)
+                     self.state, self.reader.detail)
             raise SubscribeError(DB_UNAVAILABLE, transient=True)
         try:
             async with self._conn_lock:
@@ -283,6 +395,11 @@ class PostgresChanges:
         except (psycopg.OperationalError, OSError) as exc:
             log.warning("postgres_changes: subscription deferred: %s", exc)
             raise SubscribeError(DB_UNAVAILABLE, transient=True) from exc
+
+    async def _wait_streaming(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.state != "streaming" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # the state is pushed by the reader or the leader's ops
 
     async def _resolve_in_db(self, conn: psycopg.AsyncConnection[Any], ch: ChannelSubs, bindings: list[Binding],
                              conds: Mapping[int, tuple[Any, ...]], role: str) -> list[tuple[tuple[str, str], Sub]]:

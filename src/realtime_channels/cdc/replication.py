@@ -47,7 +47,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import InternalError
-from . import pgoutput
+from . import pgoutput, sql
 
 __all__ = ["Change", "ReplicationError", "ReplicationReader", "Transaction"]
 
@@ -371,12 +371,16 @@ class ReplicationReader:
             user = row[1] if row else "current user"
             raise ReplicationError(f"role {user} lacks the REPLICATION attribute (ALTER ROLE {user} REPLICATION)")
 
-        await side.execute("create schema if not exists realtime")
-        await side.execute(
-            "create table if not exists realtime.rc_replication_position ("
-            " slot_name text primary key, end_lsn pg_lsn not null,"
-            " updated_at timestamptz not null default now())"
-        )
+        # Under the installers' advisory lock: CREATE ... IF NOT EXISTS is not safe against a
+        # concurrent creator (the migrations and the RLS installer run at the same start-up).
+        async with side.transaction():
+            await side.execute("select pg_catalog.pg_advisory_xact_lock(%s)", (sql.INSTALL_LOCK,))
+            await side.execute("create schema if not exists realtime")
+            await side.execute(
+                "create table if not exists realtime.rc_replication_position ("
+                " slot_name text primary key, end_lsn pg_lsn not null,"
+                " updated_at timestamptz not null default now())"
+            )
         # Only our position row is written here, and losing the newest few on a PostgreSQL crash
         # only means redelivering (then skipping nothing), never loss; a clean shutdown flushes it.
         await side.execute("set synchronous_commit = off")

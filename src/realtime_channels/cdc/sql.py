@@ -25,7 +25,8 @@ __all__ = [
 # Serialises concurrent installers (two servers starting together): `create or replace
 # function` racing itself fails with "tuple concurrently updated". Any constant works; this one
 # spells "rc_install" in ASCII.
-_INSTALL_LOCK: Final = 0x72635F696E7374
+#: one advisory lock for every installer of our objects (RLS function, migrations, reader)
+INSTALL_LOCK: Final = 0x72635F696E7374
 
 
 # Theory of operation
@@ -196,7 +197,7 @@ async def _run_locked(conn: AsyncConnection[Any], sql: str) -> None:
     # One transaction holding an advisory lock, so concurrent installers take turns; works on
     # autocommit connections and on ones already inside a transaction (then a savepoint).
     async with conn.transaction():
-        await conn.execute("select pg_catalog.pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
+        await conn.execute("select pg_catalog.pg_advisory_xact_lock(%s)", (INSTALL_LOCK,))
         await conn.execute(sql)
 
 

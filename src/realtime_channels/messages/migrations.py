@@ -38,6 +38,8 @@ from typing import Any, Final
 from psycopg import AsyncConnection, sql
 from psycopg import errors as pg_errors
 
+from ..cdc.sql import INSTALL_LOCK
+
 __all__ = [
     "DAYS_AHEAD",
     "DEFAULT_PUBLICATION",
@@ -52,7 +54,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Serialises migrations and partition maintenance across servers; "rc_migr" in ASCII.
-_LOCK: Final = 0x72635F6D696772
+_LOCK: Final = INSTALL_LOCK  # shared with every other installer of realtime.* objects
 #: Partitions created beyond today, so a server that is down over midnight finds tomorrow's.
 DAYS_AHEAD: Final = 3
 #: protocol.md §4.7: the reference's publication for database broadcast.
