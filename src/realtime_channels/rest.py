@@ -115,7 +115,9 @@ class Rest:
             if meta is not None:
                 payload["meta"] = meta
             topic = TOPIC_PREFIX + m["topic"]
-            self.state.node.publish(stream_key(private, m["topic"]), Broadcast(topic, payload=payload))
+            # meta is also set on the Broadcast so a channel that replayed this id skips it (§4.8)
+            b = Broadcast(topic, payload=payload, meta=meta)
+            self.state.node.publish(stream_key(private, m["topic"]), b)
         return self._respond(202)
 
     def _validate(self, m: Any) -> dict[str, list[str]]:

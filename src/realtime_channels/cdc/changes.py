@@ -186,6 +186,8 @@ class PostgresChanges:
         self._share: Callable[[dict[str, Any]], None] | None = None
         self._shared: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._echo: dict[int, asyncio.Future[None]] = {}
+        #: end LSN of the newest transaction this node has routed (fail-over de-duplication)
+        self._routed_lsn = 0
         self.leading = False
         #: the leader's reader state as last shared, and when (monotonic)
         self._remote: tuple[str, float] = ("connecting", 0.0)
@@ -307,6 +309,13 @@ class PostgresChanges:
             op = await self._shared.get()
             txn = decode_transaction(op["tx"])
             fut = self._echo.get(txn.end_lsn)
+            if txn.end_lsn <= self._routed_lsn:
+                # A new leader re-reads from the stored position, which can be one transaction
+                # behind what this node already routed; end LSNs only grow, so skip it.
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+                continue
+            self._routed_lsn = txn.end_lsn
             try:
                 await self._on_transaction(txn)
             except Exception as exc:  # noqa: BLE001 - one bad transaction must not stop routing

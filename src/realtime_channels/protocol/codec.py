@@ -215,7 +215,7 @@ class Broadcast:
     event: str | None = None
     data: bytes = b""
     binary: bool = False
-    meta: dict[str, Any] | None = None
+    meta: dict[str, Any] | None = None    # USER form: kind-4 metadata / the V1 "meta" key; any form: its "id" lets a replayed channel skip the duplicate (§4.8)
 
 
 def encode_kind4(
