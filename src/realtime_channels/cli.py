@@ -68,6 +68,44 @@ async def _load_jwks(settings: Settings) -> tuple[dict[str, Any] | None, JwksRef
     return jwks, None, (http, fetch)
 
 
+def build_functions(settings: Settings, node: Any) -> Any:
+    """Load and validate the functions file (a bad file refuses to start, naming the line)."""
+    import orjson
+
+    from .functions import FunctionsEngine, load_config
+    from .protocol.codec import Broadcast
+    from .protocol.session import TOPIC_PREFIX, stream_key
+
+    assert settings.functions_config is not None
+    config = load_config(settings.functions_config)
+
+    def publish(sub_topic: str, event: str, payload: Any) -> None:
+        b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=orjson.dumps(payload))
+        node.publish(stream_key(False, sub_topic), b)
+
+    engine = FunctionsEngine(config, secret=settings.functions_secret,
+                             service_role_key=settings.functions_service_role_key,
+                             publish=publish, database_url=settings.database_url)
+    log.info("functions: %d triggers, %d gates from %s", len(config.triggers), len(config.gates),
+             settings.functions_config)
+    return engine
+
+
+def watch_postgres(functions: Any, changes: Any) -> None:
+    """Postgres triggers: the reading node reports each change of a watched table once."""
+    from fnmatch import fnmatchcase
+
+    from .functions.engine import RealtimeEvent
+
+    tables = [(t.schema or "*", t.table or "*") for t in functions.config.triggers if t.on == "postgres"]
+    if not tables:
+        return
+    changes.watch = lambda schema, table: any(
+        fnmatchcase(schema, s) and fnmatchcase(table, t) for s, t in tables)
+    changes.on_change = lambda schema, table, kind, data: functions.observe(
+        RealtimeEvent("postgres", f"{schema}:{table}", kind, data, None, schema, table))
+
+
 def dev_banner(settings: Settings, port: int) -> str:
     secret = settings.effective_jwt_secret
     assert secret is not None
@@ -119,6 +157,11 @@ async def serve(settings: Settings) -> None:
                                   slot=settings.slot_name, rls_mode=settings.cdc_rls_mode)
         authorizer = ChannelAuthorizer(settings.database_url)
     node = Node(settings, pubsub, changes=changes, authorizer=authorizer)
+    if settings.functions_config:
+        node.functions = build_functions(settings, node)
+        node.services.append(node.functions)
+        if changes is not None:
+            watch_postgres(node.functions, changes)
     if settings.database_url:
         from .messages.service import MessagesService
 
@@ -265,6 +308,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--database-url", dest="database_url", help="PostgreSQL URL (REALTIME_DATABASE_URL)")
     sp.add_argument("--redis-url", dest="redis_url", help="Redis URL: share channels between processes/machines")
     sp.add_argument("--workers", type=int, help="worker processes sharing the port (needs --redis-url)")
+    sp.add_argument("--functions-config", dest="functions_config", help="functions TOML (REALTIME_FUNCTIONS_CONFIG)")
     sp.set_defaults(func=cmd_serve)
 
     tp = sub.add_parser("token", help="mint a JWT signed with the configured secret")
@@ -275,6 +319,10 @@ def parser() -> argparse.ArgumentParser:
                     help="extra claim; VALUE is parsed as JSON when it can be")
     tp.add_argument("--jwt-secret", dest="jwt_secret")
     tp.set_defaults(func=cmd_token)
+
+    from .functions.cli import add_functions_commands
+
+    add_functions_commands(sub)
     return p
 
 

@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     #: set for the worker processes started by --workers (they share the port)
     reuse_port: bool = False
 
+    # functions triggered by realtime events (README "Functions")
+    functions_config: str | None = Field(None, description="path of the functions TOML file")
+    #: Standard Webhooks signing secret, ``whsec_<base64>``
+    functions_secret: str | None = None
+    #: sent as ``Authorization: Bearer`` to HTTP functions (e.g. a Supabase service_role key)
+    functions_service_role_key: str | None = None
+
     # pacing of refusals (protocol.md §1.4, §3.3)
     join_error_backoff_ms: int = Field(5000, ge=0)
     connect_error_backoff_ms: int = Field(2000, ge=0)

@@ -115,6 +115,8 @@ class Node:
         self.changes = changes
         self.authorizer = authorizer
         self.services = list(services)
+        #: the functions engine (README "Functions"); the server reports events to it
+        self.functions: Any = None
         self.limits = TenantLimits(
             max_concurrent_users=settings.max_concurrent_users,
             max_events_per_second=settings.max_events_per_second,

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from . import errors
+from .functions.engine import RealtimeEvent
 from .protocol.codec import Broadcast
 from .protocol.session import TOPIC_PREFIX, stream_key
 
@@ -118,6 +119,7 @@ class Rest:
             # meta is also set on the Broadcast so a channel that replayed this id skips it (§4.8)
             b = Broadcast(topic, payload=payload, meta=meta)
             self.state.node.publish(stream_key(private, m["topic"]), b)
+            self._observe(m["topic"], m["event"], m["payload"], claims)
         return self._respond(202)
 
     def _validate(self, m: Any) -> dict[str, list[str]]:
@@ -180,7 +182,14 @@ class Rest:
         self.limits.events.add(now)
         b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=data, binary=binary)
         self.state.node.publish(stream_key(private, sub_topic), b)
+        self._observe(sub_topic, event, data if binary else orjson.loads(data), claims)
         return self._respond(202)
+
+    def _observe(self, sub_topic: str, event: str, payload: Any, claims: dict[str, Any]) -> None:
+        """A REST broadcast is a ``broadcast`` event for functions (README "Functions")."""
+        functions = self.state.node.functions
+        if functions is not None:
+            functions.observe(RealtimeEvent("broadcast", sub_topic, event, payload, claims))
 
     async def preflight(self, request: web.Request) -> web.Response:
         return web.Response(status=204, headers=CORS_HEADERS)

@@ -25,7 +25,20 @@ from .auth import JwksRefresher, JwtVerifier
 from .config import Settings
 from .node import Node
 from .protocol import session as s
-from .protocol.codec import DecodeError, Message, Vsn, decode_binary, decode_text, encode, encode_kind4, parse_vsn
+from .functions.engine import RealtimeEvent
+from .protocol.codec import (
+    BinaryBroadcastPush,
+    Broadcast,
+    DecodeError,
+    Message,
+    Vsn,
+    decode_binary,
+    decode_text,
+    encode,
+    encode_kind4,
+    parse_vsn,
+)
+from .protocol.join import parse_join
 from .protocol.wsframe import build_frame
 from .rest import add_rest_routes
 
@@ -40,6 +53,32 @@ SLOW_CONSUMER_GRACE_S = 1.0
 _conn_ids = itertools.count(1)
 
 
+def broadcast_event(b: Broadcast) -> tuple[str | None, Any]:
+    """(user event, payload) of a fan-out message, as a function sees it."""
+    if b.event is not None:
+        if b.binary:
+            return b.event, b.data
+        return b.event, orjson.loads(b.data)
+    payload = b.payload if isinstance(b.payload, dict) else {}
+    event = payload.get("event")
+    return (event if isinstance(event, str) else None), payload.get("payload")
+
+
+def gated_send(msg: Message | BinaryBroadcastPush) -> tuple[str | None, Any]:
+    """(user event, payload) of a client broadcast push; (None, None) for any other frame."""
+    if isinstance(msg, BinaryBroadcastPush):
+        return msg.event, (msg.data if msg.binary else orjson.loads(msg.data))
+    if msg.event != "broadcast" or not isinstance(msg.payload, dict):
+        return None, None
+    event = msg.payload.get("event")
+    return (event if isinstance(event, str) else None), msg.payload.get("payload")
+
+
+def close_reason(ws: web.WebSocketResponse) -> str | None:
+    extra = ws.close_reason if hasattr(ws, "close_reason") else None
+    return str(extra) if extra else None
+
+
 def close_frame(code: int, reason: str) -> bytes:
     body = code.to_bytes(2, "big") + reason.encode()
     return bytes((0x88, len(body))) + body  # RFC 6455 §5.5.1; reasons here are < 126 bytes
@@ -50,9 +89,11 @@ class Connection:
 
     __slots__ = (
         "app_state",
+        "claims",
         "closing",
         "conn_id",
         "headers",
+        "joined",
         "last_rx",
         "loop",
         "session",
@@ -68,6 +109,9 @@ class Connection:
         self.app_state = state
         #: the upgrade request's ``x-*`` headers, exposed to policies as request.headers (§1.3)
         self.headers = headers or {}
+        #: the API key's claims, and the topics joined (for function events)
+        self.claims: dict[str, Any] = {}
+        self.joined: set[str] = set()
         self.ws = ws
         # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -117,14 +161,24 @@ class Connection:
                     self.send(e.message)
             elif isinstance(e, s.Publish):
                 node.publish(e.stream, e.broadcast, None if e.exclude is None else (cid, e.exclude))
+                if node.functions is not None:
+                    self.observe("broadcast", e.broadcast.topic, *broadcast_event(e.broadcast))
             elif isinstance(e, s.Subscribe):
                 node.subscribe(e.stream, (cid, e.topic), self, e.skip_ids)
+                if e.topic not in self.joined:
+                    self.joined.add(e.topic)
+                    self.observe("channel.join", e.topic, None, None)
             elif isinstance(e, s.Unsubscribe):
                 node.unsubscribe(e.stream, (cid, e.topic))
+                if e.topic in self.joined:
+                    self.joined.discard(e.topic)
+                    self.observe("channel.leave", e.topic, None, None)
             elif isinstance(e, s.Track):
                 node.track(e.stream, (cid, e.topic), e.key, e.payload)
+                self.observe("presence.join", e.topic, e.key, dict(e.payload))
             elif isinstance(e, s.Untrack):
                 node.untrack(e.stream, (cid, e.topic))
+                self.observe("presence.leave", e.topic, None, None)
             elif isinstance(e, s.PushPresenceState):
                 state = node.presence_state(e.stream)
                 self.send(Message(e.topic, "presence_state", state, ref=None, join_ref=e.join_ref))
@@ -159,6 +213,60 @@ class Connection:
                        "payload": orjson.Fragment(m.payload_json or b"{}"), "meta": meta}
             self.send(Message(e.topic, "broadcast", payload, ref=None, join_ref=e.join_ref))
 
+    # functions (README "Functions"): events are reported where they originate -------------
+
+    def observe(self, kind: str, topic: str, event: str | None, payload: Any) -> None:
+        functions = self.app_state.node.functions
+        if functions is None:
+            return
+        ch = self.session.channels.get(topic)
+        claims = ch.claims if ch is not None else self.claims
+        sub = topic[len(s.TOPIC_PREFIX):] if topic.startswith(s.TOPIC_PREFIX) else topic
+        functions.observe(RealtimeEvent(kind, sub, event, payload, claims))
+
+    async def gate(self, msg: Message | BinaryBroadcastPush) -> Message | BinaryBroadcastPush | None:
+        """``authorize_join`` / ``authorize_send`` gates: deny (reply with the reason), rewrite
+        the payload, or let the frame through unchanged.  Awaited in the read loop, so a
+        socket's frames keep their order."""
+        functions = self.app_state.node.functions
+        sub = msg.topic[len(s.TOPIC_PREFIX):]
+        if isinstance(msg, Message) and msg.event == "phx_join" and msg.topic.startswith(s.TOPIC_PREFIX):
+            if not functions.has_gate("authorize_join", sub):
+                return msg
+            claims = self._join_claims(msg)
+            if claims is None:
+                return msg  # the session refuses the token with the protocol's own error
+            config = msg.payload.get("config") if isinstance(msg.payload, dict) else None
+            res = await functions.gate_join(sub, claims, config if isinstance(config, dict) else {})
+            if not res.allow:
+                self.send(s.reply(msg, s.error_payload({"reason": res.reason or "Unauthorized: join denied"}),
+                                  msg.join_ref))
+                return None
+            return msg
+        ch = self.session.channels.get(msg.topic)
+        event, data = gated_send(msg)
+        if ch is None or event is None or not functions.has_gate("authorize_send", sub, event):
+            return msg
+        res = await functions.gate_send(sub, event, data, ch.claims)
+        if not res.allow:
+            self.send(s.reply(msg, s.error_payload({"reason": res.reason or "Unauthorized: send denied"}),
+                              ch.join_ref))
+            return None
+        if res.payload is None:
+            return msg
+        if isinstance(msg, BinaryBroadcastPush):
+            return BinaryBroadcastPush(msg.join_ref, msg.ref, msg.topic, event, None,
+                                       orjson.dumps(res.payload), False)
+        payload = {**msg.payload, "payload": res.payload}
+        return Message(msg.topic, msg.event, payload, ref=msg.ref, join_ref=msg.join_ref)
+
+    def _join_claims(self, msg: Message) -> dict[str, Any] | None:
+        token = parse_join(msg.payload).access_token or self.session.conn_token
+        try:
+            return self.session.verify(token, time.time())
+        except errors.RealtimeError:
+            return None
+
     def close(self, code: int, reason: str) -> None:
         if not self.closing:
             self.closing = True
@@ -166,21 +274,18 @@ class Connection:
 
     # input -----------------------------------------------------------------------------------
 
-    def receive_text(self, data: str) -> None:
+    def decode(self, data: str | bytes) -> tuple[Message | BinaryBroadcastPush, int] | None:
         try:
-            msg = decode_text(self.vsn, data)
+            if isinstance(data, str):
+                return decode_text(self.vsn, data), len(data)
+            push = decode_binary(self.vsn, data)
+            return push, len(push.data)
         except DecodeError as exc:
             log.debug("ignoring undecodable frame conn=%s: %s", self.conn_id, exc)  # §2.4
-            return
-        self.run(self.session.receive(msg, time.time(), len(data)))
+            return None
 
-    def receive_binary(self, data: bytes) -> None:
-        try:
-            push = decode_binary(self.vsn, data)
-        except DecodeError as exc:
-            log.debug("ignoring binary frame conn=%s: %s", self.conn_id, exc)  # §2.4
-            return
-        self.run(self.session.receive(push, time.time(), len(push.data)))
+    def handle(self, msg: Message | BinaryBroadcastPush, size: int) -> None:
+        self.run(self.session.receive(msg, time.time(), size))
 
     # timers: idle timeout (§2.2) and channel token expiry (§3.9) share one handle ------------
 
@@ -275,7 +380,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if not api_key:
         return await refuse(state, 401, {"error": errors.ApiKeyMissing().handshake_error})
     try:
-        await state.verify(api_key)
+        claims = await state.verify(api_key)
     except errors.RealtimeError as err:
         return await refuse(state, err.http_status, {"error": err.handshake_error})
     limits = state.node.limits
@@ -296,24 +401,33 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     headers = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-")}
     conn = Connection(state, ws, transport, vsn, session, headers)
     state.connections.add(conn)
+    conn.claims = claims
+    conn.observe("connection.open", "", None, None)
     conn.arm_timer()
     try:
         await read_loop(conn, ws)
     finally:
         state.connections.discard(conn)
         conn.finish()
+        conn.observe("connection.close", "", None, {"code": ws.close_code, "reason": close_reason(ws)})
     return ws
 
 
 async def read_loop(conn: Connection, ws: web.WebSocketResponse) -> None:
     loop = conn.loop
+    functions = conn.app_state.node.functions
+    gated = functions is not None and bool(functions.config.gates)
     while True:
         msg = await ws.receive()
         conn.last_rx = loop.time()
-        if msg.type is WSMsgType.TEXT:
-            conn.receive_text(msg.data)
-        elif msg.type is WSMsgType.BINARY:
-            conn.receive_binary(msg.data)
+        if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+            decoded = conn.decode(msg.data)
+            if decoded is not None:
+                frame: Message | BinaryBroadcastPush | None = decoded[0]
+                if gated:
+                    frame = await conn.gate(decoded[0])
+                if frame is not None:
+                    conn.handle(frame, decoded[1])
         elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return
         if conn.closing:

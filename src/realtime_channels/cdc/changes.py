@@ -188,6 +188,10 @@ class PostgresChanges:
         self._echo: dict[int, asyncio.Future[None]] = {}
         #: end LSN of the newest transaction this node has routed (fail-over de-duplication)
         self._routed_lsn = 0
+        #: functions' postgres triggers: called on the reading node once per change of a table
+        #: ``watch`` accepts, with the change's full ``data`` object (no RLS: functions are trusted)
+        self.on_change: Callable[[str, str, str, dict[str, Any]], None] | None = None
+        self.watch: Callable[[str, str], bool] = lambda schema, table: False
         self.leading = False
         #: the leader's reader state as last shared, and when (monotonic)
         self._remote: tuple[str, float] = ("connecting", 0.0)
@@ -292,6 +296,8 @@ class PostgresChanges:
         """The reader's callback on the leader: share the transaction and wait until it has
         come back through the PubSub and been routed here, so the position is stored only after
         every node was sent it."""
+        if self.on_change is not None:
+            await self._report_changes(txn)
         if self._share is None:
             await self._on_transaction(txn)
             return
@@ -303,6 +309,23 @@ class PostgresChanges:
                 await fut
         finally:
             self._echo.pop(txn.end_lsn, None)
+
+    async def _report_changes(self, txn: Transaction) -> None:
+        watched = [c for c in txn.changes if self.watch(c.relation.namespace, c.relation.name)]
+        if not watched or self.on_change is None:
+            return
+        commit_ts = pgoutput.commit_timestamp(txn.commit_ts_us)
+        async with self._conn_lock:
+            conn = await self._connection()
+            for change in watched:
+                info = await self.cache.table_info(conn, change.relation.namespace, change.relation.name)
+                if info is None:
+                    continue
+                row = _Row(change, info)
+                data = row.data(row.column_set(frozenset(c.name for c in info.columns), None), commit_ts)
+                # plain JSON values: numeric/json are orjson Fragments on the wire path, which a
+                # function's filter cannot compare (numeric arrives as a JSON number)
+                self.on_change(info.schema, info.name, change.kind, orjson.loads(orjson.dumps(data)))
 
     async def _route_shared(self) -> None:
         while True:

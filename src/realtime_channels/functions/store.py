@@ -5,6 +5,12 @@ it, ``dead`` once it is dead-lettered, and ``replay`` when ``realtime-channels f
 replay`` handed it back from another process: the running engine adopts ``replay`` rows on its
 next poll (and at start-up) and turns them back into ``queued``.  A delivered row is deleted.
 
+**Ownership**: each engine has an ``owner`` id and holds a session advisory lock on it for as
+long as it runs.  Rows whose owner no longer holds its lock (a stopped or crashed server, or a
+previous run of this one) are adopted by a live engine at start-up and on every poll, so with
+several servers (``--workers``) on one database no row is delivered by two live engines, and
+none is stranded when one of them dies.
+
 ``seq`` is the insertion order; deliveries are reloaded in ``seq`` order so per-topic order
 survives a restart.  ``id`` is the idempotency key the function sees (``webhook-id``), kept
 across attempts, restarts and replays.
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,11 +29,15 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from .targets import dumps
+
 __all__ = ["Delivery", "PgStore", "TABLE"]
 
 log = logging.getLogger(__name__)
 
 TABLE = "realtime.rc_function_events"
+#: First key of the ownership advisory locks ("rcfn"); the second is hashtext(owner).
+_OWNER_LOCK = 0x7263666E
 T = TypeVar("T")
 
 _SETUP = (
@@ -43,10 +53,12 @@ _SETUP = (
         next_at timestamptz not null default now(),
         state text not null default 'queued' check (state in ('queued', 'replay', 'dead')),
         last_error text,
+        owner text,
         inserted_at timestamptz not null default now(),
         updated_at timestamptz not null default now()
     )
     """,
+    f"alter table {TABLE} add column if not exists owner text",
     f"create index if not exists rc_function_events_state_seq_idx on {TABLE} (state, seq)",
 )
 _COLUMNS = ("id::text as id_text, trigger, topic, event, attempts,"
@@ -82,10 +94,13 @@ def _row(r: Sequence[Any]) -> Delivery:
 class PgStore:
     """One autocommit connection, serialised by a lock and reopened after a failure."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, owner: str | None = None) -> None:
         self.dsn = dsn
+        self.owner = owner
         self._conn: AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
+        #: holds the owner's advisory lock for the life of the engine
+        self._owner_conn: AsyncConnection[Any] | None = None
 
     async def _run(self, op: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
         async with self._lock:
@@ -103,6 +118,29 @@ class PgStore:
             if self._conn is not None:
                 await self._conn.close()
                 self._conn = None
+            if self._owner_conn is not None:
+                await self._owner_conn.close()  # releases the ownership lock
+                self._owner_conn = None
+
+    async def hold_ownership(self) -> None:
+        """Take (or re-take, after a lost connection) the advisory lock that marks us alive."""
+        assert self.owner is not None
+        if self._owner_conn is not None and not self._owner_conn.closed:
+            try:
+                await self._owner_conn.execute("select 1")
+                return
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                await self._owner_conn.close()
+        self._owner_conn = await AsyncConnection.connect(self.dsn, autocommit=True)
+        await self._owner_conn.execute("select pg_advisory_lock(%s, hashtext(%s))", (_OWNER_LOCK, self.owner))
+
+    async def table_exists(self) -> bool:
+        async def op(conn: AsyncConnection[Any]) -> bool:
+            cur = await conn.execute("select to_regclass(%s) is not null", (TABLE,))
+            row = await cur.fetchone()
+            return bool(row and row[0])
+
+        return await self._run(op)
 
     async def setup(self) -> None:
         async def op(conn: AsyncConnection[Any]) -> None:
@@ -114,31 +152,40 @@ class PgStore:
 
         await self._run(op)
 
-    async def insert(self, batch: Sequence[Delivery]) -> None:
+    async def insert(self, batch: Sequence[Delivery], state: str = "queued") -> None:
         async def op(conn: AsyncConnection[Any]) -> None:
             async with conn.cursor() as cur:
                 await cur.executemany(
-                    f"insert into {TABLE} (id, trigger, topic, event, attempts, next_at, last_error)"
-                    " values (%s, %s, %s, %s, %s, to_timestamp(%s), %s) on conflict (id) do nothing",
-                    [(d.id, d.trigger, d.topic, Jsonb(d.event, dumps=_dumps), d.attempts, d.next_at, d.last_error)
-                     for d in batch],
+                    f"insert into {TABLE} (id, trigger, topic, event, attempts, next_at, last_error, state, owner)"
+                    " values (%s, %s, %s, %s, %s, to_timestamp(%s), %s, %s, %s) on conflict (id) do nothing",
+                    [(d.id, d.trigger, d.topic, Jsonb(d.event, dumps=_dumps), d.attempts, d.next_at, d.last_error,
+                      state, self.owner) for d in batch],
                 )
 
         await self._run(op)
 
-    async def _select(self, query: str, params: Sequence[Any] = ()) -> list[Delivery]:
+    async def _select(self, query: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Delivery]:
         async def op(conn: AsyncConnection[Any]) -> list[Delivery]:
             cur = await conn.execute(query, params)
             return [_row(r) for r in await cur.fetchall()]
 
         return await self._run(op)
 
-    async def claim(self, states: Sequence[str]) -> list[Delivery]:
-        """Rows in ``states`` become ``queued`` and are returned in ``seq`` order."""
+    async def adopt(self) -> list[Delivery]:
+        """Take over ``replay`` rows and ``queued`` rows whose owner is gone; ``seq`` order.
+
+        Concurrent adopters serialise on the row locks and re-check the condition, so a row is
+        adopted once.
+        """
+        assert self.owner is not None
         return await self._select(
-            f"with r as (update {TABLE} set state = 'queued', updated_at = now() where state = any(%s)"
+            f"with r as (update {TABLE} t set state = 'queued', owner = %(me)s, updated_at = now()"
+            " where t.state = 'replay' or (t.state = 'queued' and t.owner is distinct from %(me)s"
+            " and not exists (select 1 from pg_locks l where l.locktype = 'advisory' and l.granted"
+            " and l.database = (select oid from pg_database where datname = current_database())"
+            " and l.classid = %(k)s::oid and l.objid = hashtext(t.owner)::oid and l.objsubid = 2))"
             f" returning seq, {_COLUMNS}) select {', '.join(_COLUMN_ALIASES)} from r order by seq",
-            (list(states),),
+            {"me": self.owner, "k": _OWNER_LOCK},
         )
 
     async def done(self, d: Delivery) -> None:
@@ -160,9 +207,9 @@ class PgStore:
     async def revive(self, ids: Sequence[str] | None, state: str) -> list[Delivery]:
         """Dead rows (all, or these ids) go back to ``state`` with their attempts reset."""
         where = "state = 'dead'" if ids is None else "state = 'dead' and id::text = any(%s)"
-        params: tuple[Any, ...] = () if ids is None else (list(ids),)
+        params: tuple[Any, ...] = (state, self.owner) if ids is None else (state, self.owner, list(ids))
         return await self._select(
-            f"with r as (update {TABLE} set state = '{state}', attempts = 0, next_at = now(), updated_at = now()"
+            f"with r as (update {TABLE} set state = %s, owner = %s, attempts = 0, next_at = now(), updated_at = now()"
             f" where {where} returning seq, {_COLUMNS}) select {', '.join(_COLUMN_ALIASES)} from r order by seq",
             params,
         )
@@ -173,4 +220,4 @@ _COLUMN_ALIASES = ("id_text", "trigger", "topic", "event", "attempts", "next_epo
 
 
 def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
+    return dumps(obj).decode()
