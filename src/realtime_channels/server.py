@@ -466,6 +466,24 @@ async def health(request: web.Request) -> web.Response:
     return json_response(200, body)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format: connections, per-trigger function metrics."""
+    state = request.app[STATE]
+    node = state.node
+    now = time.time()
+    lines = [
+        "# TYPE realtime_connections gauge", f"realtime_connections {len(state.connections)}",
+        "# TYPE realtime_events_per_second gauge", f"realtime_events_per_second {node.limits.events.rate(now):.3f}",
+        "# TYPE realtime_cluster_nodes gauge", f"realtime_cluster_nodes {1 + len(node.replica.peers)}",
+    ]
+    if node.functions is not None:
+        for trigger, values in sorted(node.functions.metrics().items()):
+            for name, value in sorted(values.items()):
+                label = trigger.replace("\\", "\\\\").replace('"', '\\"')
+                lines.append(f'realtime_function_{name}{{trigger="{label}"}} {float(value):g}')
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
 async def ping(request: web.Request) -> web.Response:
     return json_response(200, {"message": "Success"})
 
@@ -480,6 +498,7 @@ def build_app(settings: Settings, node: Node, verifier: JwtVerifier,
         app.router.add_route("*", path, websocket_handler)
     app.router.add_get("/healthcheck", healthcheck)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     for prefix in ("", "/realtime/v1"):
         app.router.add_get(prefix + "/api/ping", ping)
     add_rest_routes(app, state)

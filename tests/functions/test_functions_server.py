@@ -103,6 +103,12 @@ async def test_supabase_js_message_is_answered_by_a_function(fn_server: ServerPr
     answer = got["payload"]
     assert answer["reply"] == "HELLO" and answer["to"] == "alice"
     assert isinstance(answer["in_reply_to"], str) and len(answer["in_reply_to"]) == 36  # the event id
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(f"{fn_server.http_url}/metrics") as r:
+        text = await r.text()
+    name = "respond-python" if prefix == "room" else "respond-http"
+    assert f'realtime_function_delivered{{trigger="{name}"}} 1' in text, text
 
 
 async def test_join_gate_denies_with_the_functions_reason(fn_server: ServerProc) -> None:
