@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     max_concurrent_users: int = Field(200, gt=0)
     max_joins_per_second: int = Field(100, gt=0)
     max_presence_events_per_second: int = Field(1000, gt=0)
+    #: inbound frames one socket may send per second (burst as large); beyond it the socket is
+    #: read more slowly (TCP back-pressure), never cut off — our protection, not Supabase's
+    max_client_frames_per_second: int = Field(5000, gt=0)
     #: stored like Supabase's tenant field, and like Supabase not enforced (protocol.md §8)
     max_bytes_per_second: int = Field(100_000, gt=0)
     presence_enabled: bool = False

@@ -39,6 +39,7 @@ from .protocol.codec import (
     parse_vsn,
 )
 from .protocol.join import parse_join
+from .protocol.limits import TokenBucket
 from .protocol.wsframe import build_frame
 from .rest import add_rest_routes
 
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 WS_PATHS = ("/socket/websocket", "/realtime/v1/websocket", "/websocket")
 SLOW_CONSUMER_CODE = 1008
 IDLE_CLOSE_CODE = 1000
+#: A socket's reader yields to the others after this much uninterrupted work.
+READ_SLICE_S = 0.001
 #: After the slow-consumer close frame is queued, give the peer this long before aborting.
 SLOW_CONSUMER_GRACE_S = 1.0
 
@@ -90,6 +93,7 @@ class Connection:
     __slots__ = (
         "app_state",
         "claims",
+        "close_task",
         "closing",
         "conn_id",
         "headers",
@@ -121,6 +125,7 @@ class Connection:
         self.loop = asyncio.get_running_loop()
         self.last_rx = self.loop.time()
         self.closing = False
+        self.close_task: asyncio.Future[Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = float("inf")
 
@@ -270,7 +275,7 @@ class Connection:
     def close(self, code: int, reason: str) -> None:
         if not self.closing:
             self.closing = True
-            asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
+            self.close_task = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
 
     # input -----------------------------------------------------------------------------------
 
@@ -343,6 +348,10 @@ class AppState:
             private_only=settings.private_only,
         )
 
+    def frame_budget(self) -> TokenBucket:
+        rate = float(self.settings.max_client_frames_per_second)
+        return TokenBucket(rate, rate)
+
     async def verify(self, token: str) -> dict[str, Any]:
         """Verify a token, refreshing a URL JWKS first when it names an unknown key id."""
         if self.refresher is not None and self.verifier.unknown_kid(token) is not None:
@@ -414,12 +423,23 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def read_loop(conn: Connection, ws: web.WebSocketResponse) -> None:
+    """One socket's frames, in order.
+
+    Fairness: while a socket has frames buffered ``ws.receive()`` returns without yielding, so
+    a flooding client would hold the event loop for a whole socket read (thousands of frames)
+    while every other socket waits.  The loop therefore yields after ``READ_SLICE_S`` of work,
+    and a socket over its inbound budget (``REALTIME_MAX_CLIENT_FRAMES_PER_SECOND``) is simply
+    not read for a while: TCP back-pressure slows the sender, nobody else is delayed, and no
+    frame is dropped."""
     loop = conn.loop
     functions = conn.app_state.node.functions
     gated = functions is not None and bool(functions.config.gates)
+    budget = conn.app_state.frame_budget()
+    slice_start = loop.time()
     while True:
         msg = await ws.receive()
-        conn.last_rx = loop.time()
+        now = loop.time()
+        conn.last_rx = now
         if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
             decoded = conn.decode(msg.data)
             if decoded is not None:
@@ -431,8 +451,16 @@ async def read_loop(conn: Connection, ws: web.WebSocketResponse) -> None:
         elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return
         if conn.closing:
+            if conn.close_task is not None:  # let our close (e.g. 1001) finish before returning
+                await asyncio.shield(conn.close_task)
             return
         conn.arm_timer()
+        if not budget.take(now):
+            await asyncio.sleep(budget.wait(now))  # pace this socket only (see docstring)
+            slice_start = loop.time()
+        elif loop.time() - slice_start > READ_SLICE_S:
+            await asyncio.sleep(0)  # let the other sockets have their turn
+            slice_start = loop.time()
 
 
 async def shutdown_connections(app: web.Application) -> None:

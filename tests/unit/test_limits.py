@@ -168,3 +168,12 @@ def test_bucket_clock_stepping_back_does_not_refill() -> None:
 def test_bucket_rejects_bad_config(rate: float, burst: float) -> None:
     with pytest.raises(ValueError):
         TokenBucket(rate, burst)
+
+
+def test_token_bucket_wait_tells_when_the_next_token_comes() -> None:
+    bucket = TokenBucket(rate=10.0, burst=2.0)
+    assert bucket.take(0.0) and bucket.take(0.0) and not bucket.take(0.0)
+    assert bucket.wait(0.0) == pytest.approx(0.1)
+    assert bucket.wait(0.05) == pytest.approx(0.05)
+    assert bucket.wait(0.1) == 0.0
+    assert bucket.take(0.1)

@@ -121,6 +121,15 @@ class TokenBucket:
             return True
         return False
 
+    def wait(self, now: float, n: float = 1.0) -> float:
+        """Seconds from ``now`` until ``n`` tokens will be available (0 if they are)."""
+        tokens = self._tokens
+        if self._last is not None and now > self._last:
+            tokens = min(self._burst, tokens + (now - self._last) * self._rate)
+        if tokens >= n:
+            return 0.0
+        return (n - tokens) / self._rate if self._rate > 0 else float("inf")
+
 
 class TenantLimits:
     """The tenant-wide counters of protocol.md §8, shared by every session of a node.
