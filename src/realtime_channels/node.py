@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .config import Settings
@@ -158,6 +158,14 @@ class Node:
             sub = SkipIds(sub, skip_ids)
         if self.hub.add(stream, sid, sub):
             self.pubsub.subscribe(stream)
+
+    def prepare_stream(self, stream: str) -> Awaitable[None] | None:
+        """Subscribe the backbone to a stream this node does not carry yet; returns what to
+        wait for before a client may be told it joined (``PubSub.confirmed``)."""
+        if self.hub.count(stream):
+            return None
+        self.pubsub.subscribe(stream)
+        return self.pubsub.confirmed(stream)
 
     def unsubscribe(self, stream: str, sid: Hashable) -> None:
         if self.hub.remove(stream, sid):

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 WS_PATHS = ("/socket/websocket", "/realtime/v1/websocket", "/websocket")
 SLOW_CONSUMER_CODE = 1008
 IDLE_CLOSE_CODE = 1000
+#: A join waits at most this long for the backbone to confirm a new stream subscription.
+SUBSCRIBE_CONFIRM_TIMEOUT_S = 5.0
 #: A socket's reader yields to the others after this much uninterrupted work.
 READ_SLICE_S = 0.001
 #: After the slow-consumer close frame is queued, give the peer this long before aborting.
@@ -92,6 +94,7 @@ class Connection:
 
     __slots__ = (
         "app_state",
+        "backlog",
         "claims",
         "close_task",
         "closing",
@@ -126,6 +129,8 @@ class Connection:
         self.last_rx = self.loop.time()
         self.closing = False
         self.close_task: asyncio.Future[Any] | None = None
+        #: effect batches waiting behind one that waits for the backbone (see ``run``)
+        self.backlog: list[list[s.Effect]] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = float("inf")
 
@@ -156,6 +161,36 @@ class Connection:
     # effects ---------------------------------------------------------------------------------
 
     def run(self, effects: list[s.Effect]) -> None:
+        """Execute a batch of effects in order.  A batch that subscribes to a stream new to
+        this node waits until the backbone confirms it (so nothing another node publishes after
+        the client saw its join reply is missed); later batches queue behind it."""
+        if self.backlog is not None:
+            self.backlog.append(effects)
+            return
+        node = self.app_state.node
+        waits = [w for e in effects if isinstance(e, s.Subscribe)
+                 and (w := node.prepare_stream(e.stream)) is not None]
+        if waits:
+            self.backlog = [effects]
+            self.loop.create_task(self._run_when_confirmed(waits))
+            return
+        self._execute(effects)
+
+    async def _run_when_confirmed(self, waits: list[Awaitable[None]]) -> None:
+        try:
+            async with asyncio.timeout(SUBSCRIBE_CONFIRM_TIMEOUT_S):
+                await asyncio.gather(*waits)
+        except TimeoutError:
+            log.warning("backbone did not confirm a subscription in time conn=%s", self.conn_id)
+        (first, *rest), self.backlog = self.backlog or [[]], None
+        self._execute(first)
+        for i, effects in enumerate(rest):
+            if self.backlog is not None:  # a queued batch started another wait: keep the rest
+                self.backlog.extend(rest[i:])
+                return
+            self.run(effects)
+
+    def _execute(self, effects: list[s.Effect]) -> None:
         node = self.app_state.node
         cid = self.conn_id
         for e in effects:

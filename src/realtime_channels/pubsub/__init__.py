@@ -5,7 +5,7 @@ Every backend (memory, Redis) implements :class:`PubSub` and passes the same con
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,6 +55,11 @@ class PubSub(Protocol):
 
     def unsubscribe(self, stream: str) -> None:
         """Stop receiving ``stream`` (idempotent)."""
+
+    def confirmed(self, stream: str) -> Awaitable[None] | None:
+        """After ``subscribe(stream)``: ``None`` when envelopes published from now on (by any
+        node) are sure to arrive here, otherwise an awaitable that resolves once they are (a
+        networked backend waits for the broker to confirm the subscription).  Never raises."""
 
     def publish(self, envelope: Envelope) -> None:
         """Send ``envelope`` to every node subscribed to ``envelope.stream``."""

@@ -41,6 +41,10 @@ class MemoryPubSub:
             if not subs:
                 del self._broker.subscribers[stream]
 
+    def confirmed(self, stream: str) -> None:
+        """Subscriptions take effect at once in-process."""
+        return None
+
     def publish(self, envelope: Envelope) -> None:
         for node in tuple(self._broker.subscribers.get(envelope.stream, ())):
             if node._deliver is not None:

@@ -144,6 +144,8 @@ class RedisPubSub:
         self._announced = False  # has the first outcome (connected or not) been logged
         self._deliver: Deliver | None = None
         self._streams: set[str] = set()
+        #: channel -> resolved when Redis confirms its SUBSCRIBE (see ``confirmed``)
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._ops: deque[_Op] = deque()
         self._ops_ready = asyncio.Event()
         self._unechoed: deque[tuple[int, Envelope]] = deque()
@@ -178,13 +180,29 @@ class RedisPubSub:
         self._streams.clear()
         self._ops.clear()
         self._unechoed.clear()
+        self._release_confirmations()
 
     def subscribe(self, stream: str) -> None:
         if self._closed or stream in self._streams:
             return
         self._streams.add(stream)
         if self._session is not None:  # otherwise the next session subscribes the whole set
+            self._confirmations[self.prefix + stream] = asyncio.get_running_loop().create_future()
             self._push((_SUB, self.prefix + stream, b""))
+
+    def confirmed(self, stream: str) -> asyncio.Future[None] | None:
+        """Pending until Redis confirms the SUBSCRIBE: a node that replies to a join before
+        that could miss what another node publishes right after the client saw the reply."""
+        if self._state != "connected":
+            return None  # degraded: only local delivery, nothing to wait for
+        fut = self._confirmations.get(self.prefix + stream)
+        return fut if fut is not None and not fut.done() else None
+
+    def _release_confirmations(self) -> None:
+        for fut in self._confirmations.values():
+            if not fut.done():
+                fut.set_result(None)
+        self._confirmations.clear()
 
     def unsubscribe(self, stream: str) -> None:
         if stream not in self._streams:
@@ -275,6 +293,7 @@ class RedisPubSub:
 
     def _enter_degraded(self, reason: str) -> None:
         """Stop routing through Redis; local subscribers get pending and new messages now."""
+        self._release_confirmations()  # nobody waits on a broker that is gone
         if self._state == "degraded":
             if not self._announced:
                 self._announced = True
@@ -386,6 +405,12 @@ class RedisPubSub:
             if kind == "message":
                 self._on_frame(msg["data"])
             elif kind in ("subscribe", "unsubscribe"):
+                if kind == "subscribe":
+                    channel = msg.get("channel")
+                    name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                    fut = self._confirmations.pop(name, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
                 s.unconfirmed -= 1
                 if s.unconfirmed <= 0:
                     s.unconfirmed = 0
