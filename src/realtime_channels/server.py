@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 WS_PATHS = ("/socket/websocket", "/realtime/v1/websocket", "/websocket")
 SLOW_CONSUMER_CODE = 1008
 IDLE_CLOSE_CODE = 1000
+#: verified tokens remembered (signature only; expiry is always re-checked)
+CLAIMS_CACHE_SIZE = 10_000
 #: A join waits at most this long for the backbone to confirm a new stream subscription.
 SUBSCRIBE_CONFIRM_TIMEOUT_S = 5.0
 #: A socket's reader yields to the others after this much uninterrupted work.
@@ -371,6 +373,7 @@ class AppState:
         self.verifier = verifier
         self.refresher = refresher
         self.connections: set[Connection] = set()
+        self._claims: dict[str, dict[str, Any]] = {}
         self.session_config = s.SessionConfig(
             max_channels=settings.max_channels_per_client,
             max_payload_bytes=settings.max_payload_bytes,
@@ -390,11 +393,27 @@ class AppState:
     async def verify(self, token: str) -> dict[str, Any]:
         """Verify a token, refreshing a URL JWKS first when it names an unknown key id."""
         if self.refresher is not None and self.verifier.unknown_kid(token) is not None:
-            await self.refresher.refresh_for(token, time.time())
-        return self.verifier.verify(token, time.time())
+            if await self.refresher.refresh_for(token, time.time()):
+                self._claims.clear()  # the key set changed
+        return self.verify_cached(token, time.time())
+
+    def verify_cached(self, token: str, now: float) -> dict[str, Any]:
+        """The same token is typically verified at the upgrade and again at each join (its
+        ``access_token``); a verified signature is remembered, the expiry is checked every
+        time.  Bounded; forgotten wholesale when full or when the keys change."""
+        claims = self._claims.get(token)
+        if claims is not None:
+            exp = claims.get("exp")
+            if isinstance(exp, int | float) and exp > now:
+                return claims
+        claims = self.verifier.verify(token, now)  # raises with the exact error (expired, …)
+        if len(self._claims) >= CLAIMS_CACHE_SIZE:
+            self._claims.clear()
+        self._claims[token] = claims
+        return claims
 
     def session_verifier(self) -> Callable[[str, float], dict[str, Any]]:
-        return self.verifier.verify
+        return self.verify_cached
 
 
 STATE: web.AppKey[AppState] = web.AppKey("state", AppState)
