@@ -490,11 +490,16 @@ class PostgresChanges:
                      txn: Transaction, work: list[tuple[Change, list[Sub]]]) -> None:
         commit_ts = pgoutput.commit_timestamp(txn.commit_ts_us)
         prepared: list[tuple[_Row, list[Sub]]] = []
+        checked: set[int] = set()
         for change, subs in work:
             rel = change.relation
-            if self._relations.get(rel.relid) is not rel:
-                self._relations[rel.relid] = rel
-                self.cache.invalidate(rel.relid)  # a Relation message follows every schema change
+            if rel.relid not in checked:
+                # Compared by value: shared transactions carry fresh Relation objects.  A new
+                # shape means a schema change (pgoutput sends a Relation message after one).
+                checked.add(rel.relid)
+                if self._relations.get(rel.relid) != rel:
+                    self._relations[rel.relid] = rel
+                    self.cache.invalidate(rel.relid)
             info = await self.cache.table_info(conn, rel.namespace, rel.name)
             if info is None:
                 continue

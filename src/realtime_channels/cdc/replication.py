@@ -35,6 +35,7 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -170,6 +171,8 @@ class ReplicationReader:
         self._handled = 0
         #: end_lsn known to be in rc_replication_position.
         self._stored = 0
+        #: the position write in flight, if any (see _commit)
+        self._storing: asyncio.Future[None] | None = None
         #: flush/apply LSN we report to the server (per session; 0 means "nothing yet").
         self._ack = 0
         #: whether the current session got as far as streaming (resets the back-off).
@@ -356,6 +359,10 @@ class ReplicationReader:
             finally:
                 await repl.close()
         finally:
+            storing, self._storing = self._storing, None
+            if storing is not None:  # finish (or fail) the last position write of this session
+                with contextlib.suppress(Exception):
+                    await storing
             await side.close()
 
     async def _setup(self, side: psycopg.AsyncConnection[Any]) -> None:
@@ -520,6 +527,9 @@ class ReplicationReader:
             self._ack = max(self._ack, commit.end_lsn)
             return
         if pending.changes:
+            if self._storing is not None:  # the previous position is stored before we route more
+                await self._storing
+                self._storing = None
             txn = Transaction(
                 xid=pending.begin.xid,
                 commit_lsn=commit.commit_lsn,
@@ -532,7 +542,9 @@ class ReplicationReader:
             except Exception as exc:
                 raise _CallbackFailed(f"on_transaction failed: {type(exc).__name__}: {_first_line(exc)}") from exc
             self._handled = commit.end_lsn
-            await self._store(side, commit.end_lsn)
+            # The position write runs while the next transaction is read and decoded; it is
+            # awaited before that one is routed, so a crash still replays at most this one.
+            self._storing = asyncio.ensure_future(self._store(side, commit.end_lsn))
         else:
             # An empty transaction (servers before 15 send one for every unpublished write,
             # including our own position upserts) advances the in-memory and acknowledged
