@@ -3,6 +3,9 @@
 Built from the installed server binaries; no system service is used.  ``initdb``/``pg_ctl``
 refuse to run as root, so as root they run as the ``postgres`` OS user (``runuser``), in a
 directory that user owns.
+
+Test modules make their own databases on the session's cluster with :func:`create_database`
+(Supabase's roles included) and drop them with :func:`drop_database`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,29 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
+
+import psycopg
+
+
+#: The roles every Supabase database has (protocol.md §6.6, §7.2), created if missing.  Roles are
+#: cluster-wide; the cluster's superuser may SET ROLE to any of them.
+SUPABASE_ROLES_SQL = """
+do $$
+begin
+    if not exists (select 1 from pg_roles where rolname = 'anon') then
+        create role anon nologin noinherit;
+    end if;
+    if not exists (select 1 from pg_roles where rolname = 'authenticated') then
+        create role authenticated nologin noinherit;
+    end if;
+    if not exists (select 1 from pg_roles where rolname = 'service_role') then
+        create role service_role nologin noinherit bypassrls;
+    end if;
+end
+$$;
+"""
 
 
 def _free_port() -> int:
@@ -103,3 +128,50 @@ class PgCluster:
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def database_dsn(cluster: PgCluster, name: str) -> str:
+    """The dsn of database ``name`` on ``cluster`` (same user, host and port)."""
+    return cluster.dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+def create_database(cluster: PgCluster, name: str) -> str:
+    """(Re)create database ``name`` on ``cluster``, make sure Supabase's roles exist, and
+    return its dsn.  A leftover of an interrupted run is dropped first."""
+    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+        admin.execute(f'create database "{name}"')
+        admin.execute(SUPABASE_ROLES_SQL)
+    return database_dsn(cluster, name)
+
+
+def install_auth_helpers(dsn: str) -> None:
+    """Install ``auth.uid()``/``auth.jwt()`` (``realtime_channels.cdc.sql``) in the database."""
+    import asyncio
+
+    from realtime_channels.cdc.sql import install_auth_helpers as install
+
+    async def run() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await install(conn)
+
+    asyncio.run(run())
+
+
+def drop_database(cluster: PgCluster, name: str, *, slots_timeout: float = 15.0) -> None:
+    """Drop database ``name`` and the replication slots on it, once no process streams them
+    (a server stopped just before may still be letting go of its slot)."""
+    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+        deadline = time.monotonic() + slots_timeout
+        while admin.execute(
+            "select 1 from pg_replication_slots where database = %s and active", (name,)
+        ).fetchone() is not None:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {slots_timeout}s waiting for replication slots of {name} to be released"
+                )
+            time.sleep(0.05)  # polling a condition, bounded by the deadline
+        admin.execute(
+            "select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = %s", (name,)
+        )
+        admin.execute(f'drop database if exists "{name}" with (force)')

@@ -1,13 +1,16 @@
 """Test support shared by every test directory: start a real ``realtime-channels serve``
-subprocess on a free port, mint JWTs.  (A plain module, so tests import it by name; pytest
+subprocess or a private ``redis-server`` on a free port, mint JWTs.  (A plain module, so tests import it by name; pytest
 loads every ``conftest.py`` under the same module name.)"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +21,8 @@ import jwt
 
 
 TEST_SECRET = "test-secret-with-at-least-32-characters-long!"
+
+REDIS_START_TIMEOUT_S = 10.0
 
 
 def free_port() -> int:
@@ -117,3 +122,72 @@ def start_server(tmp_dir: str, **env_overrides: str) -> ServerProc:
             server.stop()
             raise RuntimeError(f"server did not become healthy:\n{server.log()}")
         time.sleep(0.05)  # polling a condition (health), bounded by the deadline
+
+
+def _redis_ping(port: int) -> bool:
+    """One PING over a raw socket (RESP inline command); True on ``+PONG``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One private ``redis-server`` process on a fixed loopback port (no persistence); can be
+    SIGKILLed and started again on the same port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port if port is not None else free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.mkdtemp(prefix="rc-redis-")
+        self.log_path = os.path.join(self._dir, "redis.log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the process and wait until it answers PING."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (scripts/test installs it)")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--dir", self._dir],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while not _redis_ping(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                with open(self.log_path, "rb") as f:
+                    tail = f.read()[-2000:].decode("utf-8", "replace")
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{tail}")
+            time.sleep(0.02)  # process start-up poll; the condition is PING answering
+
+    def kill(self) -> None:
+        """SIGKILL: connections drop without a goodbye, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        """Stop the process and remove its directory."""
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)

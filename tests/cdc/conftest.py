@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pgcluster import create_database, drop_database, install_auth_helpers
 from support import start_server
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
@@ -30,22 +31,6 @@ for _helpers in ("integration", "conformance"):  # rawclient.py, peers.py (plain
     if str(TESTS_DIR / _helpers) not in sys.path:
         sys.path.insert(0, str(TESTS_DIR / _helpers))
 
-#: Roles every Supabase database has (protocol.md §6.6, §7.2).
-ROLES_SQL = """
-do $$
-begin
-    if not exists (select 1 from pg_roles where rolname = 'anon') then
-        create role anon nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'authenticated') then
-        create role authenticated nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'service_role') then
-        create role service_role nologin noinherit bypassrls;
-    end if;
-end
-$$;
-"""
 
 GRANTS_SQL = """
 grant usage on schema public to anon, authenticated, service_role;
@@ -143,13 +128,6 @@ async def _wait_subscribable(server: Any, table: str, timeout: float) -> None:
     raise AssertionError(f"postgres_changes subscriptions never succeeded; last system message: {last}")
 
 
-async def _install_auth_helpers(dsn: str) -> None:
-    from realtime_channels.cdc.sql import install_auth_helpers
-
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
-        await install_auth_helpers(aconn)
-
-
 @pytest.fixture(scope="module")
 def cdc(request: pytest.FixtureRequest, pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CdcDb]:
     """A database with Supabase's roles, the auth helpers and a server streaming from it."""
@@ -157,12 +135,8 @@ def cdc(request: pytest.FixtureRequest, pg_cluster: Any, tmp_path_factory: pytes
     dbname = f"rc_{suffix}"
     publication = f"rc_pub_{suffix}"[:63]
     slot = f"rc_slot_{suffix}"[:63]
-    with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:
-        admin.execute(f'drop database if exists "{dbname}" with (force)')
-        admin.execute(f'create database "{dbname}"')
-        admin.execute(ROLES_SQL)
-    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + f"/{dbname}"
-    asyncio.run(_install_auth_helpers(dsn))
+    dsn = create_database(pg_cluster, dbname)
+    install_auth_helpers(dsn)
     conn = psycopg.connect(dsn, autocommit=True, options="-c TimeZone=UTC -c DateStyle=ISO")
     conn.execute(GRANTS_SQL)
     db = CdcDb(dsn=dsn, dbname=dbname, publication=publication, slot=slot, conn=conn)
@@ -196,16 +170,4 @@ def cdc(request: pytest.FixtureRequest, pg_cluster: Any, tmp_path_factory: pytes
     finally:
         server.stop()
         conn.close()
-        with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:
-            _wait(
-                lambda: admin.execute(
-                    "select 1 from pg_replication_slots where slot_name = %s and active", (slot,)
-                ).fetchone()
-                is None,
-                10,
-                f"slot {slot} to be released",
-            )
-            admin.execute(
-                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s", (slot,)
-            )
-            admin.execute(f'drop database if exists "{dbname}" with (force)')
+        drop_database(pg_cluster, dbname)

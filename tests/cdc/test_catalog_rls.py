@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pgcluster import create_database, drop_database
 
 from realtime_channels.cdc import catalog, sql
 from realtime_channels.cdc.catalog import CatalogCache, TableInfo, match_tables
@@ -23,20 +24,8 @@ from realtime_channels.cdc.rls import RlsChecker, cohort_key
 DBNAME = "rc_test_catalog_rls"
 PUB = "rc_pub_catalog"
 
-ROLES_SQL = """
-do $$
-begin
-    if not exists (select 1 from pg_roles where rolname = 'anon') then
-        create role anon nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'authenticated') then
-        create role authenticated nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'service_role') then
-        create role service_role nologin noinherit bypassrls;
-    end if;
-end
-$$;
+# Supabase's roles themselves come from pgcluster.create_database.
+ROLE_GRANTS_SQL = """
 grant anon, authenticated, service_role to current_user;
 """
 
@@ -77,10 +66,6 @@ class Db:
         return cur.fetchall() if cur.description else []
 
 
-def _with_db(dsn: str, dbname: str) -> str:
-    return dsn.rsplit("/", 1)[0] + "/" + dbname
-
-
 async def _install(dsn: str) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await sql.install(conn)
@@ -91,11 +76,9 @@ async def _install(dsn: str) -> None:
 
 @pytest.fixture(scope="module")
 def db(pg_cluster: Any) -> Iterator[Db]:
+    dsn = create_database(pg_cluster, DBNAME)
     with psycopg.connect(pg_cluster.dsn, autocommit=True) as boot:
-        boot.execute(f"drop database if exists {DBNAME} with (force)")
-        boot.execute(f"create database {DBNAME}")
-        boot.execute(ROLES_SQL)
-    dsn = _with_db(pg_cluster.dsn, DBNAME)
+        boot.execute(ROLE_GRANTS_SQL)
     asyncio.run(_install(dsn))
     # pgoutput's text forms come from a walsender running with these settings (postgres-cdc.md
     # "Types"); the tests produce "pgoutput text" with the same ones.
@@ -110,8 +93,7 @@ def db(pg_cluster: Any) -> Iterator[Db]:
         yield Db(dsn=dsn, admin=admin)
     finally:
         admin.close()
-        with psycopg.connect(pg_cluster.dsn, autocommit=True) as boot:
-            boot.execute(f"drop database if exists {DBNAME} with (force)")
+        drop_database(pg_cluster, DBNAME)
 
 
 @pytest.fixture
@@ -716,11 +698,8 @@ async def test_visible_batch_function_resets_role_itself(db: Db) -> None:
 
 async def test_install_auth_helpers_keeps_existing_functions(pg_cluster: Any) -> None:
     name = "rc_test_catalog_rls_auth"
-    with psycopg.connect(pg_cluster.dsn, autocommit=True) as boot:
-        boot.execute(f"drop database if exists {name} with (force)")
-        boot.execute(f"create database {name}")
+    dsn = create_database(pg_cluster, name)
     try:
-        dsn = _with_db(pg_cluster.dsn, name)
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             await conn.execute("create schema auth")
             await conn.execute("create function auth.role() returns text language sql as $$ select 'custom' $$")
@@ -738,5 +717,4 @@ async def test_install_auth_helpers_keeps_existing_functions(pg_cluster: Any) ->
             cur = await conn.execute("select auth.uid(), auth.jwt()")
             assert await cur.fetchone() == (None, None)
     finally:
-        with psycopg.connect(pg_cluster.dsn, autocommit=True) as boot:
-            boot.execute(f"drop database if exists {name} with (force)")
+        drop_database(pg_cluster, name)

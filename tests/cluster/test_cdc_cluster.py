@@ -23,12 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -48,8 +44,9 @@ for _sub in ("integration",):  # rawclient
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from pgcluster import create_database, drop_database, install_auth_helpers  # noqa: E402
 from rawclient import V2, RawClient, event_is, open_client, unique_topic  # noqa: E402
-from support import ServerProc, free_port, make_token, start_server  # noqa: E402
+from support import RedisServer, ServerProc, make_token, start_server  # noqa: E402
 
 T = TypeVar("T")
 
@@ -70,21 +67,6 @@ CATCH_UP_S = 20.0
 U1 = "11111111-1111-4111-8111-111111111111"
 U2 = "22222222-2222-4222-8222-222222222222"
 
-ROLES_SQL = """
-do $$
-begin
-    if not exists (select 1 from pg_roles where rolname = 'anon') then
-        create role anon nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'authenticated') then
-        create role authenticated nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'service_role') then
-        create role service_role nologin noinherit bypassrls;
-    end if;
-end
-$$;
-"""
 GRANTS_SQL = """
 grant usage on schema public to anon, authenticated, service_role;
 alter default privileges in schema public grant select on tables to anon, authenticated, service_role;
@@ -120,36 +102,15 @@ async def wait_async(check: Callable[[], T | None], timeout: float, what: Callab
 # --- redis-server ---------------------------------------------------------------------------
 
 
-def _redis_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     """A private ``redis-server`` on a free port (no persistence)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (scripts/test installs it)")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="rc-cdc-redis-")
-    with open(os.path.join(workdir, "redis.log"), "ab") as log:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir],
-            stdout=log, stderr=subprocess.STDOUT)
+    redis = RedisServer()
+    redis.start()
     try:
-        wait_sync(lambda: proc.poll() is None and _redis_ping(port), 10, f"redis-server on port {port}")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield redis.url
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
+        redis.cleanup()
 
 
 # --- the database -----------------------------------------------------------------------------
@@ -179,13 +140,6 @@ class Db:
         return name
 
 
-async def _install_auth_helpers(dsn: str) -> None:
-    from realtime_channels.cdc.sql import install_auth_helpers
-
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
-        await install_auth_helpers(aconn)
-
-
 def _slot_active(admin: psycopg.Connection[Any]) -> bool:
     row = admin.execute("select active from pg_replication_slots where slot_name = %s", (SLOT,)).fetchone()
     return bool(row and row[0])
@@ -195,12 +149,8 @@ def _slot_active(admin: psycopg.Connection[Any]) -> bool:
 def db(pg_cluster: Any) -> Iterator[Db]:
     """A database with Supabase's roles, ``auth.jwt()`` and the publication; the slot and the
     database are dropped afterwards."""
-    with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:
-        admin.execute(f'drop database if exists "{DBNAME}" with (force)')
-        admin.execute(f'create database "{DBNAME}"')
-        admin.execute(ROLES_SQL)
-    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + f"/{DBNAME}"
-    asyncio.run(_install_auth_helpers(dsn))
+    dsn = create_database(pg_cluster, DBNAME)
+    install_auth_helpers(dsn)
     conn = psycopg.connect(dsn, autocommit=True)
     conn.execute(GRANTS_SQL)
     conn.execute(f"create publication {PUBLICATION}")
@@ -208,11 +158,7 @@ def db(pg_cluster: Any) -> Iterator[Db]:
         yield Db(dsn, conn)
     finally:
         conn.close()
-        with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:
-            wait_sync(lambda: not _slot_active(admin), 10, f"slot {SLOT} to be released")
-            admin.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots"
-                          " where slot_name = %s", (SLOT,))
-            admin.execute(f'drop database if exists "{DBNAME}" with (force)')
+        drop_database(pg_cluster, DBNAME)
 
 
 # --- the nodes --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 import pytest
 from aiohttp import web
+from pgcluster import create_database, drop_database
 from support import ServerProc, make_token, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,10 +182,7 @@ async def test_postgres_trigger_fires_once_per_change(tmp_path: Path, pg_cluster
     import psycopg
 
     dbname = "rc_fn_postgres"
-    with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:
-        admin.execute(f"drop database if exists {dbname}")
-        admin.execute(f"create database {dbname}")
-    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + f"/{dbname}"
+    dsn = create_database(pg_cluster, dbname)
     with psycopg.connect(dsn, autocommit=True) as db:
         db.execute("create table public.orders (id serial primary key, total numeric)")
         db.execute("create publication rc_fn_pub for table public.orders")
@@ -211,11 +209,7 @@ async def test_postgres_trigger_fires_once_per_change(tmp_path: Path, pg_cluster
             assert first.payload["payload"]["topic"] == "public:orders"
     finally:
         srv.stop()
-        with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:
-            for slot in ("rc_fn_slot", "rc_fn_messages_slot"):
-                admin.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots "
-                              "where slot_name = %s", (slot,))
-            admin.execute(f"drop database if exists {dbname} with (force)")
+        drop_database(pg_cluster, dbname)  # and its slots (rc_fn_slot, rc_fn_messages_slot)
     assert "Traceback" not in srv.log()
 
 

@@ -30,28 +30,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from pgcluster import create_database, drop_database
 from support import ServerProc, make_token, start_server
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 for _helpers in ("integration", "conformance"):  # rawclient.py, peers.py (plain modules)
     if str(TESTS_DIR / _helpers) not in sys.path:
         sys.path.insert(0, str(TESTS_DIR / _helpers))
-
-ROLES_SQL = """
-do $$
-begin
-    if not exists (select 1 from pg_roles where rolname = 'anon') then
-        create role anon nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'authenticated') then
-        create role authenticated nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'service_role') then
-        create role service_role nologin noinherit bypassrls;
-    end if;
-end
-$$;
-"""
 
 POLICIES_SQL = """
 create table public.rc_members (user_id uuid not null, topic text not null, extension text not null,
@@ -135,20 +120,6 @@ def _module_suffix(request: pytest.FixtureRequest) -> str:
     return re.sub(r"[^a-z0-9_]", "_", name.lower())[:36]
 
 
-def _drop(cluster: Any, dbname: str) -> None:
-    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
-        wait_until(
-            lambda: admin.execute(
-                "select 1 from pg_replication_slots where database = %s and active", (dbname,)
-            ).fetchone() is None,
-            15,
-            f"replication slots of {dbname} to be released",
-        )
-        admin.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = %s",
-                      (dbname,))
-        admin.execute(f'drop database if exists "{dbname}" with (force)')
-
-
 async def _wait_db_broadcast(server: ServerProc, conn: psycopg.Connection[Any], timeout: float) -> None:
     """The exact condition database-broadcast tests need: a row sent with ``realtime.send``
     reaches a subscriber.  Called once the feed's slot exists: the slot keeps every row committed
@@ -167,11 +138,7 @@ def pdb(request: pytest.FixtureRequest, pg_cluster: Any,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateDb]:
     suffix = _module_suffix(request)
     dbname = f"rc_priv_{suffix}"
-    with psycopg.connect(pg_cluster.dsn, autocommit=True) as admin:
-        admin.execute(f'drop database if exists "{dbname}" with (force)')
-        admin.execute(f'create database "{dbname}"')
-        admin.execute(ROLES_SQL)
-    dsn = pg_cluster.dsn.rsplit("/", 1)[0] + f"/{dbname}"
+    dsn = create_database(pg_cluster, dbname)
     extra: dict[str, str] = dict(getattr(request.module, "SERVER_ENV", {}))
     messages_slot = f"rc_mslot_{suffix}"
     server = start_server(
@@ -211,4 +178,4 @@ def pdb(request: pytest.FixtureRequest, pg_cluster: Any,
     finally:
         server.stop()
         conn.close()
-        _drop(pg_cluster, dbname)
+        drop_database(pg_cluster, dbname)
