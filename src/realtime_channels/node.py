@@ -57,6 +57,10 @@ class ChangeFeed(Protocol):
 
     def handle_shared(self, op: dict[str, Any]) -> None: ...
 
+    @property
+    def state(self) -> str:
+        """``"streaming"`` once changes flow (on followers: as the reading node reports)."""
+
 
 class ReplayRowLike(Protocol):
     @property

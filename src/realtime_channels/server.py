@@ -50,6 +50,8 @@ SLOW_CONSUMER_CODE = 1008
 IDLE_CLOSE_CODE = 1000
 #: verified tokens remembered (signature only; expiry is always re-checked)
 CLAIMS_CACHE_SIZE = 10_000
+#: §3.7: a channel asking for replication_ready is shut down when it is not ready by then.
+REPLICATION_READY_TIMEOUT_S = 60.0
 #: A join waits at most this long for the backbone to confirm a new stream subscription.
 SUBSCRIBE_CONFIRM_TIMEOUT_S = 5.0
 #: A socket's reader yields to the others after this much uninterrupted work.
@@ -210,6 +212,9 @@ class Connection:
                 if e.topic not in self.joined:
                     self.joined.add(e.topic)
                     self.observe("channel.join", e.topic, None, None)
+                    ch = self.session.channels.get(e.topic)
+                    if ch is not None and ch.params.replication_ready:
+                        self.loop.create_task(self._replication_ready(ch.topic, ch.join_ref))
             elif isinstance(e, s.Unsubscribe):
                 node.unsubscribe(e.stream, (cid, e.topic))
                 if e.topic in self.joined:
@@ -234,6 +239,23 @@ class Connection:
                 node.subscribe_postgres(cid, self, e.topic, e.join_ref, e.bindings, e.claims)
             elif isinstance(e, s.UnsubscribePostgres):
                 node.unsubscribe_postgres(cid, e.topic)
+
+    async def _replication_ready(self, topic: str, join_ref: str | None) -> None:
+        """§3.7 ``replication_ready``: tell the channel once the database replication stream is
+        up (checked every 500 ms); shut it down if that does not happen within 60 s."""
+        changes = self.app_state.node.changes
+        deadline = self.loop.time() + REPLICATION_READY_TIMEOUT_S
+        while self.loop.time() < deadline:
+            ch = self.session.channels.get(topic)
+            if self.closing or ch is None or ch.join_ref != join_ref:
+                return
+            if changes is not None and changes.state == "streaming":
+                notice = {"extension": "system", "status": "ok",
+                          "message": "Replication connection established", "channel": ch.sub_topic}
+                self.send(Message(topic, "system", notice, ref=None, join_ref=join_ref))
+                return
+            await asyncio.sleep(0.5)
+        self.run(self.session.shutdown(topic, "Replication connection was not established in time", join_ref))
 
     async def _authorize(self, req: s.Authorize) -> None:
         result = await self.app_state.node.authorize(req, self.headers)

@@ -800,3 +800,16 @@ async def test_database_down_gives_system_error_and_broadcast_keeps_working(serv
         again = await expect_system(c, topic, timeout=11)
         assert again.payload["status"] == "error" and "database" in again.payload["message"].lower()
     assert srv.proc.poll() is None  # never a crash
+
+
+@pytest.mark.parametrize("vsn", VSNS)
+async def test_replication_ready_is_announced_once_the_stream_is_up(cdc: Any, vsn: str) -> None:
+    """§3.7: ``config.broadcast.replication_ready`` asks for a ``system`` message once the
+    database replication stream is up (no ``postgres_changes`` bindings needed)."""
+    topic = unique_topic("ready")
+    async with open_client(cdc.server, vsn) as c:
+        jr = await c.join_ok(topic, {"broadcast": {"replication_ready": True}})
+        frame = await c.expect(event_is("system", topic), CHANGE_WAIT)
+        payload = {"extension": "system", "status": "ok", "message": "Replication connection established",
+                   "channel": topic.split(":", 1)[1]}
+        assert frame.value == c.wire(jr, None, topic, "system", payload)

@@ -535,6 +535,13 @@ class Session:
         recheck = now + self.config.token_recheck_s
         return min(float(exp), recheck) if isinstance(exp, int | float) else recheck
 
+    def shutdown(self, topic: str, message: str, join_ref: str | None) -> list[Effect]:
+        """Shut a joined channel down from outside (e.g. replication never became ready, §3.7)."""
+        ch = self.channels.get(topic)
+        if ch is None or ch.join_ref != join_ref:
+            return []
+        return self._shutdown(ch, message)
+
     # authorization answers (§7.3) --------------------------------------------------------------
 
     def authorized(self, topic: str, join_ref: str | None, purpose: str, result: AuthResult,
