@@ -83,9 +83,18 @@ def build_functions(settings: Settings, node: Any) -> Any:
         b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=orjson.dumps(payload))
         node.publish(stream_key(False, sub_topic), b)
 
+    def presence(sub_topic: str, key: str, payload: Any) -> None:
+        # a function's presence is owned by the node itself, one per (topic, key)
+        owner = ("functions", key)
+        stream = stream_key(False, sub_topic)
+        if payload is None:
+            node.untrack(stream, owner)
+        else:
+            node.track(stream, owner, key, payload)
+
     engine = FunctionsEngine(config, secret=settings.functions_secret,
                              service_role_key=settings.functions_service_role_key,
-                             publish=publish, database_url=settings.database_url)
+                             publish=publish, database_url=settings.database_url, presence=presence)
     log.info("functions: %d triggers, %d gates from %s", len(config.triggers), len(config.gates),
              settings.functions_config)
     return engine

@@ -225,3 +225,23 @@ async def wait_streaming(srv: ServerProc, timeout: float = 30.0) -> None:
                     if (await r.json()).get("replication") == "streaming":
                         return
                 await asyncio.sleep(0.1)  # polling the condition, bounded by the timeout
+
+
+async def test_a_function_tracks_and_untracks_presence_without_a_socket(tmp_path: Path) -> None:
+    cfg = tmp_path / "functions.toml"
+    cfg.write_text(f'python_path = ["{Path(__file__).parent}"]\n'
+                   '[[trigger]]\nname = "bot"\non = "broadcast"\ntopic = "hall*"\nevent = "summon"\n'
+                   'python = "server_fns:bot_presence"\n')
+    srv = start_server(str(tmp_path), REALTIME_FUNCTIONS_CONFIG=str(cfg))
+    try:
+        async with open_client(srv, "2.0.0") as member:
+            await member.join_ok("realtime:hall", {"presence": {"enabled": True}})
+            await member.broadcast("realtime:hall", "summon", {})
+            joined = await member.expect(lambda f: f.event == "presence_diff" and "bot" in f.payload["joins"])
+            [meta] = joined.payload["joins"]["bot"]["metas"]
+            assert meta["bot"] is True and meta["for"] == "summon" and "phx_ref" in meta
+            await member.broadcast("realtime:hall", "summon", {"leave": True})
+            await member.expect(lambda f: f.event == "presence_diff" and "bot" in f.payload["leaves"])
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log()

@@ -50,7 +50,7 @@ from ..cdc.filters import FilterError, TypedCondition, matches, validate
 from .config import FunctionsConfig, Gate, Trigger
 from .signing import parse_secret
 from .store import Delivery, PgStore
-from .targets import Invoker, Outcome, dumps, strip_prefix
+from .targets import Invoker, Outcome, Presence, dumps, strip_prefix
 
 __all__ = ["FunctionsEngine", "GateResult", "RealtimeEvent"]
 
@@ -135,13 +135,14 @@ def _glob(pattern: str | None, value: str | None) -> bool:
 
 class FunctionsEngine:
     def __init__(self, config: FunctionsConfig, *, secret: str | None, service_role_key: str | None,
-                 publish: Callable[[str, str, Any], None], database_url: str | None = None) -> None:
+                 publish: Callable[[str, str, Any], None], database_url: str | None = None,
+                 presence: Presence | None = None) -> None:
         self.config = config
         self._publish_fn = publish
         key = parse_secret(secret) if secret else None
         if key is None and (any(t.url for t in config.triggers) or any(g.url for g in config.gates)):
             log.warning("REALTIME_FUNCTIONS_SECRET is not set: HTTP functions receive unsigned events")
-        self.invoker = Invoker(key, service_role_key, self._publish)
+        self.invoker = Invoker(key, service_role_key, self._publish, presence)
         self.store = PgStore(database_url, owner=uuid.uuid4().hex) if database_url else None
         self.states = {t.name: _TriggerState(t) for t in config.triggers}
         self._by_on: dict[str, list[_TriggerState]] = {}

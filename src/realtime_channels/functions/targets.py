@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: publish(sub_topic, event, payload): a broadcast into a public topic (the server wires it)
 Publish = Callable[[str, str, Any], None]
+#: presence(sub_topic, key, payload) tracks; payload None untracks
+Presence = Callable[[str, str, Mapping[str, Any] | None], None]
 #: Replies larger than this are not read (and count as "no action").
 MAX_REPLY_BYTES = 1 << 20
 _RETRY_STATUSES = frozenset((408, 429))
@@ -46,18 +48,31 @@ class Outcome:
 
 
 class FunctionContext:
-    """The second argument of a Python function: broadcast without holding a socket."""
+    """The second argument of a Python function: act on channels without holding a socket —
+    broadcast (what the REST API does) and presence."""
 
-    __slots__ = ("_publish", "event_id", "trigger")
+    __slots__ = ("_presence", "_publish", "event_id", "trigger")
 
-    def __init__(self, event_id: str, trigger: str, publish: Publish) -> None:
+    def __init__(self, event_id: str, trigger: str, publish: Publish, presence: Presence | None = None) -> None:
         self.event_id = event_id
         self.trigger = trigger
         self._publish = publish
+        self._presence = presence
 
     def broadcast(self, topic: str, event: str, payload: Any) -> None:
         """Broadcast ``event`` with ``payload`` to the public channel ``topic`` (sub-topic)."""
         self._publish(strip_prefix(topic), event, payload)
+
+    def track(self, topic: str, key: str, payload: Mapping[str, Any]) -> None:
+        """Track a presence under ``key`` on the public channel ``topic``, as a member would."""
+        if self._presence is None:
+            raise RuntimeError("presence is not available to functions in this server")
+        self._presence(strip_prefix(topic), key, dict(payload))
+
+    def untrack(self, topic: str, key: str) -> None:
+        if self._presence is None:
+            raise RuntimeError("presence is not available to functions in this server")
+        self._presence(strip_prefix(topic), key, None)
 
 
 def strip_prefix(topic: str) -> str:
@@ -84,10 +99,12 @@ def dumps(obj: Any) -> bytes:
 class Invoker:
     """Holds the HTTP session, the signing key and the service-role key."""
 
-    def __init__(self, key: bytes | None, service_role_key: str | None, publish: Publish) -> None:
+    def __init__(self, key: bytes | None, service_role_key: str | None, publish: Publish,
+                 presence: Presence | None = None) -> None:
         self.key = key
         self.service_role_key = service_role_key
         self.publish = publish
+        self.presence = presence
         self._http: aiohttp.ClientSession | None = None
 
     def _session(self) -> aiohttp.ClientSession:
@@ -113,7 +130,7 @@ class Invoker:
         # The function gets its own copy, decoded from the same JSON an HTTP function receives,
         # so it cannot change what a retry delivers.
         event = orjson.loads(body)
-        ctx = FunctionContext(str(event["id"]), trigger, self.publish)
+        ctx = FunctionContext(str(event["id"]), trigger, self.publish, self.presence)
         try:
             result = await asyncio.wait_for(handler(event, ctx), timeout)
         except TimeoutError:
