@@ -554,11 +554,16 @@ class PostgresChanges:
         # group by channel and by column set: one message per channel per distinct column set (§6.4)
         groups: dict[tuple[int, str, tuple[str, ...]], tuple[Sub, list[int]]] = {}
         encoded: dict[tuple[str, ...] | str, bytes] = {}
+        # the column set depends only on (role, select): computed once per row, not per subscriber
+        column_sets: dict[tuple[str, tuple[str, ...] | None], tuple[str, ...]] = {}
         for sub in hits:
             if visible is not None and sub.cohort not in visible:
                 continue
-            allowed = await self.cache.selectable_columns(conn, sub.role, row.info.relid)
-            cols = row.column_set(allowed, sub.binding.select)
+            cols_key = (sub.role, sub.binding.select)
+            cols = column_sets.get(cols_key)
+            if cols is None:
+                allowed = await self.cache.selectable_columns(conn, sub.role, row.info.relid)
+                cols = column_sets[cols_key] = row.column_set(allowed, sub.binding.select)
             gkey = (id(sub.peer), sub.topic, cols)
             group = groups.get(gkey)
             if group is None:
@@ -591,7 +596,7 @@ def _db_error(b: Binding, detail: str) -> SubscribeError:
 class _Row:
     """One change's decoded values, computed lazily and shared by every subscriber."""
 
-    __slots__ = ("_filter_row", "_new", "_old", "change", "info", "kind")
+    __slots__ = ("_bytes", "_filter_row", "_new", "_old", "change", "info", "kind")
 
     def __init__(self, change: Change, info: catalog.TableInfo) -> None:
         self.change = change
@@ -600,6 +605,7 @@ class _Row:
         self._new: dict[str, Any] | None = None
         self._old: dict[str, Any] | None = None
         self._filter_row: dict[str, Any] | None = None
+        self._bytes = -1
 
     # values ----------------------------------------------------------------------------------
 
@@ -735,9 +741,11 @@ class _Row:
         return data
 
     def _size(self) -> int:
-        total = 0
-        for tup in (self.change.new, self.change.old):
-            if tup is not None:
-                total += sum(len(v) for v in tup.values if isinstance(v, bytes | bytearray | memoryview))
-        return total
+        if self._bytes < 0:  # once per row, whatever the number of column sets
+            total = 0
+            for tup in (self.change.new, self.change.old):
+                if tup is not None:
+                    total += sum(len(v) for v in tup.values if isinstance(v, bytes | bytearray | memoryview))
+            self._bytes = total
+        return self._bytes
 
