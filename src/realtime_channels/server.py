@@ -100,6 +100,7 @@ class Connection:
         "app_state",
         "backlog",
         "claims",
+        "close_due",
         "close_task",
         "closing",
         "conn_id",
@@ -133,6 +134,8 @@ class Connection:
         self.last_rx = self.loop.time()
         self.closing = False
         self.close_task: asyncio.Future[Any] | None = None
+        #: set when a Close effect condemned the socket; resolved when the close is sent
+        self.close_due: asyncio.Future[None] | None = None
         #: effect batches waiting behind one that waits for the backbone (see ``run``)
         self.backlog: list[list[s.Effect]] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -234,7 +237,11 @@ class Connection:
             elif isinstance(e, s.SendReplayed):
                 self._send_replayed(e)
             elif isinstance(e, s.Close):
-                self.loop.call_later(e.delay, self.close, e.code, e.reason)
+                # Condemned: nothing more is read from this socket (a join-rate offender would
+                # otherwise pile up thousands of delayed refusals before its close is due).
+                if self.close_due is None:
+                    self.close_due = self.loop.create_future()
+                    self.loop.call_later(e.delay, self._close_due, e.code, e.reason)
             elif isinstance(e, s.SubscribePostgres):
                 node.subscribe_postgres(cid, self, e.topic, e.join_ref, e.bindings, e.claims)
             elif isinstance(e, s.UnsubscribePostgres):
@@ -330,6 +337,11 @@ class Connection:
             return self.session.verify(token, time.time())
         except errors.RealtimeError:
             return None
+
+    def _close_due(self, code: int, reason: str) -> None:
+        self.close(code, reason)
+        if self.close_due is not None and not self.close_due.done():
+            self.close_due.set_result(None)
 
     def close(self, code: int, reason: str) -> None:
         if not self.closing:
@@ -526,6 +538,8 @@ async def read_loop(conn: Connection, ws: web.WebSocketResponse) -> None:
                     conn.handle(frame, decoded[1])
         elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return
+        if conn.close_due is not None:  # condemned: read nothing more until the close is sent
+            await conn.close_due
         if conn.closing:
             if conn.close_task is not None:  # let our close (e.g. 1001) finish before returning
                 await asyncio.shield(conn.close_task)
