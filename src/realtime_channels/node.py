@@ -140,7 +140,7 @@ class Node:
         self._heartbeat = asyncio.create_task(self._heartbeats(), name="cluster-heartbeat")
         if self.changes is not None:
             self.pubsub.subscribe(CDC_STREAM)
-            self.changes.attach(lambda op: self.pubsub.publish(Envelope(CDC_STREAM, self.node_id, presence_diff=op)))
+            self.changes.attach(lambda op: self.pubsub.publish(Envelope(CDC_STREAM, self.node_id, control=op)))
             await self.changes.start()
         for service in self.services:
             await service.start()
@@ -180,12 +180,12 @@ class Node:
 
     def _deliver(self, env: Envelope) -> None:
         if env.stream == CONTROL_STREAM:
-            if env.presence_diff is not None:
-                self._on_control(env.origin, env.presence_diff)
+            if env.control is not None:
+                self._on_control(env.origin, env.control)
             return
         if env.stream == CDC_STREAM:
-            if env.presence_diff is not None and self.changes is not None:
-                self.changes.handle_shared(env.presence_diff)
+            if env.control is not None and self.changes is not None:
+                self.changes.handle_shared(env.control)
             return
         if env.broadcast is not None:
             exclude = env.exclude if env.origin == self.node_id else None
@@ -248,7 +248,7 @@ class Node:
         return self.replica.state_payload(stream)
 
     def _control(self, op: dict[str, Any]) -> None:
-        self.pubsub.publish(Envelope(CONTROL_STREAM, self.node_id, presence_diff=op))
+        self.pubsub.publish(Envelope(CONTROL_STREAM, self.node_id, control=op))
 
     def _on_control(self, origin: str, op: dict[str, Any]) -> None:
         diffs, replies = self.replica.apply(origin, op, time.monotonic())

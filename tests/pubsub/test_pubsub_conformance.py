@@ -91,7 +91,7 @@ class NodeHandle:
     async def probe(self, stream: str) -> None:
         """Publish a probe to ``stream`` from this node and wait until this node receives it."""
         probe_id = f"{self.name}-{next(_probe_ids)}"
-        self.pubsub.publish(Envelope(stream, PROBE_ORIGIN, presence_diff={}, exclude=probe_id))
+        self.pubsub.publish(Envelope(stream, PROBE_ORIGIN, control={}, exclude=probe_id))
         await self.wait_until(lambda: probe_id in self.probes, f"probe {probe_id} on {stream}")
 
 
@@ -237,7 +237,7 @@ async def test_envelopes_arrive_unchanged(backend_factory: BackendFactory) -> No
         Envelope(
             stream,
             "a",
-            presence_diff={"joins": {"k": {"metas": [{"phx_ref": "F1", "u": "alice"}]}}, "leaves": {}},
+            control={"joins": {"k": {"metas": [{"phx_ref": "F1", "u": "alice"}]}}, "leaves": {}},
         ),
     ]
     for env in sent:

@@ -38,9 +38,9 @@ ENVELOPES = {
     "empty-payload-object": Envelope("pub:r", "n", broadcast=Broadcast("realtime:r", payload={})),
     "presence": Envelope(
         "pub:room", "n",
-        presence_diff={"joins": {"k": {"metas": [{"phx_ref": "F1", "u": "alice"}]}}, "leaves": {}},
+        control={"joins": {"k": {"metas": [{"phx_ref": "F1", "u": "alice"}]}}, "leaves": {}},
     ),
-    "empty-presence": Envelope("pub:room", "n", presence_diff={}),
+    "empty-presence": Envelope("pub:room", "n", control={}),
     "neither": Envelope("pub:room", "n"),
     "unicode-names": Envelope("pub:ρoom:🚀", "nöde", broadcast=Broadcast("realtime:ρoom:🚀", payload=[1])),
     "empty-names": Envelope("", "", broadcast=Broadcast("")),

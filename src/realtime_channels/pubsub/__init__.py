@@ -16,8 +16,9 @@ from ..protocol.codec import Broadcast
 class Envelope:
     """What travels between nodes for one stream.
 
-    Exactly one of ``broadcast`` (a user/text broadcast to fan out) and ``presence_diff`` (a
-    ``presence_diff`` payload, protocol.md §5.2) is set.  ``exclude`` names the sending channel
+    Exactly one of ``broadcast`` (a user/text broadcast to fan out) and ``control`` (a JSON op on
+    an internal stream: presence replication and heartbeats, shared database transactions) is
+    set.  ``exclude`` names the sending channel
     on its ``origin`` node when the sender asked not to receive its own message (§4.2); other
     nodes ignore it.
     """
@@ -25,7 +26,7 @@ class Envelope:
     stream: str
     origin: str
     broadcast: Broadcast | None = None
-    presence_diff: dict[str, Any] | None = None
+    control: dict[str, Any] | None = None
     exclude: Any = None
 
 

@@ -5,7 +5,7 @@ Layout, all integers big-endian::
     version:u8  sender:8 bytes  seq:u64  flags:u8
     stream:str  origin:str  exclude:value
     [broadcast]  topic:str  [payload:json]  [event:str]  data:blob  [meta:json]
-    [presence]   presence_diff:json
+    [control]    control:json
 
 ``str``/``blob``/``json`` are a u32 length then the bytes (UTF-8 text, raw bytes, orjson text);
 bracketed parts are present only when their ``flags`` bit is set.  ``sender`` and ``seq`` are
@@ -40,7 +40,7 @@ _F64 = struct.Struct("!d")
 
 # flags
 _BROADCAST = 0x01
-_PRESENCE = 0x02
+_CONTROL = 0x02
 _PAYLOAD = 0x04
 _EVENT = 0x08
 _BINARY = 0x10
@@ -85,9 +85,9 @@ def encode_envelope(env: Envelope, *, sender: bytes = NO_SENDER, seq: int = 0) -
         if b.meta is not None:
             flags |= _META
             _blob(parts, orjson.dumps(b.meta))
-    if env.presence_diff is not None:
-        flags |= _PRESENCE
-        _blob(parts, orjson.dumps(env.presence_diff))
+    if env.control is not None:
+        flags |= _CONTROL
+        _blob(parts, orjson.dumps(env.control))
     return _HEADER.pack(VERSION, sender, seq, flags) + b"".join(parts)
 
 
@@ -160,12 +160,12 @@ def decode_envelope(data: bytes) -> Envelope:
             body = r.blob()
             meta = orjson.loads(r.blob()) if flags & _META else None
             broadcast = Broadcast(topic, payload, event, body, bool(flags & _BINARY), meta)
-        presence = orjson.loads(r.blob()) if flags & _PRESENCE else None
+        control = orjson.loads(r.blob()) if flags & _CONTROL else None
     except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError, ValueError) as exc:
         raise WireError(f"malformed envelope: {exc}") from exc
     if r.pos != len(data):
         raise WireError("trailing bytes after envelope")
-    return Envelope(stream, origin, broadcast=broadcast, presence_diff=presence, exclude=exclude)
+    return Envelope(stream, origin, broadcast=broadcast, control=control, exclude=exclude)
 
 
 class _Reader:
