@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from common import free_port, pinned
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -193,16 +194,6 @@ setTimeout(() => process.exit(0), 100).unref()
 
 def log(msg: str) -> None:
     print(f"[cluster-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pinned(core: int | None, cmd: list[str]) -> list[str]:
-    return cmd if core is None else ["taskset", "-c", str(core), *cmd]
 
 
 def wait_for(check: Any, timeout: float, what: str) -> None:

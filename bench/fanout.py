@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from common import free_port, pinned
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -94,16 +95,6 @@ VARIANTS = {
                 lambda p: ["node", str(BENCH / "peers" / "ws_server.mjs"), str(p)]),
     ]
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pinned(core: int | None, cmd: list[str]) -> list[str]:
-    return cmd if core is None else ["taskset", "-c", str(core), *cmd]
 
 
 @contextmanager

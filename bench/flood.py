@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from typing import Any
 
 import jwt
 import numpy as np
+from common import free_port, pinned
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -77,8 +77,6 @@ CONFIGS: dict[str, dict[str, str]] = {
         "REALTIME_MAX_CONCURRENT_USERS": BIG,
     },
 }
-#: "fair" = "unlimited" plus the prototype of the fix (see ``serve_fair``), only with --fair
-FAIR = "fair"
 VARIANTS = ("v2", "v1", "v2room", "presence", "join")
 VARIANT_LABELS = {
     "none": "no abuser",
@@ -94,19 +92,8 @@ PHASES = ("before", "during", "after")
 # --- processes ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pinned(core: int | None, cmd: list[str]) -> list[str]:
-    return cmd if core is None else ["taskset", "-c", str(core), *cmd]
-
-
 @contextmanager
-def running_server(env_extra: dict[str, str], core: int | None, log_path: Path,
-                   fair: bool = False) -> Iterator[tuple[int, int]]:
+def running_server(env_extra: dict[str, str], core: int | None, log_path: Path) -> Iterator[tuple[int, int]]:
     port = free_port()
     env = {
         **os.environ,
@@ -117,7 +104,7 @@ def running_server(env_extra: dict[str, str], core: int | None, log_path: Path,
         **env_extra,
     }
     with open(log_path, "wb") as log:
-        cmd = [PY, str(Path(__file__).resolve()), "--serve-fair"] if fair else [PY, "-m", "realtime_channels", "serve"]
+        cmd = [PY, "-m", "realtime_channels", "serve"]
         proc = subprocess.Popen(pinned(core, cmd), env=env,
                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
@@ -279,7 +266,7 @@ def analyse(sc: Scenario, data: dict[str, Any], sampler: ServerSampler, flood: t
 def run_scenario(args: argparse.Namespace, config: str, variant: str, log_dir: Path, token: str,
                  profile: bool = False) -> Scenario:
     sc = Scenario(config, variant)
-    env = dict(CONFIGS["unlimited" if config == FAIR else config])
+    env = dict(CONFIGS[config])
     if config == "limited":
         env["REALTIME_MAX_EVENTS_PER_SECOND"] = str(args.quota)
     flood_s = 0.0 if variant == "none" else args.flood
@@ -287,8 +274,7 @@ def run_scenario(args: argparse.Namespace, config: str, variant: str, log_dir: P
     before_s = args.before if variant != "none" else args.before + args.flood
     duration = before_s + flood_s + after_s
     print(f"== {sc.key}: {VARIANT_LABELS[variant]} ({duration:.0f} s)", flush=True)
-    with running_server(env, args.server_core, log_dir / f"server-{config}-{variant}.log",
-                        fair=config == FAIR) as (port, pid):
+    with running_server(env, args.server_core, log_dir / f"server-{config}-{variant}.log") as (port, pid):
         sampler = ServerSampler(pid)
         sampler.start()
         out = log_dir / f"legit-{config}-{variant}.json"
@@ -339,52 +325,6 @@ def fmt_t(v: Any) -> str:
     if isinstance(v, dict):
         return f"{v['t'] / 1000:.2f} s ({v.get('text') or v.get('reason')})"
     return f"{v / 1000:.2f} s"
-
-
-# --- the experiment: a fair read loop (prototype of the fix; src/ is not modified) ----------------
-
-#: CPU a connection's reader may use before it yields to the event loop
-FAIR_SLICE_S = 0.001
-
-
-def serve_fair() -> int:
-    """Run ``realtime-channels serve`` with every socket's reader made to yield to the event loop
-    once it has run for ``FAIR_SLICE_S`` without waiting.
-
-    Without it, ``await ws.receive()`` returns at once while aiohttp's queue holds messages, and
-    aiohttp re-parses its stalled tail inline as the queue drains, so the reader of a flooding
-    socket runs through a whole socket read (~256 KB: ~1,700 small frames) in one event-loop
-    step while every other socket waits.  The server's own ``read_loop`` is wrapped, not copied:
-    only ``ws.receive`` gains the yield.  This exists to measure the design change the report
-    proposes; src/ is not modified.
-    """
-    import asyncio
-
-    from realtime_channels import cli, server
-
-    original = server.read_loop
-    clock = time.perf_counter
-
-    async def read_loop(conn: Any, ws: Any) -> None:
-        receive = ws.receive
-        slice_start = clock()
-
-        async def fair_receive(*args: Any, **kwargs: Any) -> Any:
-            nonlocal slice_start
-            if clock() - slice_start > FAIR_SLICE_S:
-                await asyncio.sleep(0)  # every other ready socket runs before our next frame
-                slice_start = clock()
-            t = clock()
-            msg = await receive(*args, **kwargs)
-            if clock() - t > 0.0002:  # it waited for data: a new slice starts now
-                slice_start = clock()
-            return msg
-
-        ws.receive = fair_receive
-        await original(conn, ws)
-
-    server.read_loop = read_loop
-    return cli.main(["serve"])
 
 
 # --- profiling ----------------------------------------------------------------------------------
@@ -488,10 +428,7 @@ def report(scs: list[Scenario], args: argparse.Namespace, mach: dict[str, str], 
           f"publishes skipped while a publisher's channel was shut down count as lost.", "",
           f"Configurations: **supabase** = every Supabase default (100 events/s per tenant); **limited** = "
           f"Supabase defaults with `REALTIME_MAX_EVENTS_PER_SECOND={args.quota}`; **unlimited** = tenant rate "
-          f"limits (events, joins, presence, users) at 10⁹, leaving the per-connection protections"
-          + (f"; **fair** = unlimited + an experimental read loop that yields to the event loop after "
-             f"{FAIR_SLICE_S * 1000:.0f} ms of one socket's frames (a prototype of the fix, patched in by "
-             f"`flood.py --serve-fair`; src/ unchanged)." if any(sc.config == FAIR for sc in scs) else "."), ""]
+          f"limits (events, joins, presence, users) at 10⁹, leaving the per-connection protections.", ""]
     configs = list(dict.fromkeys(sc.config for sc in scs if sc.variant != "none"))
     variants = list(dict.fromkeys(sc.variant for sc in scs if sc.variant != "none"))
     by = {(sc.config, sc.variant): sc for sc in scs}
@@ -600,21 +537,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-core", type=int, default=0)
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--profile", action="store_true", help="re-run the worst scenario under py-spy")
-    ap.add_argument("--fair", action="store_true",
-                    help="also run the 'fair' experiment: unlimited + a read loop that yields every 1 ms")
-    ap.add_argument("--serve-fair", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    if args.serve_fair:
-        return serve_fair()
     if args.no_pin or shutil.which("taskset") is None:
         args.server_core = args.client_core = None
     configs = [c for c in args.configs.split(",") if c]
-    if args.fair and FAIR not in configs:
-        configs.append(FAIR)
     variants = [v for v in args.variants.split(",") if v]
     for c in configs:
-        if c not in CONFIGS and c != FAIR:
+        if c not in CONFIGS:
             ap.error(f"unknown config {c}")
     for v in variants:
         if v not in VARIANTS:
