@@ -182,7 +182,8 @@ class Rest:
         self.limits.events.add(now)
         b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=data, binary=binary)
         self.state.node.publish(stream_key(private, sub_topic), b)
-        self._observe(sub_topic, event, data if binary else orjson.loads(data), claims)
+        if self.state.node.functions is not None:  # decoded only when a function may want it
+            self._observe(sub_topic, event, data if binary else orjson.loads(data), claims)
         return self._respond(202)
 
     def _observe(self, sub_topic: str, event: str, payload: Any, claims: dict[str, Any]) -> None:

@@ -225,7 +225,8 @@ class Connection:
                     self.observe("channel.leave", e.topic, None, None)
             elif isinstance(e, s.Track):
                 node.track(e.stream, (cid, e.topic), e.key, e.payload)
-                self.observe("presence.join", e.topic, e.key, dict(e.payload))
+                if node.functions is not None:
+                    self.observe("presence.join", e.topic, e.key, dict(e.payload))
             elif isinstance(e, s.Untrack):
                 node.untrack(e.stream, (cid, e.topic))
                 self.observe("presence.leave", e.topic, None, None)
