@@ -603,8 +603,8 @@ async def test_rls_each_user_sees_only_own_rows_and_deletes_are_reduced_to_the_k
         got: dict[str, list[Payload]] = {who: [] for who in tokens}
         for sql, (kind, ident) in writes:
             cdc.execute(sql)
-            # RLS is evaluated on the row's current state (§6.6): let service_role (BYPASSRLS)
-            # see each change before the next write changes the row again.
+            # RLS is judged on each change's own image (§6.6); service_role (BYPASSRLS) sees
+            # every change.
             p = await next_change(c, topics["svc"])
             assert (p["data"]["type"], row_id(p)) == (kind, ident)
             got["svc"].append(p)
@@ -624,10 +624,11 @@ async def test_rls_each_user_sees_only_own_rows_and_deletes_are_reduced_to_the_k
     for who in tokens:
         assert got[who][-1]["data"]["old_record"] == {"id": 1}
         assert "record" not in got[who][-1]["data"]
-    # UPDATEs keep the full old row (the reduction is for DELETE only)
+    # An UPDATE's old image is u2's row: u1 gets only its key; service_role gets it whole
     u1_update = got["u1"][2]["data"]
     assert u1_update["record"] == {"id": 2, "owner": U1, "body": "b"}
-    assert u1_update["old_record"] == {"id": 2, "owner": U2, "body": "b"}
+    assert u1_update["old_record"] == {"id": 2}
+    assert got["svc"][3]["data"]["old_record"] == {"id": 2, "owner": U2, "body": "b"}
 
 
 async def test_rls_policy_on_jwt_claims(cdc: Any) -> None:
