@@ -350,6 +350,27 @@ class TrackMessageSizeExceeded(ChannelShutdown):
     message = "Track message size exceeded"
 
 
+# --- functions: authorize_join / authorize_send gates ------------------------------------
+
+
+class FunctionDenied(PeerError):
+    """An ``authorize_join`` or ``authorize_send`` function answered ``allow: false`` without a
+    ``reason``; when it gives one, that reason is sent instead."""
+
+    code = ""
+    message = "denied"
+    where: ClassVar[Places] = (JOIN_REPLY, PUSH_REPLY)
+
+
+class FunctionUnavailable(PeerError):
+    """An authorization function failed (error, time-out, or a reply without a boolean
+    ``allow``) and its gate fails closed."""
+
+    code = ""
+    message = "authorization function unavailable"
+    where: ClassVar[Places] = (JOIN_REPLY, PUSH_REPLY)
+
+
 # --- frames that cannot be decoded (protocol.md §2.4) ------------------------------------
 
 
