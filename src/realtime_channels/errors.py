@@ -45,6 +45,8 @@ class RealtimeError(Exception):
     #: close frame sent with this error (``CLOSE`` in ``where``)
     close_code: ClassVar[int | None] = None
     close_reason: ClassVar[str | None] = None
+    #: a push reply's ``response`` is the bare message instead of ``{"reason": …}``
+    bare_response: ClassVar[bool] = False
 
     def __init__(self, message: str | None = None) -> None:
         if message is not None:
@@ -56,6 +58,11 @@ class RealtimeError(Exception):
         """The ``<Code>: <message>`` join-error reason of protocol.md §3.5 (the bare message for
         errors that have no code on the wire)."""
         return f"{self.code}: {self.message}" if self.code else self.message
+
+    @property
+    def response(self) -> str | dict[str, str]:
+        """The ``response`` of an error ``phx_reply`` carrying this error."""
+        return self.message if self.bare_response else {"reason": self.reason}
 
     @property
     def handshake_error(self) -> str:
@@ -96,11 +103,11 @@ class TokenExpired(AuthError):
 
     code = "InvalidJWTToken"
     message = "Token has expired <N> seconds ago"
+    handshake_message = "Token has expired"
 
     def __init__(self, seconds_ago: int) -> None:
         self.seconds_ago = seconds_ago
         super().__init__(f"Token has expired {seconds_ago} seconds ago")
-        self.handshake_message = "Token has expired"
 
 
 class MissingClaims(AuthError):
@@ -145,7 +152,7 @@ class JwtSignerError(AuthError):
 
 
 class InvalidTokenStructure(AuthError):
-    """The token's header or claims are not a JSON object: a generic failure (§7.1 step 2)."""
+    """The token's header or claims are not a JSON object: reported as a generic failure."""
 
     code = "UnknownErrorOnChannel"
     message = "Unknown Error on Channel"
@@ -279,7 +286,7 @@ class ReplicationNotReady(PeerError):
 class AuthzUnavailable(InternalError):
     """The channel's authorization policies could not be evaluated (database unreachable, a
     query or policy failed, a time-out).  Treated as denial: a join is refused with
-    ``Unauthorized``, a later write is dropped (§7.3)."""
+    ``Unauthorized``, a later write is dropped."""
 
     message = "Unable to evaluate the channel's authorization policies"
     where: ClassVar[Places] = (LOG,)
@@ -304,6 +311,7 @@ class PayloadSizeExceeded(PeerError):
     code = ""
     message = "payload_size_exceeded"
     where: ClassVar[Places] = (PUSH_REPLY,)
+    bare_response = True
 
 
 class PresencePayloadNotMap(PeerError):
@@ -330,7 +338,9 @@ class MessageRateLimitReached(ChannelShutdown):
 
 
 class ClientPresenceRateLimitReached(ChannelShutdown):
-    """More presence pushes on one channel than the per-channel window allows (5 per 30 s)."""
+    """More presence pushes on one channel than the per-channel window allows
+    (``REALTIME_MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW`` per ``REALTIME_CLIENT_PRESENCE_WINDOW_MS``,
+    5 per 30 s by default)."""
 
     code = "ClientPresenceRateLimitReached"
     message = "Client presence rate limit exceeded"

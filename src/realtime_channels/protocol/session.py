@@ -270,7 +270,7 @@ def reply(msg: Message | BinaryBroadcastPush, payload: dict[str, Any], join_ref:
 
 def unmatched(msg: Message | BinaryBroadcastPush) -> Message:
     """§2.4: pushes to topics this socket has not joined."""
-    return reply(msg, error_payload({"reason": errors.UnmatchedTopic().reason}), None)
+    return reply(msg, error_payload(errors.UnmatchedTopic().response), None)
 
 
 def system_message(ch: Channel, status: str, message: str, extension: str = "system") -> Message:
@@ -395,7 +395,7 @@ class Session:
             effects.append(Send(phx_close(old)))
         # §3.3: every join error is delayed to slow retry storms
         delay = self.config.join_error_delay_s
-        effects.append(Send(reply(msg, error_payload({"reason": err.reason}), msg.join_ref), delay))
+        effects.append(Send(reply(msg, error_payload(err.response), msg.join_ref), delay))
         if err.close_code is not None and err.close_reason is not None:
             effects.append(Close(err.close_code, err.close_reason, delay))  # §3.5 join rate
         return effects
@@ -627,7 +627,7 @@ class Session:
                 return []  # §4.2: unauthorized sends are dropped silently, even with ack
         ack = ch.params.broadcast_ack
         if size > self.config.max_payload_bytes:  # §4.5
-            return [Send(reply(msg, error_payload(errors.PayloadSizeExceeded.message), ch.join_ref))] if ack else []
+            return [Send(reply(msg, error_payload(errors.PayloadSizeExceeded().response), ch.join_ref))] if ack else []
         if self.limits is not None:
             if self.limits.events_exceeded(now):  # §8 events per second
                 return self._shutdown(ch, errors.MessageRateLimitReached())
@@ -667,8 +667,7 @@ class Session:
         if payload is None:
             payload = {}
         if not isinstance(payload, dict):
-            reason = {"reason": errors.PresencePayloadNotMap().reason}
-            return [Send(reply(msg, error_payload(reason), ch.join_ref))]
+            return [Send(reply(msg, error_payload(errors.PresencePayloadNotMap().response), ch.join_ref))]
         if size > self.config.max_payload_bytes:
             return self._shutdown(ch, errors.TrackMessageSizeExceeded())
         if self.limits is not None:
