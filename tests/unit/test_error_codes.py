@@ -99,10 +99,31 @@ def test_every_peer_visible_class_says_where_and_why() -> None:
         assert (errors.CLOSE in cls.where) == (cls.close_code is not None and cls.close_reason is not None)
 
 
-def test_every_leaf_class_is_used_somewhere() -> None:
-    sources = "\n".join(p.read_text(encoding="utf-8") for p in SRC.rglob("*.py") if p.name != "errors.py")
-    unused = [c.__name__ for c in leaves() if not re.search(rf"\b{c.__name__}\b", sources)]
-    assert unused == []
+#: Classes whose text an adapter still sends as a string literal (``Session.shutdown`` accepts
+#: one); once the adapter passes the class, the test below asks for its removal from here.
+AWAITING_ADAPTER = {"ReplicationNotReady"}
+
+
+def names_used_in_code() -> set[str]:
+    """Every name and attribute referenced by the code of ``src`` (docstrings do not count)."""
+    used: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Name):
+                used.add(node.id)
+            elif isinstance(node, ast.Attribute):
+                used.add(node.attr)
+            elif isinstance(node, ast.alias):
+                used.add(node.asname or node.name)
+    return used
+
+
+def test_every_leaf_class_is_used_by_the_code() -> None:
+    used = names_used_in_code()
+    unused = {c.__name__ for c in leaves() if c.__name__ not in used}
+    assert unused == AWAITING_ADAPTER, "use or remove these classes; drop used ones from AWAITING_ADAPTER"
 
 
 # --- no client-visible literal in the protocol, messages, functions and auth layers -------
