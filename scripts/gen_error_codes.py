@@ -70,6 +70,12 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
         "`{{\"error\": …}}`.",
         "status and body",
     ),
+    errors.REST: (
+        "REST replies",
+        "A refused call of the REST API (`POST /api/broadcast`, …) is answered with this status "
+        "and `{{\"message\": …}}`.",
+        "status and body",
+    ),
     errors.LOG: (
         "Server log only",
         "These never reach the peer as such: the log records them, the peer sees what the "
@@ -108,6 +114,8 @@ def text(cls: type[errors.RealtimeError], place: str) -> str:
         return f"{cls.close_code} {span(str(cls.close_reason))}"
     if place == errors.HANDSHAKE:
         return f"{err.http_status} {span(err.handshake_error)}"
+    if place == errors.REST:
+        return f"{err.http_status} {span(err.message)}"
     return span(err.message)
 
 

@@ -24,10 +24,12 @@ SYSTEM = "system message"
 CLOSE = "close frame"
 #: a refused WebSocket upgrade: ``http_status`` with ``{"error": handshake_error}``
 HANDSHAKE = "HTTP status"
+#: a refused REST call (``/api/broadcast``…): ``http_status`` with ``{"message": message}``
+REST = "REST reply"
 #: written to the server log only; the peer sees another error (named in the docstring)
 LOG = "server log"
 
-#: the places one error appears, in the order the page lists them
+#: the places one error appears
 Places: TypeAlias = tuple[str, ...]
 
 
