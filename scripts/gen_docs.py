@@ -206,7 +206,7 @@ def configuration_page() -> str:
         "",
         "Every setting is an environment variable; the flags of `realtime-channels serve` override",
         "them. Names are not case-sensitive. Booleans take `true`/`false` (also `1`/`0`, `yes`/`no`).",
-        "A value outside its allowed range refuses to start, naming the variable.",
+        "A value outside its allowed range stops the server at start with a configuration error.",
         "",
         "The limits are Supabase's per-tenant settings with Supabase's defaults. They count every",
         "delivery, so a busy room reaches 100 events/s quickly: raise them for anything beyond a demo.",
