@@ -150,6 +150,7 @@ def without(d: Mapping[str, Any], *keys: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(85, 87)
 async def test_subscribed_message_and_change_frames_have_exact_shape(cdc: Any, vsn: str) -> None:
     table = cdc.table("id int primary key, body text")
     topic = unique_topic("pg")
@@ -174,6 +175,7 @@ async def test_subscribed_message_and_change_frames_have_exact_shape(cdc: Any, v
         }
 
 
+@pytest.mark.compat(87)
 async def test_insert_carries_typed_values_columns_and_commit_timestamp(cdc: Any) -> None:
     table = cdc.table(
         "id int8 primary key, i int4, s int2, big int8, amount numeric, scaled numeric(6,2), f float8,"
@@ -240,6 +242,7 @@ async def test_insert_carries_typed_values_columns_and_commit_timestamp(cdc: Any
 # --- 88, 89: UPDATE / DELETE and replica identity ------------------------------------------
 
 
+@pytest.mark.compat(88, 89)
 async def test_update_and_delete_with_default_replica_identity(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text, n int")
     columns = cols(("id", "int4"), ("name", "text"), ("n", "int4"))
@@ -263,6 +266,7 @@ async def test_update_and_delete_with_default_replica_identity(cdc: Any) -> None
     ]
 
 
+@pytest.mark.compat(88, 89)
 async def test_replica_identity_full_sends_the_whole_previous_row(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text, n int", identity_full=True)
     topic = unique_topic("pg")
@@ -318,6 +322,7 @@ async def test_changes_of_one_transaction_arrive_in_order_with_one_commit_timest
 # --- 90, 97: event bindings and several bindings per channel -------------------------------
 
 
+@pytest.mark.compat(90)
 async def test_insert_binding_gets_no_update_or_delete(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text")
     topic = unique_topic("pg")
@@ -332,6 +337,7 @@ async def test_insert_binding_gets_no_update_or_delete(cdc: Any) -> None:
     assert [summary(p) for p in got] == [("INSERT", 1, [bid]), ("INSERT", 2, [bid])]
 
 
+@pytest.mark.compat(97)
 async def test_two_matching_bindings_give_one_message_with_both_ids(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text")
     topic = unique_topic("pg")
@@ -366,6 +372,7 @@ async def test_identical_bindings_on_two_channels_have_the_same_id(cdc: Any) -> 
         assert (await next_change(c, t2))["ids"] == [b]
 
 
+@pytest.mark.compat(97)
 async def test_schema_wide_binding_covers_every_published_table_of_the_schema(cdc: Any) -> None:
     schema = f"wild_{uuid.uuid4().hex[:6]}"
     cdc.execute(f"create schema {schema}")
@@ -390,6 +397,7 @@ async def test_schema_wide_binding_covers_every_published_table_of_the_schema(cd
 # --- 91, 92: filters ---------------------------------------------------------------------
 
 
+@pytest.mark.compat(91, 92)
 async def test_filter_matrix_eq_in_and_list_not(cdc: Any) -> None:
     table = cdc.table("id int primary key, status text, a int")
     topic = unique_topic("pg")
@@ -426,6 +434,7 @@ async def test_filter_matrix_eq_in_and_list_not(cdc: Any) -> None:
     ]
 
 
+@pytest.mark.compat(91)
 async def test_filter_operators_over_column_types(cdc: Any) -> None:
     """The §6.2 operator set against text, numeric, timestamptz, bool and uuid columns."""
     table = cdc.table("id int primary key, title text, price numeric, at timestamptz, flag bool, uid uuid, note text")
@@ -505,6 +514,7 @@ async def test_delete_filter_sees_only_identity_columns(cdc: Any) -> None:
 # --- 86, 93 and other subscription errors: reported once, never retried -------------------
 
 
+@pytest.mark.compat(86, 93)
 async def test_invalid_bindings_get_one_system_error_each_and_no_retry(cdc: Any) -> None:
     table = cdc.table("id int primary key, subject text")
     unpublished = cdc.table("id int primary key", publish=False)
@@ -579,6 +589,7 @@ async def test_invalid_bindings_get_one_system_error_each_and_no_retry(cdc: Any)
 # --- 94, 95: Row Level Security --------------------------------------------------------------
 
 
+@pytest.mark.compat(94, 95)
 async def test_rls_each_user_sees_only_own_rows_and_deletes_are_reduced_to_the_key(cdc: Any) -> None:
     table = cdc.table("id int primary key, owner uuid, body text", identity_full=True, rls=True)
     cdc.execute(f"create policy own on {table} for select to authenticated using (owner = auth.uid())")
@@ -631,6 +642,7 @@ async def test_rls_each_user_sees_only_own_rows_and_deletes_are_reduced_to_the_k
     assert got["svc"][3]["data"]["old_record"] == {"id": 2, "owner": U2, "body": "b"}
 
 
+@pytest.mark.compat(94)
 async def test_rls_policy_on_jwt_claims(cdc: Any) -> None:
     """Policies see the subscriber's whole claims through auth.jwt() (§6.6)."""
     table = cdc.table("id int primary key, team text", rls=True)
@@ -651,6 +663,7 @@ async def test_rls_policy_on_jwt_claims(cdc: Any) -> None:
 # --- 96, 98: column privileges and select ----------------------------------------------------
 
 
+@pytest.mark.compat(96)
 async def test_column_privileges_trim_record_old_record_and_columns(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text, secret text", identity_full=True)
     cdc.execute(f"revoke select on {table} from anon")
@@ -696,6 +709,7 @@ async def test_column_privileges_trim_record_old_record_and_columns(cdc: Any) ->
     assert "s2" not in json.dumps(auth[2])
 
 
+@pytest.mark.compat(98)
 async def test_select_restricts_to_listed_columns_plus_primary_key(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text, secret text, n int", identity_full=True)
     topic = unique_topic("pg")
@@ -717,6 +731,7 @@ async def test_select_restricts_to_listed_columns_plus_primary_key(cdc: Any) -> 
 # --- 99: no primary key ----------------------------------------------------------------------
 
 
+@pytest.mark.compat(99)
 async def test_table_without_primary_key_reports_error_400(cdc: Any) -> None:
     table = cdc.table("a int, b text", identity_full=True)  # FULL: updates need a replica identity
     topic = unique_topic("pg")
@@ -735,6 +750,7 @@ async def test_table_without_primary_key_reports_error_400(cdc: Any) -> None:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(100)
 async def test_leave_stops_delivery(cdc: Any, vsn: str) -> None:
     table = cdc.table("id int primary key")
     gone, stays = unique_topic("gone"), unique_topic("stays")
@@ -757,6 +773,7 @@ async def test_leave_stops_delivery(cdc: Any, vsn: str) -> None:
 # --- 48: access_token refresh re-subscribes with the new claims -----------------------------
 
 
+@pytest.mark.compat(48)
 async def test_access_token_refresh_resubscribes_with_new_claims(cdc: Any) -> None:
     table = cdc.table("id int primary key, owner uuid", rls=True)
     cdc.execute(f"create policy own on {table} for select to authenticated using (owner = auth.uid())")
