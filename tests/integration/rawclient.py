@@ -397,24 +397,6 @@ class RawClient:
         assert not hits, f"unexpected frame(s) before the marker {frame.raw!r}: {_show(hits)}"
         return frame
 
-    async def assert_silent(self, for_seconds: float = 0.3, pred: Pred | None = None, *, still_open: bool = True) -> None:
-        """Fixed-window check, kept only until every caller uses a barrier."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + for_seconds
-        async with self._cond:
-            while True:
-                hits = [f for f in self._buffer if pred is None or pred(f)]
-                assert not hits, f"unexpected frame(s): {[f.raw for f in hits]}"
-                remaining = deadline - loop.time()
-                if remaining <= 0 or self._closed:
-                    break
-                try:
-                    await asyncio.wait_for(self._cond.wait(), remaining)
-                except TimeoutError:
-                    pass
-        if still_open:
-            assert not self._closed, f"socket closed unexpectedly with {self.ws.close_code}"
-
     def position(self, frame: Frame) -> int:
         """Arrival index of ``frame`` among all frames this socket received (for ordering checks)."""
         for i, f in enumerate(self.received):
