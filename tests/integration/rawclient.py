@@ -16,7 +16,9 @@ have arrived:
   handles one socket's frames in order and writes what each produces before reading the next, so
   the reply follows every frame this socket's earlier frames caused (replies, pushes, closes).
   It also follows a hub fan-out that had already happened on the server when the heartbeat was
-  sent, e.g. one another subscriber of the same message has already received.
+  sent, e.g. one another subscriber of the same message has already received. A push parked
+  behind an asynchronous check (private-channel rights) is not covered: wait for the reply of
+  a later push on the same channel first.
 - ``assert_nothing_before(marker)``: for things delivered from elsewhere (another socket, REST,
   the database), the test sends a marker through the same path after the action; the stream is
   ordered, so once the marker is here anything sent before it is here too.
