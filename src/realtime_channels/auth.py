@@ -24,6 +24,7 @@ from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm, RSAAlgorithm, g
 from jwt.exceptions import PyJWTError
 
 from realtime_channels import errors
+from realtime_channels.protocol import jsonexact
 
 __all__ = [
     "JwksRefresher",
@@ -81,7 +82,9 @@ def _decode_json_segment(segment: str) -> Any:
     """Decode one base64url JSON segment; ``ValueError`` if it is not that."""
     raw = _b64url_decode(segment)
     try:
-        return json.loads(raw.decode("utf-8"))
+        # bounded nesting (a deep header or claims set is refused, not a RecursionError);
+        # integers beyond 64 bits are kept as opaque fragments, never numbers
+        return jsonexact.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ValueError("segment is not UTF-8") from exc
 
