@@ -77,6 +77,8 @@ MEANINGS: dict[str, str] = {
     "max_bytes_per_second": "kept and reported like Supabase's tenant field; not enforced (as in Supabase)",
     "presence_enabled": "every join behaves as `presence.enabled: true`",
     "private_only": "refuse public channels (`PrivateOnly`)",
+    "allow_dev_secret": "allow the built-in development JWT secret on an address other than loopback "
+    "(refused by default: anyone can mint tokens with it)",
     "messages_publication": "publication of `realtime.messages`, the feed of database broadcasts",
     "messages_slot_name": "replication slot of the database-broadcast feed",
     "messages_retention_days": "daily partitions of `realtime.messages` older than this are dropped",

@@ -247,6 +247,9 @@ def run_async(coro: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = build_settings(args)
     configure_logging(settings.log_level)
+    if settings.dev_secret_exposed and not settings.allow_dev_secret:
+        log.error("%s", errors.DevSecretExposed(settings.host))
+        return EXIT_CONFIG
     if settings.workers > 1:
         return supervise(settings)
     try:

@@ -14,6 +14,18 @@ DEV_JWT_SECRET = "realtime-channels-development-secret-not-for-production"
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
+def is_loopback(host: str) -> bool:
+    """``host`` names only this machine (127.0.0.0/8, ::1 or ``localhost``)."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     """Server configuration. CLI flags override the environment (see ``cli.py``)."""
 
@@ -23,6 +35,8 @@ class Settings(BaseSettings):
     port: int = Field(4000, ge=0, le=65535)
     jwt_secret: str | None = None
     jwt_jwks: str | None = Field(None, description="JWKS as JSON text, a file path or an http(s) URL")
+    #: the development secret is refused on an address other than loopback unless this is set
+    allow_dev_secret: bool = False
     log_level: LogLevel = "info"
 
     # postgres_changes (protocol.md §6): enabled by a database URL
@@ -85,6 +99,11 @@ class Settings(BaseSettings):
     @property
     def dev_secret_in_use(self) -> bool:
         return self.jwt_secret is None and self.jwt_jwks is None
+
+    @property
+    def dev_secret_exposed(self) -> bool:
+        """The development secret would serve an address reachable from other machines."""
+        return self.dev_secret_in_use and not is_loopback(self.host)
 
     @property
     def effective_jwt_secret(self) -> str | None:

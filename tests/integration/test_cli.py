@@ -243,3 +243,34 @@ def test_scripts_serve_says_how_to_run_the_command(tmp_path: Path) -> None:
     assert ".venv/bin/realtime-channels" in res.stderr
     assert "source .venv/bin/activate" in res.stderr
     assert "usage: realtime-channels serve" in res.stdout
+
+
+# --- the development secret stays on loopback -------------------------------------------------
+
+
+def test_the_development_secret_is_refused_on_a_non_loopback_address() -> None:
+    done = run("serve", "--host", "0.0.0.0", "--port", str(free_port()), timeout=30)
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert "refusing to serve 0.0.0.0 with the development JWT secret" in done.stderr
+    assert "REALTIME_ALLOW_DEV_SECRET=true" in done.stderr
+
+
+def test_the_development_secret_on_a_non_loopback_address_when_allowed() -> None:
+    port = free_port()
+    proc = subprocess.Popen([COMMAND, "serve", "--host", "0.0.0.0", "--port", str(port)],
+                            env=clean_env(REALTIME_ALLOW_DEV_SECRET="true"), stderr=subprocess.PIPE, text=True)
+    try:
+        read_until(lines_of(proc.stderr), "listening on", 30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_loopback_addresses_need_no_secret(host: str) -> None:
+    from realtime_channels.config import Settings
+
+    assert not Settings(host=host).dev_secret_exposed
+    assert Settings(host="0.0.0.0").dev_secret_exposed and not Settings(host="0.0.0.0", jwt_secret="s").dev_secret_exposed
