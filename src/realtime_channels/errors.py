@@ -174,3 +174,92 @@ class ConfigError(RealtimeError):
     """Bad configuration: refuse to start with a clear message."""
 
     code = "ConfigError"
+
+
+# --- postgres_changes (protocol.md §6.3) ------------------------------------------------
+# The ``message`` of a ``system`` reply with ``status: "error"``; Supabase's texts.
+
+
+class SubscribeError(PeerError):
+    """A postgres_changes binding the server cannot serve; ``message`` is the client's text.
+
+    ``transient`` errors are retried every few seconds (§6.3); the others are final."""
+
+    code = "UnableToSubscribeToPostgres"
+    transient = False
+
+
+class FilterError(SubscribeError, ValueError):
+    """A filter the client must fix (§6.2).  ``str(err)`` is the exact client-facing text."""
+
+    code = "InvalidFilter"
+
+
+class SubscriptionParamsMissing(SubscribeError):
+    def __init__(self, params_text: str) -> None:
+        super().__init__(
+            "No subscription params provided. Please provide at least a `schema` or `table` to "
+            f"subscribe to: {params_text}"
+        )
+
+
+class SelectParamsInvalid(SubscribeError):
+    message = (
+        'Error parsing `select` params: expected a list of column name strings, e.g. select: ["col1", "col2"]'
+    )
+
+
+class SelectOnWildcard(SubscribeError):
+    message = (
+        "Column selection is not supported for wildcard subscriptions. "
+        "Provide an explicit schema and table name."
+    )
+
+
+class UnknownEvent(SubscribeError):
+    """Supabase reads an unknown ``event`` as ``*``; we refuse it so a typo is not a firehose."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        super().__init__(
+            f"Unable to subscribe to changes with given parameters. Unknown event {event!r}: "
+            'expected "INSERT", "UPDATE", "DELETE" or "*"'
+        )
+
+
+class NoRoleClaim(SubscribeError):
+    message = "Unable to subscribe to changes with given parameters. The token has no role claim"
+
+
+class TableNotPublished(SubscribeError):
+    def __init__(self, params: str) -> None:
+        super().__init__(
+            "Unable to subscribe to changes with given parameters. Please check Realtime is "
+            f"enabled for the given connect parameters: {params}"
+        )
+
+
+class SubscriptionRejected(SubscribeError):
+    """The database side refused the binding (bad column, bad cast, unknown role…)."""
+
+    def __init__(self, params: str, detail: str) -> None:
+        self.detail = detail
+        super().__init__(
+            "Unable to subscribe to changes with given parameters. An exception happened so please "
+            f"check your connect parameters: {params}. Exception: {detail}"
+        )
+
+
+class ChangesUnavailable(SubscribeError):
+    """The replication stream or the database is not reachable right now (retried)."""
+
+    code = "UnableToConnectToProject"
+    message = "Realtime was unable to connect to the project database"
+    transient = True
+
+
+class PostgresNotConfigured(SubscribeError):
+    message = (
+        "Unable to subscribe to changes with given parameters. "
+        "PostgreSQL is not configured (set REALTIME_DATABASE_URL)"
+    )

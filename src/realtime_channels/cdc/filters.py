@@ -37,6 +37,8 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import Enum
 from typing import Any
 
+from ..errors import FilterError
+
 __all__ = [
     "OPERATORS",
     "MAX_IN_ITEMS",
@@ -56,14 +58,6 @@ OPERATORS: frozenset[str] = frozenset(
 MAX_IN_ITEMS = 100
 _PARSE_PREFIX = "Error parsing `filter` params: "
 _IS_VALUES = ("null", "true", "false", "unknown")
-
-
-class FilterError(ValueError):
-    """A filter the client must fix.  ``str(err)`` is the exact client-facing text."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -49,6 +49,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import InternalError
 from . import pgoutput, sql
+from .types import Change, Transaction
 
 __all__ = ["Change", "ReplicationError", "ReplicationReader", "Transaction"]
 
@@ -70,30 +71,6 @@ _UPSERT_POSITION: Final = (
     "insert into realtime.rc_replication_position (slot_name, end_lsn) values (%s, %s::pg_lsn) "
     "on conflict (slot_name) do update set end_lsn = excluded.end_lsn, updated_at = now()"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One row change of a committed transaction."""
-
-    relation: pgoutput.Relation  # the table's shape as of this change (latest 'R' for its relid)
-    kind: Literal["INSERT", "UPDATE", "DELETE"]
-    new: pgoutput.TupleData | None  # None for DELETE
-    old: pgoutput.TupleData | None  # the 'K' (key) or 'O' (full) old tuple when sent
-    old_kind: str | None  # "K", "O" or None
-
-
-@dataclass(frozen=True, slots=True)
-class Transaction:
-    """A committed transaction's published row changes, in the order they were made.
-
-    TRUNCATE and logical decoding messages are not included."""
-
-    xid: int
-    commit_lsn: int
-    end_lsn: int  # strictly increasing across transactions; the position we store and ack
-    commit_ts_us: int  # µs since 2000-01-01 UTC (pgoutput.commit_timestamp formats it)
-    changes: tuple[Change, ...]
 
 
 class ReplicationError(InternalError):
