@@ -5,7 +5,7 @@ the validated subscription records (``Sub``) that ``subscriptions`` builds again
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -106,3 +106,11 @@ class Sub:
     role: str
     claims: Mapping[str, Any]
     cohort: str
+    #: what the router groups by, computed once: the column set depends only on (role, select);
+    #: a connection has at most one channel per topic
+    columns_key: tuple[str, tuple[str, ...] | None] = field(init=False)
+    channel_key: tuple[int, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.columns_key = (self.role, self.binding.select)
+        self.channel_key = (id(self.peer), self.topic)

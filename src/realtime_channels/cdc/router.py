@@ -59,22 +59,22 @@ def plan(row: Row, matched: Sequence[Sub], visible: set[str] | None,
     column set listing the ids of all its matching bindings (§6.4); channels with the same
     topic, ids and columns share one group."""
     column_sets: dict[tuple[str, tuple[str, ...] | None], tuple[str, ...]] = {}
-    channels: dict[tuple[int, str, tuple[str, ...]], tuple[Peer, list[int]]] = {}
+    channels: dict[tuple[int, str], tuple[Sub, dict[tuple[str, ...], list[int]]]] = {}
     for sub in matched:
         if visible is not None and sub.cohort not in visible:
             continue
-        # the column set depends only on (role, select): computed once per row, not per subscriber
-        cols_key = (sub.role, sub.binding.select)
-        cols = column_sets.get(cols_key)
+        cols = column_sets.get(sub.columns_key)
         if cols is None:
-            cols = column_sets[cols_key] = row.column_set(allowed[sub.role], sub.binding.select)
-        key = (id(sub.peer), sub.topic, cols)
-        channel = channels.get(key)
+            cols = column_sets[sub.columns_key] = row.column_set(allowed[sub.role], sub.binding.select)
+        channel = channels.get(sub.channel_key)
         if channel is None:
-            channels[key] = (sub.peer, [sub.binding.id])
-        elif sub.binding.id not in channel[1]:
-            channel[1].append(sub.binding.id)
+            channels[sub.channel_key] = (sub, {cols: [sub.binding.id]})
+            continue
+        ids = channel[1].setdefault(cols, [])
+        if sub.binding.id not in ids:
+            ids.append(sub.binding.id)
     groups: dict[tuple[str, tuple[int, ...], tuple[str, ...]], list[Peer]] = {}
-    for (_, topic, cols), (peer, ids) in channels.items():
-        groups.setdefault((topic, tuple(ids), cols), []).append(peer)
+    for first, by_cols in channels.values():
+        for cols, ids in by_cols.items():
+            groups.setdefault((first.topic, tuple(ids), cols), []).append(first.peer)
     return [Group(topic, ids, cols, tuple(peers)) for (topic, ids, cols), peers in groups.items()]
