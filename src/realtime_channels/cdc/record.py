@@ -10,16 +10,13 @@ markers ``NO_PK`` / ``UNAUTHORIZED`` that turn the payload into a §6.7 error me
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from . import pgoutput
 from .filters import TypedCondition, matches
-from .types import Change
-
-if TYPE_CHECKING:  # the catalog module does I/O; only its data classes are used here
-    from .catalog import TableInfo
+from .types import Change, TableInfo
 
 __all__ = ["MAX_RECORD_BYTES", "NO_PK", "SHORT_VALUE_BYTES", "UNAUTHORIZED", "Row", "full_data"]
 

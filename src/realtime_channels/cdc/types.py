@@ -1,5 +1,6 @@
-"""The change feed's data types (sans-I/O): decoded changes and transactions, the feed's health
-state and the messages the reading node shares with the others.
+"""The change feed's data types (sans-I/O): decoded changes and transactions, a table's shape as
+the catalog describes it, the feed's health state and the messages the reading node shares with
+the others.
 
 The replication reader produces ``Transaction`` values; the router and the record builder
 consume them; ``TxnShare`` / ``StateShare`` travel between nodes (``txwire`` turns them into
@@ -14,7 +15,39 @@ from typing import Literal
 
 from . import pgoutput
 
-__all__ = ["Change", "FeedState", "ShareOp", "StateShare", "Transaction", "TxnShare"]
+__all__ = ["Change", "ColumnInfo", "FeedState", "ShareOp", "StateShare", "TableInfo", "Transaction", "TxnShare"]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    """One user column of a table.
+
+    ``type_name``/``base_type_oid`` are those of the base type for a domain (the ``columns``
+    field of protocol.md §6.5 and the typed-value converters need the base type; postgres-cdc.md
+    "Types"). ``element_type_oid`` is, for an array type, its element type resolved through
+    domains too — the ``element_type_oid`` argument of ``pgoutput.make_converter``."""
+
+    name: str
+    type_name: str
+    type_oid: int
+    base_type_oid: int
+    is_pk: bool
+    attnum: int
+    element_type_oid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """A table's identity and shape. ``columns`` in table order without dropped or system
+    columns; ``pk`` the primary-key column names in key order (empty without a primary key,
+    protocol.md §6.7); ``rls_enabled`` is ``pg_class.relrowsecurity`` (§6.6)."""
+
+    relid: int
+    schema: str
+    name: str
+    columns: tuple[ColumnInfo, ...]
+    pk: tuple[str, ...]
+    rls_enabled: bool
 
 
 @dataclass(frozen=True, slots=True)
