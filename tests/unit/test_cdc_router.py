@@ -60,17 +60,33 @@ def sub(peer: Peer, topic: str, bid: int, *, event: str = "*", flt: str | None =
     return Sub(peer, topic, ("public", "notes"), b, conds, role, {"role": role}, cohort)
 
 
-def test_hits_narrow_by_event_and_filter() -> None:
+def plan(row: Row, subs: list[Sub], visible: set[str] | None, allowed: dict[str, frozenset[str]]) -> list[router.Group]:
+    return router.plan(row, router.match(row, router.fans(subs)), visible, allowed)
+
+
+def test_match_narrows_by_event_and_filter() -> None:
     p = Peer()
     subs = [sub(p, "realtime:a", 1), sub(p, "realtime:a", 2, event="DELETE"),
             sub(p, "realtime:a", 3, flt="room=eq.x"), sub(p, "realtime:a", 4, flt="room=eq.y")]
-    assert [s.binding.id for s in router.hits(insert(1, "x"), subs)] == [1, 3]
+    matched = router.match(insert(1, "x"), router.fans(subs))
+    assert [[b.id for b in bindings] for _, bindings in matched] == [[1, 3]]
+    assert router.match(insert(1, "z"), router.fans([subs[3]])) == []
+
+
+def test_fans_group_channels_with_identical_bindings_role_and_cohort() -> None:
+    a, b, c, d = Peer(), Peer(), Peer(), Peer()
+    subs = [sub(a, "realtime:r", 1), sub(a, "realtime:r", 2), sub(b, "realtime:r", 1), sub(b, "realtime:r", 2),
+            sub(c, "realtime:r", 1), sub(d, "realtime:r", 1, cohort="other")]
+    fans = router.fans(subs)
+    assert [(f.peers, [s.binding.id for s in f.subs], f.cohort) for f in fans] == [
+        ([a, b], [1, 2], "c1"), ([c], [1], "c1"), ([d], [1], "other")]
 
 
 def test_one_group_for_many_connections_on_the_same_topic_and_bindings() -> None:
     peers = [Peer(Vsn.V1 if i % 2 else Vsn.V2) for i in range(10)]
     subs = [sub(p, "realtime:room", 7) for p in peers]
-    groups = router.plan(insert(1, "x"), subs, None, {"anon": ALL})
+    assert len(router.fans(subs)) == 1
+    groups = plan(insert(1, "x"), subs, None, {"anon": ALL})
     assert len(groups) == 1
     assert groups[0].topic == "realtime:room" and groups[0].ids == (7,) and groups[0].peers == tuple(peers)
     assert groups[0].cols == ("id", "room", "body")
@@ -84,7 +100,7 @@ def test_groups_split_by_topic_ids_and_columns() -> None:
         sub(c, "realtime:two", 1),                              # another topic
         sub(d, "realtime:one", 1, select=("body",)),            # fewer columns (PK kept)
     ]
-    groups = {(g.topic, g.ids, g.cols): g.peers for g in router.plan(insert(1, "x"), subs, None, {"anon": ALL})}
+    groups = {(g.topic, g.ids, g.cols): g.peers for g in plan(insert(1, "x"), subs, None, {"anon": ALL})}
     assert groups == {
         ("realtime:one", (1, 2), ("id", "room", "body")): (a,),
         ("realtime:one", (1,), ("id", "room", "body")): (b,),
@@ -98,7 +114,8 @@ def test_rls_cohorts_and_column_privileges() -> None:
     subs = [sub(seen, "realtime:r", 1, cohort="yes"), sub(hidden, "realtime:r", 1, cohort="no"),
             sub(limited, "realtime:r", 1, cohort="yes", role="reader")]
     allowed = {"anon": ALL, "reader": frozenset({"id", "room"})}
-    groups = router.plan(insert(1, "x"), subs, {"yes"}, allowed)
+    groups = plan(insert(1, "x"), subs, {"yes"}, allowed)
+    assert router.cohorts(router.match(insert(1, "x"), router.fans(subs))) == {"yes": {"role": "anon"}, "no": {"role": "anon"}}
     assert {g.peers: g.cols for g in groups} == {(seen,): ("id", "room", "body"), (limited,): ("id", "room")}
 
 
@@ -115,8 +132,9 @@ def test_needs_rls_only_for_inserts_and_updates_of_rls_tables_with_a_key() -> No
 def test_work_keeps_only_changes_of_subscribed_tables() -> None:
     other = pgoutput.Relation(2, "public", "other", "d", RELATION.columns)
     c1, c2 = insert(1, "x").change, Change(other, "INSERT", pgoutput.TupleData((b"1", b"x", b"y")), None, None)
-    s = sub(Peer(), "realtime:a", 1)
-    assert router.work(Transaction(1, 10, 11, 0, (c1, c2)), {("public", "notes"): [s]}) == [(c1, [s])]
+    fans = router.fans([sub(Peer(), "realtime:a", 1)])
+    table_fans = {("public", "notes"): fans}
+    assert router.work(Transaction(1, 10, 11, 0, (c1, c2)), table_fans.get) == [(c1, fans)]
 
 
 def test_hub_frames_a_group_once_per_wire_format() -> None:

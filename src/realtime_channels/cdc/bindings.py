@@ -106,11 +106,8 @@ class Sub:
     role: str
     claims: Mapping[str, Any]
     cohort: str
-    #: what the router groups by, computed once: the column set depends only on (role, select);
-    #: a connection has at most one channel per topic
-    columns_key: tuple[str, tuple[str, ...] | None] = field(init=False)
+    #: the channel this subscription belongs to (a connection has one channel per topic)
     channel_key: tuple[int, str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.columns_key = (self.role, self.binding.select)
         self.channel_key = (id(self.peer), self.topic)

@@ -8,13 +8,14 @@ leader (``leader``) reads, shares each transaction with every node and waits unt
 through the PubSub before the position is stored; a single node routes what it reads at once.
 
 Routing one transaction (``_route``): for each change the subscriptions of its table are
-narrowed by event and filter (``router.hits``); then, for tables with RLS, visibility of
+narrowed by event and filter (``router.match``); then, for tables with RLS, visibility of
 INSERT/UPDATE rows is checked **once per table per transaction for all claims cohorts
 together** (``_check_rls``, rls.py); column privileges trim ``record``/``old_record``/
-``columns`` per role (§6.6, §6.8).  ``router.plan`` groups the channels by identical payload
-(topic, binding ids, visible columns); each group's ``data`` is built by ``record.Row``, encoded
-once per column set, and the message is framed once per wire format for all the group's
-connections (``hub.deliver``).
+``columns`` per role (§6.6, §6.8).  Channels with identical bindings, role and cohort form one
+*fan* (``router.fans``) and are matched and judged as one; ``router.plan`` groups them by
+identical payload (topic, binding ids, visible columns); each group's ``data`` is built by
+``record.Row``, encoded once per column set, and the message is framed once per wire format for
+all the group's connections (``hub.deliver``).
 
 Subscription checks, routing and function reporting each use their own side connection.
 """
@@ -33,7 +34,7 @@ import psycopg
 from .. import hub
 from ..protocol.codec import Message
 from . import catalog, pgoutput, router
-from .bindings import Peer, Sub
+from .bindings import Binding, Peer
 from .connections import SideConnection
 from .leader import Leadership
 from .record import Row, full_data
@@ -43,6 +44,9 @@ from .subscriptions import Subscriptions
 from .types import FeedState, ShareOp, StateShare, Transaction, TxnShare
 
 log = logging.getLogger(__name__)
+
+#: per matching fan of a change, its bindings that match
+Matched = list[tuple[router.Fan, list[Binding]]]
 
 #: followers consider the stream down when the leader has not reported for this long
 LEADER_TTL_S = 6.0
@@ -257,7 +261,7 @@ class PostgresChanges:
     # changes (§6.4–6.8) ----------------------------------------------------------------------
 
     async def _on_transaction(self, txn: Transaction) -> None:
-        work = router.work(txn, self.subscriptions.by_table)
+        work = router.work(txn, self.subscriptions.fans)
         if not work:
             return
         try:
@@ -269,7 +273,7 @@ class PostgresChanges:
             log.error("postgres_changes: database error while routing a transaction: %s", exc)
             raise
 
-    def _note_relations(self, work: Sequence[tuple[Any, Sequence[Sub]]]) -> None:
+    def _note_relations(self, work: Sequence[tuple[Any, Sequence[router.Fan]]]) -> None:
         """Compared by value: shared transactions carry fresh Relation objects.  A new shape
         means a schema change (pgoutput sends a Relation message after one)."""
         for change, _ in work:
@@ -279,16 +283,16 @@ class PostgresChanges:
                 self.cache.invalidate(rel.relid)
 
     async def _route(self, conn: psycopg.AsyncConnection[Any], txn: Transaction,
-                     work: Sequence[tuple[Any, Sequence[Sub]]]) -> None:
+                     work: Sequence[tuple[Any, Sequence[router.Fan]]]) -> None:
         commit_ts = pgoutput.commit_timestamp(txn.commit_ts_us)
         self._note_relations(work)
-        prepared: list[tuple[Row, list[Sub]]] = []
-        for change, subs in work:
+        prepared: list[tuple[Row, Matched]] = []
+        for change, fans in work:
             info = await self.cache.table_info(conn, change.relation.namespace, change.relation.name)
             if info is None:
                 continue
             row = Row(change, info)
-            matched = router.hits(row, subs)
+            matched = router.match(row, fans)
             if matched:
                 prepared.append((row, matched))
         visible = await self._check_rls(conn, prepared)
@@ -298,7 +302,7 @@ class PostgresChanges:
             self._deliver(row, router.plan(row, matched, visible.get(idx), allowed), commit_ts)
 
     async def _check_rls(self, conn: psycopg.AsyncConnection[Any],
-                         prepared: list[tuple[Row, list[Sub]]]) -> dict[int, set[str]]:
+                         prepared: list[tuple[Row, Matched]]) -> dict[int, set[str]]:
         """Per change index, the cohorts that may see it — one round trip per table (§6.6)."""
         by_table: dict[int, list[int]] = {}
         for idx, (row, _) in enumerate(prepared):
@@ -309,8 +313,8 @@ class PostgresChanges:
             info = prepared[indexes[0]][0].info
             cohorts: dict[str, Mapping[str, Any]] = {}
             for i in indexes:
-                for sub in prepared[i][1]:
-                    cohorts.setdefault(sub.cohort, sub.claims)
+                for cohort, claims in router.cohorts(prepared[i][1]).items():
+                    cohorts.setdefault(cohort, claims)
             pk_rows = [prepared[i][0].pk_text() for i in indexes]
             keys = list(cohorts)
             for i in indexes:
@@ -325,15 +329,16 @@ class PostgresChanges:
         return result
 
     async def _check_each(self, conn: psycopg.AsyncConnection[Any], info: catalog.TableInfo,
-                          prepared: list[tuple[Row, list[Sub]]], indexes: list[int],
+                          prepared: list[tuple[Row, Matched]], indexes: list[int],
                           result: dict[int, set[str]]) -> None:
-        """The baseline: one visibility query per subscriber per change."""
+        """The baseline: one visibility query per subscriber (socket) per change."""
         for i in indexes:
-            row, subs = prepared[i]
-            for sub in subs:
-                seen = await self.rls.visible(conn, info, [row.pk_text()], [sub.claims])
-                if seen[0]:
-                    result[i].add(sub.cohort)
+            row, matched = prepared[i]
+            for fan, _ in matched:
+                for _peer in fan.peers:
+                    seen = await self.rls.visible(conn, info, [row.pk_text()], [fan.claims])
+                    if seen[0]:
+                        result[i].add(fan.cohort)
 
     def _deliver(self, row: Row, groups: Sequence[router.Group], commit_ts: str) -> None:
         """One message per group, its ``data`` encoded once per column set and the frame built

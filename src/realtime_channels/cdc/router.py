@@ -1,22 +1,44 @@
 """Routing a decoded change to channels (sans-I/O; protocol.md §6.4, §6.6, §6.8).
 
-For one change: the subscriptions of its table are narrowed by event and filter (``hits``);
-the engine then asks RLS which claims cohorts may see it (``needs_rls`` says when) and which
+The subscriptions of a table are kept as *fans*: channels whose bindings on the table, role and
+claims cohort are identical (typically every socket that joined one channel name with the same
+bindings).  A fan matches, passes RLS and gets its payload as one, so the work per change grows
+with the number of distinct fans, not of sockets.
+
+For one change: ``match`` narrows each fan's bindings by event and filter; the engine asks RLS
+which cohorts may see the change (``needs_rls`` says when, ``cohorts`` which to ask) and which
 columns each role may select; ``plan`` turns that into delivery groups.  A group is one payload
-— the same topic, the same binding ids and the same visible columns — and is encoded once per
-wire format for all its connections (many sockets joined to one channel name share a group).
+— the same topic, binding ids and visible columns — encoded once per wire format for all its
+connections.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from .bindings import Peer, Sub
+from .bindings import Binding, Peer, Sub
 from .record import Row
 from .types import Change, Transaction
 
-__all__ = ["Group", "hits", "needs_rls", "plan", "roles", "work"]
+__all__ = ["Fan", "Group", "cohorts", "fans", "match", "needs_rls", "plan", "roles", "work"]
+
+TableKey = tuple[str, str]
+
+
+@dataclass(slots=True, eq=False)
+class Fan:
+    """Channels on one table with identical bindings, role and claims cohort."""
+
+    topic: str
+    role: str
+    cohort: str
+    claims: Mapping[str, Any]
+    #: the first channel's subscriptions on the table, in binding order (its bindings stand
+    #: for every channel of the fan)
+    subs: tuple[Sub, ...]
+    peers: list[Peer] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +51,38 @@ class Group:
     peers: tuple[Peer, ...]
 
 
-def work(txn: Transaction, by_table: Mapping[tuple[str, str], Sequence[Sub]]) -> list[tuple[Change, Sequence[Sub]]]:
-    """The transaction's changes that some subscription's table covers, with those subscriptions."""
-    return [(change, subs) for change in txn.changes
-            if (subs := by_table.get((change.relation.namespace, change.relation.name)))]
+def fans(subs: Sequence[Sub]) -> list[Fan]:
+    """Group a table's subscriptions (in subscription order) into fans."""
+    channels: dict[tuple[int, str], list[Sub]] = {}
+    for sub in subs:
+        channels.setdefault(sub.channel_key, []).append(sub)
+    out: dict[tuple[Any, ...], Fan] = {}
+    for own in channels.values():
+        first = own[0]
+        signature = (first.topic, first.role, first.cohort,
+                     tuple((s.binding.id, s.binding.event, s.binding.filter_text, s.binding.select) for s in own))
+        fan = out.get(signature)
+        if fan is None:
+            fan = out[signature] = Fan(first.topic, first.role, first.cohort, first.claims, tuple(own))
+        fan.peers.append(first.peer)
+    return list(out.values())
 
 
-def hits(row: Row, subs: Sequence[Sub]) -> list[Sub]:
-    """§6.4: subscriptions whose event and filter match (filters on the new row, or the old
-    identity for DELETE, §6.2)."""
-    return [s for s in subs if s.binding.event in ("*", row.kind) and row.matches(s.conds)]
+def work(txn: Transaction, fans_of: Callable[[TableKey], Sequence[Fan] | None]) -> list[tuple[Change, Sequence[Fan]]]:
+    """The transaction's changes that some subscription's table covers, with that table's fans."""
+    return [(change, table_fans) for change in txn.changes
+            if (table_fans := fans_of((change.relation.namespace, change.relation.name)))]
+
+
+def match(row: Row, table_fans: Sequence[Fan]) -> list[tuple[Fan, list[Binding]]]:
+    """§6.4: per fan, the bindings whose event and filter match (filters on the new row, or the
+    old identity for DELETE, §6.2); fans without a match are left out."""
+    out: list[tuple[Fan, list[Binding]]] = []
+    for fan in table_fans:
+        hit = [s.binding for s in fan.subs if s.binding.event in ("*", row.kind) and row.matches(s.conds)]
+        if hit:
+            out.append((fan, hit))
+    return out
 
 
 def needs_rls(row: Row) -> bool:
@@ -46,35 +90,41 @@ def needs_rls(row: Row) -> bool:
     return row.info.rls_enabled and row.kind != "DELETE" and bool(row.info.pk)
 
 
-def roles(subs: Sequence[Sub]) -> set[str]:
-    return {s.role for s in subs}
+def cohorts(matched: Sequence[tuple[Fan, list[Binding]]]) -> dict[str, Mapping[str, Any]]:
+    """The claims cohorts RLS must judge for these fans (cohort key → its claims)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for fan, _ in matched:
+        out.setdefault(fan.cohort, fan.claims)
+    return out
 
 
-def plan(row: Row, matched: Sequence[Sub], visible: set[str] | None,
+def roles(matched: Sequence[tuple[Fan, list[Binding]]]) -> set[str]:
+    return {fan.role for fan, _ in matched}
+
+
+def plan(row: Row, matched: Sequence[tuple[Fan, list[Binding]]], visible: set[str] | None,
          allowed: Mapping[str, frozenset[str]]) -> list[Group]:
     """Delivery groups for one change.
 
     ``visible``: the cohorts RLS admits (``None``: no RLS check applies); ``allowed``: the
     selectable columns of each role in ``matched``.  Each channel gets one message per distinct
-    column set listing the ids of all its matching bindings (§6.4); channels with the same
-    topic, ids and columns share one group."""
+    column set listing the ids of all its matching bindings (§6.4); fans with the same topic,
+    ids and columns share one group."""
+    # the column set depends only on (role, select): computed once per row, not per subscriber
     column_sets: dict[tuple[str, tuple[str, ...] | None], tuple[str, ...]] = {}
-    channels: dict[tuple[int, str], tuple[Sub, dict[tuple[str, ...], list[int]]]] = {}
-    for sub in matched:
-        if visible is not None and sub.cohort not in visible:
-            continue
-        cols = column_sets.get(sub.columns_key)
-        if cols is None:
-            cols = column_sets[sub.columns_key] = row.column_set(allowed[sub.role], sub.binding.select)
-        channel = channels.get(sub.channel_key)
-        if channel is None:
-            channels[sub.channel_key] = (sub, {cols: [sub.binding.id]})
-            continue
-        ids = channel[1].setdefault(cols, [])
-        if sub.binding.id not in ids:
-            ids.append(sub.binding.id)
     groups: dict[tuple[str, tuple[int, ...], tuple[str, ...]], list[Peer]] = {}
-    for first, by_cols in channels.values():
+    for fan, bindings in matched:
+        if visible is not None and fan.cohort not in visible:
+            continue
+        by_cols: dict[tuple[str, ...], list[int]] = {}
+        for b in bindings:
+            key = (fan.role, b.select)
+            cols = column_sets.get(key)
+            if cols is None:
+                cols = column_sets[key] = row.column_set(allowed[fan.role], b.select)
+            ids = by_cols.setdefault(cols, [])
+            if b.id not in ids:
+                ids.append(b.id)
         for cols, ids in by_cols.items():
-            groups.setdefault((first.topic, tuple(ids), cols), []).append(first.peer)
+            groups.setdefault((fan.topic, tuple(ids), cols), []).extend(fan.peers)
     return [Group(topic, ids, cols, tuple(peers)) for (topic, ids, cols), peers in groups.items()]

@@ -20,7 +20,7 @@ import psycopg
 
 from .. import errors
 from ..protocol.codec import Message
-from . import catalog
+from . import catalog, router
 from .bindings import Binding, Peer, Sub, parse_binding, parse_conditions
 from .connections import SideConnection
 from .filters import Condition, TypedCondition, validate
@@ -66,6 +66,18 @@ class Subscriptions:
         self._ready = ready
         self.channels: dict[ChannelKey, ChannelSubs] = {}
         self.by_table: dict[TableKey, list[Sub]] = {}
+        self._fans: dict[TableKey, list[router.Fan]] = {}
+
+    def fans(self, table: TableKey) -> list[router.Fan] | None:
+        """The table's subscriptions grouped into fans (rebuilt after a table's subscriptions
+        changed, on the next change of that table)."""
+        cached = self._fans.get(table)
+        if cached is None:
+            subs = self.by_table.get(table)
+            if not subs:
+                return None
+            cached = self._fans[table] = router.fans(subs)
+        return cached
 
     def subscribe(self, conn_id: int, peer: Peer, topic: str, join_ref: str | None,
                   bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any]) -> None:
@@ -92,6 +104,7 @@ class Subscriptions:
         if ch.retry is not None:
             ch.retry.cancel()
         for sub in ch.subs:
+            self._fans.pop(sub.table_key, None)
             subs = self.by_table.get(sub.table_key)
             if subs is not None and sub in subs:
                 subs.remove(sub)
@@ -115,6 +128,7 @@ class Subscriptions:
         ch.subs = [sub for _, sub in resolved]
         for table_key, sub in resolved:
             self.by_table.setdefault(table_key, []).append(sub)
+            self._fans.pop(table_key, None)
         ch.peer.send(system(ch.topic, ch.join_ref, "ok", SUBSCRIBED))
 
     @staticmethod
