@@ -154,6 +154,7 @@ def without(d: Mapping[str, Any], *keys: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(85, 87)
 async def test_subscribed_message_and_change_frames_have_exact_shape(cdc: Any, vsn: str) -> None:
     table = cdc.table("id int primary key, body text")
     topic = unique_topic("pg")
@@ -178,6 +179,7 @@ async def test_subscribed_message_and_change_frames_have_exact_shape(cdc: Any, v
         }
 
 
+@pytest.mark.compat(87)
 async def test_insert_carries_typed_values_columns_and_commit_timestamp(cdc: Any) -> None:
     table = cdc.table(
         "id int8 primary key, i int4, s int2, big int8, amount numeric, scaled numeric(6,2), f float8,"
@@ -244,6 +246,7 @@ async def test_insert_carries_typed_values_columns_and_commit_timestamp(cdc: Any
 # --- 88, 89: UPDATE / DELETE and replica identity ------------------------------------------
 
 
+@pytest.mark.compat(88, 89)
 async def test_update_and_delete_with_default_replica_identity(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text, n int")
     columns = cols(("id", "int4"), ("name", "text"), ("n", "int4"))
@@ -267,6 +270,7 @@ async def test_update_and_delete_with_default_replica_identity(cdc: Any) -> None
     ]
 
 
+@pytest.mark.compat(88, 89)
 async def test_replica_identity_full_sends_the_whole_previous_row(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text, n int", identity_full=True)
     topic = unique_topic("pg")
@@ -322,6 +326,7 @@ async def test_changes_of_one_transaction_arrive_in_order_with_one_commit_timest
 # --- 90, 97: event bindings and several bindings per channel -------------------------------
 
 
+@pytest.mark.compat(90)
 async def test_insert_binding_gets_no_update_or_delete(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text")
     topic = unique_topic("pg")
@@ -336,6 +341,7 @@ async def test_insert_binding_gets_no_update_or_delete(cdc: Any) -> None:
     assert [summary(p) for p in got] == [("INSERT", 1, [bid]), ("INSERT", 2, [bid])]
 
 
+@pytest.mark.compat(97)
 async def test_two_matching_bindings_give_one_message_with_both_ids(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text")
     topic = unique_topic("pg")
@@ -370,6 +376,7 @@ async def test_identical_bindings_on_two_channels_have_the_same_id(cdc: Any) -> 
         assert (await next_change(c, t2))["ids"] == [b]
 
 
+@pytest.mark.compat(97)
 async def test_schema_wide_binding_covers_every_published_table_of_the_schema(cdc: Any) -> None:
     schema = f"wild_{uuid.uuid4().hex[:6]}"
     cdc.execute(f"create schema {schema}")
@@ -394,6 +401,7 @@ async def test_schema_wide_binding_covers_every_published_table_of_the_schema(cd
 # --- 91, 92: filters ---------------------------------------------------------------------
 
 
+@pytest.mark.compat(91, 92)
 async def test_filter_matrix_eq_in_and_list_not(cdc: Any) -> None:
     table = cdc.table("id int primary key, status text, a int")
     topic = unique_topic("pg")
@@ -430,6 +438,7 @@ async def test_filter_matrix_eq_in_and_list_not(cdc: Any) -> None:
     ]
 
 
+@pytest.mark.compat(91)
 async def test_filter_operators_over_column_types(cdc: Any) -> None:
     """The §6.2 operator set against text, numeric, timestamptz, bool and uuid columns."""
     table = cdc.table("id int primary key, title text, price numeric, at timestamptz, flag bool, uid uuid, note text")
@@ -509,6 +518,7 @@ async def test_delete_filter_sees_only_identity_columns(cdc: Any) -> None:
 # --- 86, 93 and other subscription errors: reported once, never retried -------------------
 
 
+@pytest.mark.compat(86, 93)
 async def test_invalid_bindings_get_one_system_error_each_and_no_retry(cdc: Any) -> None:
     table = cdc.table("id int primary key, subject text")
     unpublished = cdc.table("id int primary key", publish=False)
@@ -605,6 +615,7 @@ async def test_event_names_are_case_insensitive_and_star_or_absent_means_every_e
 # --- 94, 95: Row Level Security --------------------------------------------------------------
 
 
+@pytest.mark.compat(94, 95)
 async def test_rls_each_user_sees_only_own_rows_and_deletes_are_reduced_to_the_key(cdc: Any) -> None:
     table = cdc.table("id int primary key, owner uuid, body text", identity_full=True, rls=True)
     cdc.execute(f"create policy own on {table} for select to authenticated using (owner = auth.uid())")
@@ -629,8 +640,8 @@ async def test_rls_each_user_sees_only_own_rows_and_deletes_are_reduced_to_the_k
         got: dict[str, list[Payload]] = {who: [] for who in tokens}
         for sql, (kind, ident) in writes:
             cdc.execute(sql)
-            # RLS is evaluated on the row's current state (§6.6): let service_role (BYPASSRLS)
-            # see each change before the next write changes the row again.
+            # RLS is judged on each change's own image (§6.6); service_role (BYPASSRLS) sees
+            # every change.
             p = await next_change(c, topics["svc"])
             assert (p["data"]["type"], row_id(p)) == (kind, ident)
             got["svc"].append(p)
@@ -650,12 +661,14 @@ async def test_rls_each_user_sees_only_own_rows_and_deletes_are_reduced_to_the_k
     for who in tokens:
         assert got[who][-1]["data"]["old_record"] == {"id": 1}
         assert "record" not in got[who][-1]["data"]
-    # UPDATEs keep the full old row (the reduction is for DELETE only)
+    # An UPDATE's old image is u2's row: u1 gets only its key; service_role gets it whole
     u1_update = got["u1"][2]["data"]
     assert u1_update["record"] == {"id": 2, "owner": U1, "body": "b"}
-    assert u1_update["old_record"] == {"id": 2, "owner": U2, "body": "b"}
+    assert u1_update["old_record"] == {"id": 2}
+    assert got["svc"][3]["data"]["old_record"] == {"id": 2, "owner": U2, "body": "b"}
 
 
+@pytest.mark.compat(94)
 async def test_rls_policy_on_jwt_claims(cdc: Any) -> None:
     """Policies see the subscriber's whole claims through auth.jwt() (§6.6)."""
     table = cdc.table("id int primary key, team text", rls=True)
@@ -676,6 +689,7 @@ async def test_rls_policy_on_jwt_claims(cdc: Any) -> None:
 # --- 96, 98: column privileges and select ----------------------------------------------------
 
 
+@pytest.mark.compat(96)
 async def test_column_privileges_trim_record_old_record_and_columns(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text, secret text", identity_full=True)
     cdc.execute(f"revoke select on {table} from anon")
@@ -721,6 +735,7 @@ async def test_column_privileges_trim_record_old_record_and_columns(cdc: Any) ->
     assert "s2" not in json.dumps(auth[2])
 
 
+@pytest.mark.compat(98)
 async def test_select_restricts_to_listed_columns_plus_primary_key(cdc: Any) -> None:
     table = cdc.table("id int primary key, name text, secret text, n int", identity_full=True)
     topic = unique_topic("pg")
@@ -742,6 +757,7 @@ async def test_select_restricts_to_listed_columns_plus_primary_key(cdc: Any) -> 
 # --- 99: no primary key ----------------------------------------------------------------------
 
 
+@pytest.mark.compat(99)
 async def test_table_without_primary_key_reports_error_400(cdc: Any) -> None:
     table = cdc.table("a int, b text", identity_full=True)  # FULL: updates need a replica identity
     topic = unique_topic("pg")
@@ -760,6 +776,7 @@ async def test_table_without_primary_key_reports_error_400(cdc: Any) -> None:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(100)
 async def test_leave_stops_delivery(cdc: Any, vsn: str) -> None:
     table = cdc.table("id int primary key")
     gone, stays = unique_topic("gone"), unique_topic("stays")
@@ -782,6 +799,7 @@ async def test_leave_stops_delivery(cdc: Any, vsn: str) -> None:
 # --- 48: access_token refresh re-subscribes with the new claims -----------------------------
 
 
+@pytest.mark.compat(48)
 async def test_access_token_refresh_resubscribes_with_new_claims(cdc: Any) -> None:
     table = cdc.table("id int primary key, owner uuid", rls=True)
     cdc.execute(f"create policy own on {table} for select to authenticated using (owner = auth.uid())")

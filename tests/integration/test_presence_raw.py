@@ -54,6 +54,7 @@ def only_meta(entries: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(42, 72)
 async def test_presence_state_after_join_is_empty_for_new_topic(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -64,6 +65,7 @@ async def test_presence_state_after_join_is_empty_for_new_topic(server: ServerPr
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(73)
 async def test_no_presence_state_when_disabled(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -72,6 +74,7 @@ async def test_no_presence_state_when_disabled(server: ServerProc, vsn: str) -> 
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(72)
 async def test_presence_state_lists_current_members(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, V2) as a, open_client(server, V1) as b, open_client(server, vsn) as c:
@@ -90,6 +93,7 @@ async def test_presence_state_lists_current_members(server: ServerProc, vsn: str
         assert all(isinstance(r, str) and r for r in refs) and len(set(refs)) == 2
 
 
+@pytest.mark.compat(73)
 async def test_tenant_presence_flag_sends_state_without_enabled(server_factory: Any) -> None:
     srv = server_factory(REALTIME_PRESENCE_ENABLED="true")
     topic = unique_topic()
@@ -102,6 +106,7 @@ async def test_tenant_presence_flag_sends_state_without_enabled(server_factory: 
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(74, 75)
 async def test_track_diff_reaches_tracker_and_others(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a, open_client(server, V1) as b, open_client(server, V2) as silent:
@@ -120,6 +125,7 @@ async def test_track_diff_reaches_tracker_and_others(server: ServerProc, vsn: st
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(76, 78)
 async def test_retrack_changed_payload_gives_join_with_prev_and_leave(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a, open_client(server, V2) as b:
@@ -148,6 +154,7 @@ async def test_retrack_changed_payload_gives_join_with_prev_and_leave(server: Se
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(77)
 async def test_identical_retrack_produces_no_diff(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a, open_client(server, V2) as b:
@@ -173,6 +180,7 @@ async def test_untrack_without_track_is_ok_and_silent(server: ServerProc, vsn: s
 
 @pytest.mark.parametrize("vsn", VSNS)
 @pytest.mark.parametrize("how", ["leave", "disconnect"])
+@pytest.mark.compat(78)
 async def test_leave_and_disconnect_remove_presence(server: ServerProc, vsn: str, how: str) -> None:
     topic = unique_topic()
     async with open_client(server, V2) as b:
@@ -211,6 +219,7 @@ def _generated_key(d: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("vsn", VSNS)
 @pytest.mark.parametrize("config", [PRESENCE_ON, with_key(""), {"presence": {}}, {}])
+@pytest.mark.compat(79)
 async def test_generated_keys(server: ServerProc, vsn: str, config: dict[str, Any]) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a:
@@ -228,6 +237,7 @@ async def test_generated_keys(server: ServerProc, vsn: str, config: dict[str, An
 
 @pytest.mark.parametrize("vsn", VSNS)
 @pytest.mark.parametrize(("key", "wire_key"), [("user-42", "user-42"), ("Ünïcødé key", "Ünïcødé key"), (42, "42")])
+@pytest.mark.compat(79)
 async def test_given_key_used_verbatim(server: ServerProc, vsn: str, key: Any, wire_key: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a:
@@ -241,6 +251,7 @@ async def test_given_key_used_verbatim(server: ServerProc, vsn: str, key: Any, w
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(80)
 async def test_uppercase_track_is_accepted(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a:
@@ -252,6 +263,7 @@ async def test_uppercase_track_is_accepted(server: ServerProc, vsn: str) -> None
 
 @pytest.mark.parametrize("vsn", VSNS)
 @pytest.mark.parametrize("bad", ["a string", 5, [1, 2], True])
+@pytest.mark.compat(81)
 async def test_non_map_track_payload_is_an_error(server: ServerProc, vsn: str, bad: Any) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a:
@@ -289,6 +301,7 @@ async def test_unknown_presence_event_is_an_error(server: ServerProc, vsn: str) 
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(83)
 async def test_track_on_presence_disabled_channel_enables_it(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a, open_client(server, V2) as b:
@@ -307,6 +320,7 @@ async def test_track_on_presence_disabled_channel_enables_it(server: ServerProc,
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(82)
 async def test_sixth_presence_push_in_window_shuts_channel_down(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a, open_client(server, V2) as b:
@@ -342,6 +356,7 @@ async def test_sixth_presence_push_in_window_shuts_channel_down(server: ServerPr
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(72)
 async def test_presence_state_after_every_rejoin_with_current_join_ref(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a:

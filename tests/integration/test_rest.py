@@ -86,6 +86,7 @@ def is_broadcast(f: Frame) -> bool:
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.compat(59, 66)
 async def test_batch_is_accepted_and_delivered_to_every_subscriber(server: ServerProc, prefix: str) -> None:
     t1, t2 = unique_topic("rest"), unique_topic("rest")
     msg_id = str(uuid.uuid4())
@@ -124,6 +125,7 @@ async def test_batch_private_message_without_database_is_dropped_but_accepted(se
         await c.assert_silent()  # private and public streams are separate (§3.1)
 
 
+@pytest.mark.compat(60)
 async def test_batch_validation_errors_are_per_message_and_reject_the_batch(server: ServerProc) -> None:
     topic = unique_topic("rest")
     body = {
@@ -183,6 +185,7 @@ async def test_oversize_rest_payloads_are_422(server_factory: Any) -> None:
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.compat(61, 66)
 async def test_single_json_with_url_encoded_topic(server: ServerProc, prefix: str) -> None:
     topic = unique_topic("room:1")  # arrives as room%3A1-… (encodeURIComponent)
     async with open_client(server, V1) as v1, open_client(server, V2) as v2:
@@ -218,6 +221,7 @@ async def test_single_url_encoded_event_and_charset_parameter(server: ServerProc
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.compat(62, 66)
 async def test_single_octet_stream_reaches_v2_unchanged_and_skips_v1(server: ServerProc, prefix: str) -> None:
     topic = unique_topic("rest")
     data = b"\x00\x01\x02binary\xff\xfe" + bytes(range(200))
@@ -276,6 +280,7 @@ async def test_single_without_content_type_sends_empty_object(server: ServerProc
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+@pytest.mark.compat(63)
 async def test_single_unsupported_media_type_is_415(server: ServerProc, content_type: str) -> None:
     topic = unique_topic("rest")
     async with open_client(server, V2) as c:
@@ -307,6 +312,7 @@ def _bad_auth_cases() -> list[Any]:
 
 @pytest.mark.parametrize("headers", _bad_auth_cases())
 @pytest.mark.parametrize("endpoint", ["batch", "single"])
+@pytest.mark.compat(64)
 async def test_rest_without_valid_token_is_401(server: ServerProc, headers: dict[str, str], endpoint: str) -> None:
     topic = unique_topic("rest")
     async with open_client(server, V2) as c:
@@ -321,6 +327,7 @@ async def test_rest_without_valid_token_is_401(server: ServerProc, headers: dict
         await c.assert_silent()
 
 
+@pytest.mark.compat(64)
 async def test_bearer_is_preferred_over_apikey(server: ServerProc) -> None:
     topic = unique_topic("rest")
     async with open_client(server, V2) as c:

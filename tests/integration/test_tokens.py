@@ -55,6 +55,7 @@ def _join_error_cases() -> list[Any]:
 
 @pytest.mark.parametrize("vsn", VSNS)
 @pytest.mark.parametrize(("token", "pattern"), _join_error_cases())
+@pytest.mark.compat(33, 38, 39)
 async def test_join_token_errors(server: ServerProc, vsn: str, token: str, pattern: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -69,6 +70,7 @@ async def test_join_token_errors(server: ServerProc, vsn: str, token: str, patte
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(32)
 async def test_join_with_expired_token_reports_seconds_ago(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     token = make_token(exp_in=-30)
@@ -119,6 +121,7 @@ async def _assert_shutdown(c: RawClient, topic: str, jr: str, message_pattern: s
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(43)
 async def test_valid_refresh_is_never_replied(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -130,6 +133,7 @@ async def test_valid_refresh_is_never_replied(server: ServerProc, vsn: str) -> N
 
 @pytest.mark.parametrize("vsn", VSNS)
 @pytest.mark.parametrize("kind", ["same", "null", "sb_"])
+@pytest.mark.compat(44)
 async def test_ignored_refresh_values(server: ServerProc, vsn: str, kind: str) -> None:
     topic = unique_topic()
     token = make_token()
@@ -152,6 +156,7 @@ async def test_access_token_event_without_key_is_ignored(server: ServerProc, vsn
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(43, 45)
 async def test_refresh_with_expired_token_shuts_channel_down(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -173,6 +178,7 @@ async def test_refresh_with_expired_token_shuts_channel_down(server: ServerProc,
     ],
     ids=["empty", "potato", "missing-exp"],
 )
+@pytest.mark.compat(46)
 async def test_refresh_with_invalid_token_shuts_channel_down(
     server: ServerProc, vsn: str, value: str, pattern: str
 ) -> None:
@@ -185,6 +191,7 @@ async def test_refresh_with_invalid_token_shuts_channel_down(
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(47)
 async def test_channel_is_shut_down_at_token_exp_but_socket_stays(server: ServerProc, vsn: str) -> None:
     expiring, refreshed = unique_topic("expiring"), unique_topic("refreshed")
     async with open_client(server, vsn) as c:
@@ -199,6 +206,7 @@ async def test_channel_is_shut_down_at_token_exp_but_socket_stays(server: Server
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(34, 35)
 async def test_refresh_is_adopted_and_connection_key_backs_tokenless_joins(server: ServerProc, vsn: str) -> None:
     """§1.3/§3.2: joins without a usable token (absent or ``sb_…``) run on the connection's key,
     so they expire with it; a refreshed token is adopted, expiry included (§3.9). The

@@ -41,6 +41,7 @@ def assert_user_broadcast_delivery(receiver: RawClient, frame: Any, topic: str, 
 
 @pytest.mark.parametrize("sender_vsn", VSNS)
 @pytest.mark.parametrize("receiver_vsn", VSNS)
+@pytest.mark.compat(49, 51, 52)
 async def test_text_broadcast_relayed_verbatim_and_not_echoed(
     server: ServerProc, sender_vsn: str, receiver_vsn: str
 ) -> None:
@@ -62,6 +63,7 @@ async def test_text_broadcast_relayed_verbatim_and_not_echoed(
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(50)
 async def test_self_true_echoes_to_sender(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     payload = {"type": "broadcast", "event": "ping", "payload": {"n": 1}}
@@ -74,6 +76,7 @@ async def test_self_true_echoes_to_sender(server: ServerProc, vsn: str) -> None:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(51)
 async def test_ack_replies_on_each_push_ref(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c, open_client(server, V2) as receiver:
@@ -100,6 +103,7 @@ async def test_ack_and_self_together(server: ServerProc, vsn: str) -> None:
         assert_text_delivery(c, echo, topic, {"type": "broadcast", "event": "e", "payload": {"k": "v"}})
 
 
+@pytest.mark.compat(49)
 async def test_broadcast_reaches_every_other_subscriber_but_not_other_topics(server: ServerProc) -> None:
     topic, other_topic = unique_topic(), unique_topic()
     async with (
@@ -121,6 +125,7 @@ async def test_broadcast_reaches_every_other_subscriber_but_not_other_topics(ser
 
 
 @pytest.mark.parametrize("receiver_vsn", VSNS)
+@pytest.mark.compat(12, 53)
 async def test_kind3_json_translated_for_receivers(server: ServerProc, receiver_vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, V2) as sender, open_client(server, receiver_vsn) as receiver:
@@ -132,6 +137,7 @@ async def test_kind3_json_translated_for_receivers(server: ServerProc, receiver_
         await sender.assert_silent()
 
 
+@pytest.mark.compat(12, 13)
 async def test_kind3_json_with_ack_and_self(server: ServerProc) -> None:
     topic = unique_topic()
     async with open_client(server, V2) as c:
@@ -145,6 +151,8 @@ async def test_kind3_json_with_ack_and_self(server: ServerProc) -> None:
         assert_user_broadcast_delivery(c, echo, topic, "cursor", {"x": 1, "y": "two"})
 
 
+@pytest.mark.compat(14, 54)
+@pytest.mark.compat(13, note="every raw-client socket is also checked on close (`rawclient.check_binary_kinds`)")
 async def test_kind3_binary_reaches_v2_as_kind4_encoding0_and_skips_v1(server: ServerProc) -> None:
     topic = unique_topic("salle-é")  # multi-byte topic: lengths are UTF-8 bytes (§1.6)
     data = bytes(range(256)) + b"\x00\xff"
@@ -176,6 +184,7 @@ async def test_kind3_with_null_refs_and_empty_payload(server: ServerProc) -> Non
         assert frame.raw == kind4(topic, "empty", b"", 0)
 
 
+@pytest.mark.compat(20)
 async def test_kind3_on_unjoined_topic_gets_unmatched_topic(server: ServerProc) -> None:
     topic = unique_topic("nope")
     async with open_client(server, V2) as c:
@@ -188,6 +197,7 @@ async def test_kind3_on_unjoined_topic_gets_unmatched_topic(server: ServerProc) 
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(58)
 async def test_oversize_broadcast_with_ack_is_refused_and_not_delivered(server_factory: Any, vsn: str) -> None:
     srv = server_factory(REALTIME_MAX_PAYLOAD_SIZE_IN_KB="1")  # limit 1500 bytes
     topic = unique_topic()
@@ -205,6 +215,7 @@ async def test_oversize_broadcast_with_ack_is_refused_and_not_delivered(server_f
         assert (await receiver.expect(is_broadcast)).broadcast_view()["event"] == "small"
 
 
+@pytest.mark.compat(58)
 async def test_oversize_kind3_with_ack_is_refused(server_factory: Any) -> None:
     srv = server_factory(REALTIME_MAX_PAYLOAD_SIZE_IN_KB="1")
     topic = unique_topic()

@@ -21,6 +21,7 @@ def join_error(reason: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(24)
 async def test_join_with_empty_config_succeeds_and_nothing_follows(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -38,6 +39,7 @@ async def test_topic_with_colons_in_sub_topic(server: ServerProc, vsn: str) -> N
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(26, 39)
 async def test_empty_sub_topic_is_refused_and_not_closed(server: ServerProc, vsn: str) -> None:
     async with open_client(server, vsn) as c:
         await c.send_msg("realtime:", "phx_join", {"config": {}}, "2", "2")
@@ -49,6 +51,7 @@ async def test_empty_sub_topic_is_refused_and_not_closed(server: ServerProc, vsn
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(27)
 async def test_string_booleans_are_accepted(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     config = {
@@ -70,6 +73,7 @@ async def test_string_booleans_are_accepted(server: ServerProc, vsn: str) -> Non
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(27)
 async def test_string_false_booleans_keep_defaults_off(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -88,6 +92,7 @@ async def test_string_false_booleans_keep_defaults_off(server: ServerProc, vsn: 
         {"postgres_changes": [None, None]},
     ],
 )
+@pytest.mark.compat(28)
 async def test_invalid_field_types_take_defaults(server: ServerProc, vsn: str, config: dict[str, Any]) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -98,6 +103,7 @@ async def test_invalid_field_types_take_defaults(server: ServerProc, vsn: str, c
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(29)
 async def test_unknown_join_payload_keys_are_ignored(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     payload = {
@@ -118,6 +124,7 @@ async def test_unknown_join_payload_keys_are_ignored(server: ServerProc, vsn: st
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(34, 35)
 async def test_join_with_sb_key_or_without_token_uses_connection_key(server: ServerProc, vsn: str) -> None:
     async with open_client(server, vsn) as c:
         for access_token in ["sb_publishable_abc123", None]:
@@ -131,6 +138,7 @@ async def test_join_with_sb_key_or_without_token_uses_connection_key(server: Ser
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(30, 31)
 async def test_postgres_changes_bindings_are_echoed_with_ids(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     bindings: list[Any] = [
@@ -204,6 +212,7 @@ async def test_private_join_without_database_is_unauthorized(server: ServerProc,
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(23)
 async def test_duplicate_join_replies_then_closes_old_join(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -218,6 +227,7 @@ async def test_duplicate_join_replies_then_closes_old_join(server: ServerProc, v
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(40)
 async def test_leave_replies_then_closes(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -249,6 +259,7 @@ async def test_leave_stops_delivery(server: ServerProc) -> None:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(39)
 async def test_failed_join_does_not_create_a_channel(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -265,6 +276,7 @@ async def test_failed_join_does_not_create_a_channel(server: ServerProc, vsn: st
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(37)
 async def test_channel_limit_per_connection(server_factory: Any, vsn: str) -> None:
     srv = server_factory(REALTIME_MAX_CHANNELS_PER_CLIENT="2")
     a, b, c_topic = unique_topic("a"), unique_topic("b"), unique_topic("c")
@@ -290,6 +302,7 @@ async def test_channel_limit_per_connection(server_factory: Any, vsn: str) -> No
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(42)
 async def test_post_join_pushes_follow_the_reply(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     config = {"presence": {"enabled": True}, "postgres_changes": [{"event": "*", "schema": "public"}]}

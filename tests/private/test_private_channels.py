@@ -82,6 +82,7 @@ async def assert_no_broadcast(c: RawClient, topic: str) -> None:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(36)
 async def test_member_joins_and_others_are_refused_without_close(pdb: PrivateDb, vsn: str) -> None:
     a, b = new_user(), new_user()
     sub = private_topic()
@@ -125,6 +126,7 @@ async def test_presence_read_alone_admits_a_presence_enabled_join(pdb: PrivateDb
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(56, 57)
 async def test_write_denied_is_dropped_without_ack_and_read_denied_receives_nothing(pdb: PrivateDb, vsn: str) -> None:
     writer, reader, watcher = new_user(), new_user(), new_user()
     sub = private_topic()
@@ -165,6 +167,7 @@ async def test_write_denied_is_dropped_without_ack_and_read_denied_receives_noth
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(55)
 async def test_public_and_private_streams_of_one_sub_topic_are_isolated(pdb: PrivateDb, vsn: str) -> None:
     member = new_user()
     sub = private_topic()
@@ -188,6 +191,7 @@ async def test_public_and_private_streams_of_one_sub_topic_are_isolated(pdb: Pri
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(84)
 async def test_presence_write_and_read_are_checked_separately(pdb: PrivateDb, vsn: str) -> None:
     tracker, viewer, outsider = new_user(), new_user(), new_user()
     sub = private_topic()
@@ -335,6 +339,7 @@ def rest_view(frame: Frame) -> Mapping[str, Any]:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(55, 65)
 async def test_rest_single_private_send_needs_write(pdb: PrivateDb, vsn: str) -> None:
     writer, stranger, reader = new_user(), new_user(), new_user()
     sub = private_topic()

@@ -107,3 +107,21 @@ def test_full_data_for_functions_is_plain_json() -> None:
     data = full_data(row, TS)
     assert data["record"] == {"id": 7, "meta": {"a": 1.5}, "body": "hi"}
     assert isinstance(data["record"]["meta"], dict)
+
+
+def test_old_record_is_reduced_to_the_key_when_the_old_image_is_not_admitted() -> None:
+    change = Change(REL, "UPDATE", tup(b"7", None, b"new"), tup(b"7", b"{}", b"old"), "O")
+    row = Row(change, info(rls=True))
+    assert as_json(row.data(("id", "meta", "body"), TS, old_shown=False))["old_record"] == {"id": 7}  # type: ignore[index]
+    assert as_json(row.data(("id", "meta", "body"), TS))["old_record"] == {  # type: ignore[index]
+        "id": 7, "meta": {}, "body": "old"}
+
+
+def test_row_images_as_text_with_unchanged_toast_filled_from_the_old_row() -> None:
+    change = Change(REL, "UPDATE", tup(b"7", None, pgoutput.UNCHANGED), tup(b"7", b"{}", b"big"), "O")
+    row = Row(change, info())
+    assert row.image_columns() == ("id", "meta", "body")
+    assert row.image("new") == ["7", None, "big"]
+    assert row.image("old") == ["7", "{}", "big"]
+    unknown = Row(Change(REL, "UPDATE", tup(b"7", None, pgoutput.UNCHANGED), None, None), info())
+    assert unknown.image("new") is None and unknown.image("old") is None

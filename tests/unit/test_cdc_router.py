@@ -60,7 +60,7 @@ def sub(peer: Peer, topic: str, bid: int, *, event: str = "*", flt: str | None =
     return Sub(peer, topic, ("public", "notes"), b, conds, role, {"role": role}, cohort)
 
 
-def plan(row: Row, subs: list[Sub], visible: set[str] | None, allowed: dict[str, frozenset[str]]) -> list[router.Group]:
+def plan(row: Row, subs: list[Sub], visible: router.Seen | None, allowed: dict[str, frozenset[str]]) -> list[router.Group]:
     return router.plan(row, router.match(row, router.fans(subs)), visible, allowed)
 
 
@@ -114,9 +114,17 @@ def test_rls_cohorts_and_column_privileges() -> None:
     subs = [sub(seen, "realtime:r", 1, cohort="yes"), sub(hidden, "realtime:r", 1, cohort="no"),
             sub(limited, "realtime:r", 1, cohort="yes", role="reader")]
     allowed = {"anon": ALL, "reader": frozenset({"id", "room"})}
-    groups = plan(insert(1, "x"), subs, {"yes"}, allowed)
+    groups = plan(insert(1, "x"), subs, router.Seen({"yes"}, {"yes"}), allowed)
     assert router.cohorts(router.match(insert(1, "x"), router.fans(subs))) == {"yes": {"role": "anon"}, "no": {"role": "anon"}}
     assert {g.peers: g.cols for g in groups} == {(seen,): ("id", "room", "body"), (limited,): ("id", "room")}
+    assert all(g.old_shown for g in groups)
+
+
+def test_old_image_verdict_splits_groups() -> None:
+    shown, key_only = Peer(), Peer()
+    subs = [sub(shown, "realtime:r", 1, cohort="a"), sub(key_only, "realtime:r", 1, cohort="b")]
+    groups = plan(insert(1, "x"), subs, router.Seen({"a", "b"}, {"a"}), {"anon": ALL})
+    assert {g.peers: g.old_shown for g in groups} == {(shown,): True, (key_only,): False}
 
 
 def test_needs_rls_only_for_inserts_and_updates_of_rls_tables_with_a_key() -> None:

@@ -10,7 +10,7 @@ through the PubSub before the position is stored; a single node routes what it r
 Routing one transaction (``_route``): for each change the subscriptions of its table are
 narrowed by event and filter (``router.match``); then, for tables with RLS, visibility of
 INSERT/UPDATE rows is checked **once per table per transaction for all claims cohorts
-together** (``_check_rls``, rls.py); column privileges trim ``record``/``old_record``/
+together**, on each change's own row images (``visibility``, rls.py); column privileges trim ``record``/``old_record``/
 ``columns`` per role (§6.6, §6.8).  Channels with identical bindings, role and cohort form one
 *fan* (``router.fans``) and are matched and judged as one; ``router.plan`` groups them by
 identical payload (topic, binding ids, visible columns); each group's ``data`` is built by
@@ -34,7 +34,7 @@ import psycopg
 from .. import hub
 from ..protocol.codec import Message
 from . import catalog, pgoutput, router
-from .bindings import Binding, Peer
+from .bindings import Peer
 from .connections import SideConnection
 from .leader import Leadership
 from .record import Row, full_data
@@ -42,11 +42,10 @@ from .replication import ReplicationReader
 from .rls import RlsChecker
 from .subscriptions import Subscriptions
 from .types import FeedState, ShareOp, StateShare, Transaction, TxnShare
+from .visibility import Matched, Visibility
 
 log = logging.getLogger(__name__)
 
-#: per matching fan of a change, its bindings that match
-Matched = list[tuple[router.Fan, list[Binding]]]
 
 #: followers consider the stream down when the leader has not reported for this long
 LEADER_TTL_S = 6.0
@@ -75,15 +74,11 @@ class PostgresChanges:
                  on_state: Callable[[FeedState, str | None], None] | None = None,
                  rls_mode: str = "batched") -> None:
         self.dsn = dsn
-        #: "batched" (one round trip per table per transaction for every cohort) or
-        #: "per_subscriber" (one query per subscriber per change, as Supabase does; kept only
-        #: so bench/ can measure the difference in the same run).
-        self.rls_mode = rls_mode
         self.publication = publication
         self.slot = slot
         self._sink = sink
         self._on_state = on_state
-        self.rls = RlsChecker()
+        self.visibility = Visibility(RlsChecker(), rls_mode)
         self.cache = catalog.CatalogCache()
         self._subs_conn = SideConnection(dsn, on_open=self.cache.invalidate)
         self._route_conn = SideConnection(dsn, on_open=self.cache.invalidate)
@@ -295,58 +290,20 @@ class PostgresChanges:
             matched = router.match(row, fans)
             if matched:
                 prepared.append((row, matched))
-        visible = await self._check_rls(conn, prepared)
+        visible = await self.visibility.check(conn, txn, prepared)
         for idx, (row, matched) in enumerate(prepared):
             allowed = {role: await self.cache.selectable_columns(conn, role, row.info.relid)
                        for role in router.roles(matched)}
             self._deliver(row, router.plan(row, matched, visible.get(idx), allowed), commit_ts)
 
-    async def _check_rls(self, conn: psycopg.AsyncConnection[Any],
-                         prepared: list[tuple[Row, Matched]]) -> dict[int, set[str]]:
-        """Per change index, the cohorts that may see it — one round trip per table (§6.6)."""
-        by_table: dict[int, list[int]] = {}
-        for idx, (row, _) in enumerate(prepared):
-            if router.needs_rls(row):
-                by_table.setdefault(row.info.relid, []).append(idx)
-        result: dict[int, set[str]] = {}
-        for indexes in by_table.values():
-            info = prepared[indexes[0]][0].info
-            cohorts: dict[str, Mapping[str, Any]] = {}
-            for i in indexes:
-                for cohort, claims in router.cohorts(prepared[i][1]).items():
-                    cohorts.setdefault(cohort, claims)
-            pk_rows = [prepared[i][0].pk_text() for i in indexes]
-            keys = list(cohorts)
-            for i in indexes:
-                result[i] = set()
-            if self.rls_mode == "per_subscriber":
-                await self._check_each(conn, info, prepared, indexes, result)
-                continue
-            seen = await self.rls.visible(conn, info, pk_rows, [cohorts[k] for k in keys])
-            for cohort, rows in zip(keys, seen, strict=True):
-                for r in rows:
-                    result[indexes[r]].add(cohort)
-        return result
-
-    async def _check_each(self, conn: psycopg.AsyncConnection[Any], info: catalog.TableInfo,
-                          prepared: list[tuple[Row, Matched]], indexes: list[int],
-                          result: dict[int, set[str]]) -> None:
-        """The baseline: one visibility query per subscriber (socket) per change."""
-        for i in indexes:
-            row, matched = prepared[i]
-            for fan, _ in matched:
-                for _peer in fan.peers:
-                    seen = await self.rls.visible(conn, info, [row.pk_text()], [fan.claims])
-                    if seen[0]:
-                        result[i].add(fan.cohort)
-
     def _deliver(self, row: Row, groups: Sequence[router.Group], commit_ts: str) -> None:
         """One message per group, its ``data`` encoded once per column set and the frame built
         once per wire format for all the group's connections."""
-        encoded: dict[tuple[str, ...], bytes] = {}
+        encoded: dict[tuple[tuple[str, ...], bool], bytes] = {}
         for group in groups:
-            data = encoded.get(group.cols)
+            key = (group.cols, group.old_shown)
+            data = encoded.get(key)
             if data is None:
-                data = encoded[group.cols] = orjson.dumps(row.data(group.cols, commit_ts))
+                data = encoded[key] = orjson.dumps(row.data(group.cols, commit_ts, group.old_shown))
             msg = Message(group.topic, "postgres_changes", {"ids": list(group.ids), "data": orjson.Fragment(data)})
             self.delivered += hub.deliver(msg, group.peers)

@@ -94,6 +94,25 @@ class Row:
             old = {k: v for k, v in old.items() if k in self.info.pk}  # §6.6
         return old
 
+    def image_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self._columns())
+
+    def image(self, which: str) -> list[str | None] | None:
+        """The new or old row image as text values for ``image_columns()``, the new image's
+        unchanged TOAST values filled from a full old image; None when a value is unknown."""
+        tup = self.change.new if which == "new" else self.change.old
+        if tup is None:
+            return None
+        old = self.change.old.values if self.change.old_kind == "O" and self.change.old is not None else None
+        out: list[str | None] = []
+        for pos, raw in enumerate(tup.values):
+            if raw is pgoutput.UNCHANGED and old is not None and pos < len(old):
+                raw = old[pos]
+            if raw is pgoutput.UNCHANGED:
+                return None
+            out.append(None if raw is None else bytes(raw).decode())
+        return out
+
     def pk_text(self) -> list[str | None]:
         values = dict(zip((c.name for c in self._columns()), self.change.new.values if self.change.new else (),
                           strict=False))
@@ -143,7 +162,9 @@ class Row:
         return tuple(c.name for c in self.info.columns
                      if c.name in allowed and (select is None or c.name in select or c.is_pk))
 
-    def data(self, cols: tuple[str, ...], commit_ts: str) -> dict[str, Any]:
+    def data(self, cols: tuple[str, ...], commit_ts: str, old_shown: bool = True) -> dict[str, Any]:
+        """The change's ``data`` object for a subscriber allowed ``cols``; without ``old_shown``
+        (its policies do not admit the old image) ``old_record`` carries only the key."""
         info = self.info
         if cols in (NO_PK, UNAUTHORIZED):
             err = "Error 400: Bad Request, no primary key" if cols == NO_PK else "Error 401: Unauthorized"
@@ -166,7 +187,8 @@ class Row:
         if self.kind != "DELETE":
             data["record"] = {k: v for k, v in self.new().items() if k in wanted}
         if self.kind != "INSERT":
-            data["old_record"] = {k: v for k, v in self.old_record().items() if k in wanted}
+            old = self.old_record()
+            data["old_record"] = {k: v for k, v in old.items() if k in wanted and (old_shown or k in info.pk)}
         if self._size() > MAX_RECORD_BYTES:
             errors = ["Error 413: Payload Too Large"]
             for key in ("record", "old_record"):

@@ -22,7 +22,7 @@ from .bindings import Binding, Peer, Sub
 from .record import Row
 from .types import Change, Transaction
 
-__all__ = ["Fan", "Group", "cohorts", "fans", "match", "needs_rls", "plan", "roles", "work"]
+__all__ = ["Fan", "Group", "Seen", "cohorts", "fans", "match", "needs_rls", "plan", "roles", "work"]
 
 TableKey = tuple[str, str]
 
@@ -43,12 +43,22 @@ class Fan:
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    """One ``postgres_changes`` payload and the connections that receive it."""
+    """One ``postgres_changes`` payload and the connections that receive it; ``old_shown``:
+    their policies admit the change's old image (otherwise ``old_record`` keeps only the key)."""
 
     topic: str
     ids: tuple[int, ...]
     cols: tuple[str, ...]
+    old_shown: bool
     peers: tuple[Peer, ...]
+
+
+@dataclass(slots=True)
+class Seen:
+    """The cohorts whose policies admit a change's new image, and its old image (§6.6)."""
+
+    new: set[str]
+    old: set[str]
 
 
 def fans(subs: Sequence[Sub]) -> list[Fan]:
@@ -102,20 +112,21 @@ def roles(matched: Sequence[tuple[Fan, list[Binding]]]) -> set[str]:
     return {fan.role for fan, _ in matched}
 
 
-def plan(row: Row, matched: Sequence[tuple[Fan, list[Binding]]], visible: set[str] | None,
+def plan(row: Row, matched: Sequence[tuple[Fan, list[Binding]]], visible: Seen | None,
          allowed: Mapping[str, frozenset[str]]) -> list[Group]:
     """Delivery groups for one change.
 
     ``visible``: the cohorts RLS admits (``None``: no RLS check applies); ``allowed``: the
     selectable columns of each role in ``matched``.  Each channel gets one message per distinct
-    column set listing the ids of all its matching bindings (§6.4); fans with the same topic,
-    ids and columns share one group."""
+    payload listing the ids of all its matching bindings (§6.4); fans with the same topic, ids,
+    columns and old-image verdict share one group."""
     # the column set depends only on (role, select): computed once per row, not per subscriber
     column_sets: dict[tuple[str, tuple[str, ...] | None], tuple[str, ...]] = {}
-    groups: dict[tuple[str, tuple[int, ...], tuple[str, ...]], list[Peer]] = {}
+    groups: dict[tuple[str, tuple[int, ...], tuple[str, ...], bool], list[Peer]] = {}
     for fan, bindings in matched:
-        if visible is not None and fan.cohort not in visible:
+        if visible is not None and fan.cohort not in visible.new:
             continue
+        old_shown = visible is None or fan.cohort in visible.old
         by_cols: dict[tuple[str, ...], list[int]] = {}
         for b in bindings:
             key = (fan.role, b.select)
@@ -126,5 +137,5 @@ def plan(row: Row, matched: Sequence[tuple[Fan, list[Binding]]], visible: set[st
             if b.id not in ids:
                 ids.append(b.id)
         for cols, ids in by_cols.items():
-            groups.setdefault((fan.topic, tuple(ids), cols), []).extend(fan.peers)
-    return [Group(topic, ids, cols, tuple(peers)) for (topic, ids, cols), peers in groups.items()]
+            groups.setdefault((fan.topic, tuple(ids), cols, old_shown), []).extend(fan.peers)
+    return [Group(topic, ids, cols, old_shown, tuple(peers)) for (topic, ids, cols, old_shown), peers in groups.items()]

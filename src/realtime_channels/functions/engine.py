@@ -46,6 +46,7 @@ from typing import Any
 
 import orjson
 
+from .. import errors
 from ..cdc.filters import FilterError, TypedCondition, matches, validate
 from .config import FunctionsConfig, Gate, Trigger
 from .signing import parse_secret
@@ -61,7 +62,6 @@ _WRITE_BATCH = 500
 #: How long ``stop`` waits for the writer to persist what ``observe`` accepted.
 _FLUSH_SECONDS = 5.0
 _STORE_RETRY_SECONDS = 1.0
-_FAIL_REASON = "authorization function unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,7 +528,7 @@ class FunctionsEngine:
             if not reply["allow"]:
                 stats.failed += 1
                 reason = reply.get("reason")
-                return GateResult(False, reason=reason if isinstance(reason, str) and reason else "denied")
+                return GateResult(False, reason=reason if isinstance(reason, str) and reason else errors.FunctionDenied.message)
             stats.delivered += 1
             rewritten = reply.get("payload") if g.kind == "authorize_send" else None
             return GateResult(True, payload=rewritten)
@@ -540,7 +540,7 @@ class FunctionsEngine:
             stats.delivered += 1
             return GateResult(True)
         stats.failed += 1
-        return GateResult(False, reason=_FAIL_REASON)
+        return GateResult(False, reason=errors.FunctionUnavailable.message)
 
     # inspection ------------------------------------------------------------------------------
 

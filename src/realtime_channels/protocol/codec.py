@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from ..errors import DecodeError
+
 __all__ = [
     "Broadcast",
     "BinaryBroadcastPush",
@@ -73,10 +75,6 @@ class BinaryBroadcastPush:
     metadata: dict[str, Any] | None
     data: bytes
     binary: bool
-
-
-class DecodeError(ValueError):
-    """An inbound frame that must be logged and ignored (§2.4).  Never sent to the peer."""
 
 
 # --- decoding ---------------------------------------------------------------------------
