@@ -73,13 +73,20 @@ def test_match_narrows_by_event_and_filter() -> None:
     assert router.match(insert(1, "z"), router.fans([subs[3]])) == []
 
 
-def test_fans_group_channels_with_identical_bindings_role_and_cohort() -> None:
-    a, b, c, d = Peer(), Peer(), Peer(), Peer()
+def test_fans_group_channels_with_identical_topic_bindings_and_role_by_cohort() -> None:
+    a, b, c, d, e = Peer(), Peer(), Peer(), Peer(), Peer()
     subs = [sub(a, "realtime:r", 1), sub(a, "realtime:r", 2), sub(b, "realtime:r", 1), sub(b, "realtime:r", 2),
-            sub(c, "realtime:r", 1), sub(d, "realtime:r", 1, cohort="other")]
+            sub(c, "realtime:r", 1), sub(d, "realtime:r", 1, cohort="other"), sub(e, "realtime:r", 1, role="x")]
     fans = router.fans(subs)
-    assert [(f.peers, [s.binding.id for s in f.subs], f.cohort) for f in fans] == [
-        ([a, b], [1, 2], "c1"), ([c], [1], "c1"), ([d], [1], "other")]
+    assert [([s.binding.id for s in f.subs], f.role, {k: v[1] for k, v in f.cohorts.items()}) for f in fans] == [
+        ([1, 2], "anon", {"c1": [a, b]}), ([1], "anon", {"c1": [c], "other": [d]}), ([1], "x", {"c1": [e]})]
+
+
+def test_connections_with_different_claims_share_the_payload_without_rls() -> None:
+    peers = [Peer() for _ in range(5)]
+    subs = [sub(p, "realtime:r", 1, cohort=f"user-{i}") for i, p in enumerate(peers)]
+    groups = plan(insert(1, "x"), subs, None, {"anon": ALL})
+    assert len(groups) == 1 and groups[0].peers == tuple(peers)
 
 
 def test_one_group_for_many_connections_on_the_same_topic_and_bindings() -> None:

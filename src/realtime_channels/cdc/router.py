@@ -1,9 +1,10 @@
 """Routing a decoded change to channels (sans-I/O; protocol.md §6.4, §6.6, §6.8).
 
-The subscriptions of a table are kept as *fans*: channels whose bindings on the table, role and
-claims cohort are identical (typically every socket that joined one channel name with the same
-bindings).  A fan matches, passes RLS and gets its payload as one, so the work per change grows
-with the number of distinct fans, not of sockets.
+The subscriptions of a table are kept as *fans*: channels whose topic, bindings on the table and
+role are identical (typically every socket that joined one channel name with the same bindings),
+their connections kept per claims cohort.  A fan is matched and planned as one, and judged by
+RLS once per cohort, so the work per change grows with the number of distinct fans and cohorts,
+not of sockets; on a table without RLS every connection of a fan gets the same payload.
 
 For one change: ``match`` narrows each fan's bindings by event and filter; the engine asks RLS
 which cohorts may see the change (``needs_rls`` says when, ``cohorts`` which to ask) and which
@@ -29,16 +30,15 @@ TableKey = tuple[str, str]
 
 @dataclass(slots=True, eq=False)
 class Fan:
-    """Channels on one table with identical bindings, role and claims cohort."""
+    """Channels on one table with identical topic, bindings and role."""
 
     topic: str
     role: str
-    cohort: str
-    claims: Mapping[str, Any]
     #: the first channel's subscriptions on the table, in binding order (its bindings stand
     #: for every channel of the fan)
     subs: tuple[Sub, ...]
-    peers: list[Peer] = field(default_factory=list)
+    #: claims cohort → its claims and the connections of the fan's channels in that cohort
+    cohorts: dict[str, tuple[Mapping[str, Any], list[Peer]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +69,12 @@ def fans(subs: Sequence[Sub]) -> list[Fan]:
     out: dict[tuple[Any, ...], Fan] = {}
     for own in channels.values():
         first = own[0]
-        signature = (first.topic, first.role, first.cohort,
+        signature = (first.topic, first.role,
                      tuple((s.binding.id, s.binding.event, s.binding.filter_text, s.binding.select) for s in own))
         fan = out.get(signature)
         if fan is None:
-            fan = out[signature] = Fan(first.topic, first.role, first.cohort, first.claims, tuple(own))
-        fan.peers.append(first.peer)
+            fan = out[signature] = Fan(first.topic, first.role, tuple(own))
+        fan.cohorts.setdefault(first.cohort, (first.claims, []))[1].append(first.peer)
     return list(out.values())
 
 
@@ -104,7 +104,8 @@ def cohorts(matched: Sequence[tuple[Fan, list[Binding]]]) -> dict[str, Mapping[s
     """The claims cohorts RLS must judge for these fans (cohort key → its claims)."""
     out: dict[str, Mapping[str, Any]] = {}
     for fan, _ in matched:
-        out.setdefault(fan.cohort, fan.claims)
+        for cohort, (claims, _peers) in fan.cohorts.items():
+            out.setdefault(cohort, claims)
     return out
 
 
@@ -124,9 +125,6 @@ def plan(row: Row, matched: Sequence[tuple[Fan, list[Binding]]], visible: Seen |
     column_sets: dict[tuple[str, tuple[str, ...] | None], tuple[str, ...]] = {}
     groups: dict[tuple[str, tuple[int, ...], tuple[str, ...], bool], list[Peer]] = {}
     for fan, bindings in matched:
-        if visible is not None and fan.cohort not in visible.new:
-            continue
-        old_shown = visible is None or fan.cohort in visible.old
         by_cols: dict[tuple[str, ...], list[int]] = {}
         for b in bindings:
             key = (fan.role, b.select)
@@ -136,6 +134,11 @@ def plan(row: Row, matched: Sequence[tuple[Fan, list[Binding]]], visible: Seen |
             ids = by_cols.setdefault(cols, [])
             if b.id not in ids:
                 ids.append(b.id)
-        for cols, ids in by_cols.items():
-            groups.setdefault((fan.topic, tuple(ids), cols, old_shown), []).extend(fan.peers)
+        payloads = [(fan.topic, tuple(ids), cols) for cols, ids in by_cols.items()]
+        for cohort, (_claims, peers) in fan.cohorts.items():
+            if visible is not None and cohort not in visible.new:
+                continue
+            old_shown = visible is None or cohort in visible.old
+            for topic, ids_key, cols in payloads:
+                groups.setdefault((topic, ids_key, cols, old_shown), []).extend(peers)
     return [Group(topic, ids, cols, old_shown, tuple(peers)) for (topic, ids, cols, old_shown), peers in groups.items()]

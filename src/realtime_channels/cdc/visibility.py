@@ -100,8 +100,9 @@ class Visibility:
         for i in indexes:
             row, matched = prepared[i]
             for fan, _ in matched:
-                for _peer in fan.peers:
-                    seen = await self.rls.visible(conn, info, [row.pk_text()], [fan.claims], txn.xid)
-                    if seen[0]:
-                        result[i].new.add(fan.cohort)
-                        result[i].old.add(fan.cohort)
+                for cohort, (claims, peers) in fan.cohorts.items():
+                    for _peer in peers:
+                        seen = await self.rls.visible(conn, info, [row.pk_text()], [claims], txn.xid)
+                        if seen[0]:
+                            result[i].new.add(cohort)
+                            result[i].old.add(cohort)
