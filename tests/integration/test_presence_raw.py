@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from support import ServerProc
-from rawclient import V1, V2, VSNS, RawClient, event_is, open_client, reply_to, sub_topic, unique_topic
+from rawclient import V1, V2, VSNS, Frame, Pred, RawClient, event_is, open_client, reply_to, sub_topic, unique_topic
 
 OK_REPLY = {"status": "ok", "response": {}}
 PRESENCE_ON = {"presence": {"enabled": True}}
@@ -41,6 +41,24 @@ async def diff(c: RawClient, topic: str) -> dict[str, Any]:
     return payload
 
 
+async def assert_no_diff_before_marker(
+    observers: RawClient | tuple[RawClient, ...], tracker: RawClient, topic: str, pred: Pred | None = None
+) -> None:
+    """``tracker`` tracks a marker and each observer gets its diff with nothing (matching
+    ``pred``) before it: presence ops travel one ordered stream, so a diff caused earlier came
+    first."""
+    marker = uuid.uuid4().hex
+
+    def is_marker(f: Frame) -> bool:
+        if f.event != "presence_diff" or f.topic != topic:
+            return False
+        return any(m.get("marker") == marker for e in f.payload["joins"].values() for m in e["metas"])
+
+    await track(tracker, topic, {"marker": marker})
+    for observer in observers if isinstance(observers, tuple) else (observers,):
+        await observer.assert_nothing_before(is_marker, pred)
+
+
 def only_meta(entries: dict[str, Any], key: str) -> dict[str, Any]:
     assert list(entries) == [key], entries
     metas = entries[key]["metas"]
@@ -61,7 +79,7 @@ async def test_presence_state_after_join_is_empty_for_new_topic(server: ServerPr
         await c.send_msg(topic, "phx_join", {"config": PRESENCE_ON}, "1", "1")
         assert (await c.next_frame()).value == c.wire("1", "1", topic, "phx_reply", {"status": "ok", "response": {"postgres_changes": []}})
         assert (await c.next_frame()).value == c.wire("1", None, topic, "presence_state", {})
-        await c.assert_silent()
+        await c.assert_nothing_pending()
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -70,7 +88,7 @@ async def test_no_presence_state_when_disabled(server: ServerProc, vsn: str) -> 
     topic = unique_topic()
     async with open_client(server, vsn) as c:
         await c.join_ok(topic, {"presence": {"enabled": False, "key": "x"}})
-        await c.assert_silent()
+        await c.assert_nothing_pending()
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -164,8 +182,7 @@ async def test_identical_retrack_produces_no_diff(server: ServerProc, vsn: str) 
         await diff(b, topic)
         await diff(a, topic)
         await track(a, topic, {"same": 1})
-        await b.assert_silent(pred=event_is("presence_diff"))
-        await a.assert_silent(pred=event_is("presence_diff"))
+        await assert_no_diff_before_marker((a, b), a, topic, event_is("presence_diff"))
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -175,7 +192,8 @@ async def test_untrack_without_track_is_ok_and_silent(server: ServerProc, vsn: s
         await a.join_ok(topic, with_key("k"))
         await a.expect(event_is("presence_state"))
         await untrack(a, topic)
-        await a.assert_silent()
+        await a.assert_nothing_pending()
+        await assert_no_diff_before_marker(a, a, topic)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -274,7 +292,8 @@ async def test_non_map_track_payload_is_an_error(server: ServerProc, vsn: str, b
         assert frame.value == a.wire(
             jr, ref, topic, "phx_reply", {"status": "error", "response": {"reason": "Presence track payload must be a map"}}
         )
-        await a.assert_silent()
+        await a.assert_nothing_pending()
+        await assert_no_diff_before_marker(a, a, topic)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -285,7 +304,8 @@ async def test_presence_push_without_event_is_ok_noop(server: ServerProc, vsn: s
         await a.expect(event_is("presence_state"))
         ref = await a.push(topic, "presence", {"type": "presence", "payload": {"x": 1}})
         assert (await a.expect(reply_to(ref, topic))).value == a.wire(jr, ref, topic, "phx_reply", OK_REPLY)
-        await a.assert_silent()
+        await a.assert_nothing_pending()
+        await assert_no_diff_before_marker(a, a, topic)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -297,7 +317,8 @@ async def test_unknown_presence_event_is_an_error(server: ServerProc, vsn: str) 
         ref = await a.push(topic, "presence", {"type": "presence", "event": "dance", "payload": {}})
         frame = await a.expect(reply_to(ref, topic))
         assert frame.value == a.wire(jr, ref, topic, "phx_reply", {"status": "error", "response": {}})
-        await a.assert_silent()
+        await a.assert_nothing_pending()
+        await assert_no_diff_before_marker(a, a, topic)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -313,7 +334,7 @@ async def test_track_on_presence_disabled_channel_enables_it(server: ServerProc,
             meta = only_meta((await diff(c, topic))["joins"], "late")
             assert meta["late"] is True
         # No presence_state is pushed to the channel that turned presence on by tracking.
-        await a.assert_silent(pred=event_is("presence_state"))
+        await a.assert_nothing_pending(event_is("presence_state"))
 
 
 # --- per-channel presence rate limit (§5.7, checklist 82) -------------------------------------
@@ -341,7 +362,7 @@ async def test_sixth_presence_push_in_window_shuts_channel_down(server: ServerPr
         assert close.value == a.wire(jr, jr, topic, "phx_close", {})
         assert a.position(close) == a.position(system) + 1  # the notice is followed by phx_close
         # No reply for the push that triggered the shutdown (§8).
-        await a.assert_silent(pred=reply_to(ref))
+        await a.assert_nothing_pending(reply_to(ref))
         # The presence is gone for the others.
         while True:
             d = await diff(b, topic)
@@ -395,5 +416,5 @@ async def test_oversize_track_shuts_channel_down(server_factory: Any, vsn: str) 
         )
         close = await a.expect(event_is("phx_close", topic))
         assert close.value == a.wire(jr, jr, topic, "phx_close", {})
-        await a.assert_silent(pred=reply_to(ref))
-        await b.assert_silent(pred=event_is("presence_diff"))
+        await a.assert_nothing_pending(reply_to(ref))
+        await assert_no_diff_before_marker(b, b, topic, event_is("presence_diff"))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from support import ServerProc
-from rawclient import V1, V2, VSNS, RawClient, kind3, open_client, reply_to, unique_topic
+from rawclient import V1, V2, VSNS, RawClient, kind3, open_client, reply_to, unique_topic, user_broadcast
 
 OK_REPLY = {"status": "ok", "response": {}}
 UNMATCHED = {"status": "error", "response": {"reason": "unmatched topic"}}
@@ -66,7 +66,7 @@ async def test_v2_frame_with_extra_elements_is_accepted(server: ServerProc) -> N
 async def test_wrong_shape_on_v2_is_ignored(server: ServerProc, text: str) -> None:
     async with open_client(server, V2) as c:
         await c.send_text(text)
-        await c.assert_silent()
+        await c.assert_nothing_pending()
         await c.heartbeat("2")
 
 
@@ -83,7 +83,7 @@ async def test_wrong_shape_on_v2_is_ignored(server: ServerProc, text: str) -> No
 async def test_wrong_shape_on_v1_is_ignored(server: ServerProc, text: str) -> None:
     async with open_client(server, V1) as c:
         await c.send_text(text)
-        await c.assert_silent()
+        await c.assert_nothing_pending()
         await c.heartbeat("2")
 
 
@@ -93,7 +93,7 @@ async def test_wrong_shape_on_v1_is_ignored(server: ServerProc, text: str) -> No
 async def test_malformed_json_is_ignored_and_heartbeat_still_answered(server: ServerProc, vsn: str, text: str) -> None:
     async with open_client(server, vsn) as c:
         await c.send_text(text)
-        await c.assert_silent()
+        await c.assert_nothing_pending()
         await c.heartbeat("after")
 
 
@@ -103,15 +103,19 @@ async def test_binary_frame_on_v1_socket_is_ignored(server: ServerProc) -> None:
         jr = await c.join_ok(topic, {"broadcast": {"self": True, "ack": True}})
         # A well-formed kind-3 broadcast is still not something a V1 socket understands (§2.4).
         await c.send_bytes(kind3(jr, "9", topic, "e", b'{"x":1}', 1))
-        await c.assert_silent()
-        await c.heartbeat("1")
+        # A text broadcast sent after it is acked and echoed; neither an ack nor an echo of the
+        # binary frame came first.
+        ref = await c.broadcast(topic, "marker", {})
+        await c.assert_nothing_before(user_broadcast("marker", topic), pred=lambda f: f.ref != ref)
+        await c.expect(reply_to(ref, topic))
+        await c.assert_nothing_pending()
 
 
 @pytest.mark.parametrize("data", [b"\x09\x00\x00", b"\x03", b"", b"\x04\x01\x01\x00\x01ab{}"])
 async def test_unknown_or_truncated_binary_on_v2_is_ignored(server: ServerProc, data: bytes) -> None:
     async with open_client(server, V2) as c:
         await c.send_bytes(data)
-        await c.assert_silent()
+        await c.assert_nothing_pending()
         await c.heartbeat("1")
 
 
@@ -126,7 +130,7 @@ async def test_heartbeat_is_answered_without_join(server: ServerProc, vsn: str, 
         await c.send_msg("phoenix", "heartbeat", {}, ref, None)
         frame = await c.next_frame()
         assert frame.value == c.wire(None, ref, "phoenix", "phx_reply", OK_REPLY)
-        await c.assert_silent()
+        await c.assert_nothing_pending()
 
 
 @pytest.mark.compat(16)
@@ -223,7 +227,7 @@ async def test_join_without_realtime_prefix_gets_unmatched_topic(server: ServerP
         await c.send_msg(topic, "phx_join", {"config": {}}, "3", "3")
         frame = await c.next_frame()
         assert frame.value == c.wire(None, "3", topic, "phx_reply", UNMATCHED)
-        await c.assert_silent()
+        await c.assert_nothing_pending()
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -236,7 +240,7 @@ async def test_leave_of_unjoined_topic_is_ok(server: ServerProc, vsn: str) -> No
         assert (frame.ref, frame.topic, frame.event, frame.payload) == ("4", topic, "phx_reply", OK_REPLY)
         if vsn == V1:
             assert frame.value == c.wire(None, "4", topic, "phx_reply", OK_REPLY)
-        await c.assert_silent()
+        await c.assert_nothing_pending()
 
 
 # --- join_ref leniency (§2.4, checklist 22) -------------------------------------------------

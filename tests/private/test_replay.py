@@ -189,7 +189,7 @@ async def test_replay_on_a_public_channel_is_refused(pdb: PrivateDb, vsn: str) -
         reply = await c.join(topic, {"broadcast": {"replay": {"since": BASE_MS}}}, ref="1", join_ref="1")
         assert reply.value == c.wire("1", "1", topic, "phx_reply", {
             "status": "error", "response": {"reason": "UnableToReplayMessages: Replay is not allowed for public channels"}})
-        await c.assert_silent(pred=event_is("phx_close"))
+        await c.assert_nothing_pending(event_is("phx_close"))
 
 
 @pytest.mark.parametrize(
