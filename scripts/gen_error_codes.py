@@ -59,6 +59,15 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
         "channels are untouched. Supabase sends no code with these.",
         "message",
     ),
+    errors.POSTGRES_CHANGES: (
+        "postgres_changes subscriptions",
+        "A channel whose `postgres_changes` bindings cannot be served receives "
+        "`{{\"extension\": \"postgres_changes\", \"status\": \"error\", \"message\": …, "
+        "\"channel\": <sub-topic>}}` instead of `Subscribed to PostgreSQL`; the channel stays joined "
+        "(broadcast and presence work on). The server log records each failure at warning level "
+        "with the same text.",
+        "message",
+    ),
     errors.CLOSE: (
         "Close frames",
         "The WebSocket is closed with this code and reason (after the error reply).",

@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ async def _load_jwks(settings: Settings) -> tuple[dict[str, Any] | None, JwksRef
     return jwks, None, (http, fetch)
 
 
-def build_functions(settings: Settings, node: Any) -> Any:
+def build_functions(settings: Settings, current_node: Callable[[], Any]) -> Any:
     """Load and validate the functions file (a bad file refuses to start, naming the line)."""
     import orjson
 
@@ -100,16 +100,16 @@ def build_functions(settings: Settings, node: Any) -> Any:
 
     def publish(sub_topic: str, event: str, payload: Any) -> None:
         b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=orjson.dumps(payload))
-        node.publish(stream_key(False, sub_topic), b)
+        current_node().publish(stream_key(False, sub_topic), b)
 
     def presence(sub_topic: str, key: str, payload: Any) -> None:
         # a function's presence is owned by the node itself, one per (topic, key)
         owner = ("functions", key)
         stream = stream_key(False, sub_topic)
         if payload is None:
-            node.untrack(stream, owner)
+            current_node().untrack(stream, owner)
         else:
-            node.track(stream, owner, key, payload)
+            current_node().track(stream, owner, key, payload)
 
     engine = FunctionsEngine(config, secret=settings.functions_secret,
                              service_role_key=settings.functions_service_role_key,
@@ -119,19 +119,27 @@ def build_functions(settings: Settings, node: Any) -> Any:
     return engine
 
 
-def watch_postgres(functions: Any, changes: Any) -> None:
-    """Postgres triggers: the reading node reports each change of a watched table once."""
-    from fnmatch import fnmatchcase
+class PostgresTriggers:
+    """The functions' postgres triggers as the change feed's sink: the reading node reports each
+    change of a watched table once."""
 
-    from .functions.engine import RealtimeEvent
+    def __init__(self, functions: Any) -> None:
+        self._functions = functions
+        self._tables = [(t.schema or "*", t.table or "*") for t in functions.config.triggers if t.on == "postgres"]
 
-    tables = [(t.schema or "*", t.table or "*") for t in functions.config.triggers if t.on == "postgres"]
-    if not tables:
-        return
-    changes.watch = lambda schema, table: any(
-        fnmatchcase(schema, s) and fnmatchcase(table, t) for s, t in tables)
-    changes.on_change = lambda schema, table, kind, data: functions.observe(
-        RealtimeEvent("postgres", f"{schema}:{table}", kind, data, None, schema, table))
+    @property
+    def tables(self) -> list[tuple[str, str]]:
+        return self._tables
+
+    def watches(self, schema: str, table: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        return any(fnmatchcase(schema, s) and fnmatchcase(table, t) for s, t in self._tables)
+
+    def on_change(self, schema: str, table: str, kind: str, data: dict[str, Any]) -> None:
+        from .functions.engine import RealtimeEvent
+
+        self._functions.observe(RealtimeEvent("postgres", f"{schema}:{table}", kind, data, None, schema, table))
 
 
 def client_snippet(url: str, key: str) -> str:
@@ -189,21 +197,30 @@ async def serve(settings: Settings) -> None:
     jwks, _, url_source = await _load_jwks(settings)
     verifier = JwtVerifier(settings.effective_jwt_secret, jwks)
     refresher = JwksRefresher(verifier, url_source[1]) if url_source is not None else None
+    node: Node | None = None
+
+    def current_node() -> Node:  # the functions' callbacks run once the node exists
+        assert node is not None
+        return node
+
+    functions = build_functions(settings, current_node) if settings.functions_config else None
     changes = None
     authorizer = None
     if settings.database_url:
         from .cdc.changes import PostgresChanges
         from .messages.authz import ChannelAuthorizer
 
+        triggers = PostgresTriggers(functions) if functions is not None else None
+        if triggers is not None and not triggers.tables:
+            triggers = None
         changes = PostgresChanges(settings.database_url, publication=settings.publication,
-                                  slot=settings.slot_name, rls_mode=settings.cdc_rls_mode)
+                                  slot=settings.slot_name, clustered=bool(settings.redis_url),
+                                  sink=triggers, rls_mode=settings.cdc_rls_mode)
         authorizer = ChannelAuthorizer(settings.database_url)
     node = Node(settings, pubsub, changes=changes, authorizer=authorizer)
-    if settings.functions_config:
-        node.functions = build_functions(settings, node)
-        node.services.append(node.functions)
-        if changes is not None:
-            watch_postgres(node.functions, changes)
+    if functions is not None:
+        node.functions = functions
+        node.services.append(functions)
     if settings.database_url:
         from .messages.service import MessagesService
 

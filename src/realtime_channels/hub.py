@@ -8,7 +8,7 @@ appends to its transport buffer, and the transport's buffer is its bounded outbo
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Protocol
 
 from .protocol.codec import Broadcast, Message, Vsn, encode, encode_broadcast
@@ -41,6 +41,21 @@ class SkipIds:
 
     def write(self, frame: bytes) -> None:
         self.sub.write(frame)
+
+
+def deliver(msg: Message, subs: Iterable[Subscriber]) -> int:
+    """Write one server message to ``subs``, encoded and framed once per wire format (the
+    postgres_changes fan-out and ``Hub.fanout_message`` share this path); returns deliveries."""
+    frames: dict[Vsn, bytes] = {}
+    delivered = 0
+    for sub in subs:
+        vsn = sub.vsn
+        frame = frames.get(vsn)
+        if frame is None:
+            frame = frames[vsn] = build_frame(encode(vsn, msg))
+        sub.write(frame)
+        delivered += 1
+    return delivered
 
 
 class Hub:
@@ -99,11 +114,4 @@ class Hub:
         subs = self._streams.get(stream)
         if not subs:
             return 0
-        frames: dict[Vsn, bytes] = {}
-        for sub in subs.values():
-            vsn = sub.vsn
-            frame = frames.get(vsn)
-            if frame is None:
-                frame = frames[vsn] = build_frame(encode(vsn, msg))
-            sub.write(frame)
-        return len(subs)
+        return deliver(msg, subs.values())

@@ -28,6 +28,9 @@ from .protocol.session import (
     ReplayedMessage,
     stream_key,
 )
+from .cdc.txwire import share_from_wire, share_to_wire
+from .cdc.types import FeedState, ShareOp
+from .errors import PostgresNotConfigured
 from .pubsub import Envelope, PubSub
 
 log = logging.getLogger(__name__)
@@ -52,13 +55,13 @@ class ChangeFeed(Protocol):
 
     def unsubscribe(self, conn_id: int, topic: str) -> None: ...
 
-    def attach(self, share: Callable[[dict[str, Any]], None]) -> None:
+    def attach(self, share: Callable[[ShareOp], None]) -> None:
         """Give the feed a way to send ops to every node (one node reads, all route)."""
 
-    def handle_shared(self, op: dict[str, Any]) -> None: ...
+    def handle_shared(self, op: ShareOp) -> None: ...
 
     @property
-    def state(self) -> str:
+    def state(self) -> FeedState:
         """``"streaming"`` once changes flow (on followers: as the reading node reports)."""
 
 
@@ -104,10 +107,7 @@ CONTROL_STREAM = "__cluster"
 #: the stream the replication leader shares decoded transactions on (every node routes them)
 CDC_STREAM = "__cdc"
 
-POSTGRES_NOT_CONFIGURED = (
-    "Unable to subscribe to changes with given parameters. "
-    "PostgreSQL is not configured (set REALTIME_DATABASE_URL)"
-)
+POSTGRES_NOT_CONFIGURED = PostgresNotConfigured.message
 
 
 class Node:
@@ -140,7 +140,8 @@ class Node:
         self._heartbeat = asyncio.create_task(self._heartbeats(), name="cluster-heartbeat")
         if self.changes is not None:
             self.pubsub.subscribe(CDC_STREAM)
-            self.changes.attach(lambda op: self.pubsub.publish(Envelope(CDC_STREAM, self.node_id, control=op)))
+            self.changes.attach(
+                lambda op: self.pubsub.publish(Envelope(CDC_STREAM, self.node_id, control=share_to_wire(op))))
             await self.changes.start()
         for service in self.services:
             await service.start()
@@ -184,8 +185,9 @@ class Node:
                 self._on_control(env.origin, env.control)
             return
         if env.stream == CDC_STREAM:
-            if env.control is not None and self.changes is not None:
-                self.changes.handle_shared(env.control)
+            op = share_from_wire(env.control) if env.control is not None else None
+            if op is not None and self.changes is not None:
+                self.changes.handle_shared(op)
             return
         if env.broadcast is not None:
             exclude = env.exclude if env.origin == self.node_id else None

@@ -49,6 +49,10 @@ DB_REJECTED = (
     "Unable to subscribe to changes with given parameters. An exception happened so please check your "
     "connect parameters: "
 )
+UNKNOWN_EVENT = (
+    "Unable to subscribe to changes with given parameters. Unknown event {}: "
+    'expected "INSERT", "UPDATE", "DELETE" or "*"'
+)
 COMMIT_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 U1 = "11111111-1111-4111-8111-111111111111"
 U2 = "22222222-2222-4222-8222-222222222222"
@@ -582,6 +586,13 @@ async def test_invalid_bindings_get_one_system_error_each_and_no_retry(cdc: Any)
             None,
             lambda m: m == 'Error parsing `select` params: expected a list of column name strings, e.g. select: ["col1", "col2"]',
         ),
+        # an unknown event name is refused (the reference would read it as "*")
+        (
+            [binding(table, "INSERTS")],
+            None,
+            lambda m: m == UNKNOWN_EVENT.format("'INSERTS'"),
+        ),
+        ([binding(table, 7)], None, lambda m: m == UNKNOWN_EVENT.format("'7'")),
     ]
     async with open_client(cdc.server, V2) as c:
         topics = []
@@ -590,6 +601,9 @@ async def test_invalid_bindings_get_one_system_error_each_and_no_retry(cdc: Any)
             topics.append(topic)
             message = await subscribe_error(c, topic, bindings, token=token)
             assert check(message), (bindings, message)
+            # the server logs each failure at warning with its reason before it answers
+            line = f"WARNING realtime_channels.cdc.subscriptions: postgres_changes: subscription of {topic} failed: {message}"
+            assert line in cdc.server.log(), (line, cdc.server.log()[-2000:])
         # No retry and no late success: nothing more for any of these channels (§6.3). The
         # marker is a retry that must happen: a control channel whose check meets a broken
         # database connection gets the transient error, then its retry's success RETRY_S later.
@@ -611,6 +625,18 @@ async def test_invalid_bindings_get_one_system_error_each_and_no_retry(cdc: Any)
         cdc.execute(f"insert into {table} values (1, 'a')")
         await next_change(c, control)
         await c.assert_nothing_pending(lambda f: f.topic in topics)
+
+
+async def test_event_names_are_case_insensitive_and_star_or_absent_means_every_event(cdc: Any) -> None:
+    table = cdc.table("id int primary key")
+    bindings = [binding(table, "insert"), {"schema": "public", "table": table}, binding(table, "Delete")]
+    async with open_client(cdc.server, V2) as c:
+        topic = unique_topic("events")
+        ids = await subscribe(c, topic, bindings)
+        cdc.execute(f"insert into {table} values (1)")
+        cdc.execute(f"delete from {table}")
+        assert summary(await next_change(c, topic)) == ("INSERT", 1, sorted(ids[:2]))
+        assert summary(await next_change(c, topic)) == ("DELETE", 1, sorted(ids[1:]))
 
 
 # --- 94, 95: Row Level Security --------------------------------------------------------------

@@ -3,7 +3,7 @@
 Three ``realtime-channels serve`` processes share one database, publication, slot and a real
 ``redis-server``.  Exactly one of them (the holder of a PostgreSQL advisory lock) reads the
 replication slot and shares each decoded transaction through Redis; every node routes it to its
-own subscribers (cdc/changes.py ``PostgresChanges._lead``).  Checked here against real
+own subscribers (cdc/leader.py ``Leadership``).  Checked here against real
 PostgreSQL and Redis:
 
 * one reader: one node logs that it reads the stream, and it is the node whose connections hold

@@ -94,7 +94,7 @@ def test_every_peer_visible_class_says_where_and_why() -> None:
             continue
         assert cls.where, f"{cls.__name__} has no `where`"
         assert set(cls.where) <= {errors.JOIN_REPLY, errors.PUSH_REPLY, errors.SYSTEM, errors.CLOSE,
-                                  errors.HANDSHAKE, errors.REST, errors.LOG}, cls.__name__
+                                  errors.HANDSHAKE, errors.REST, errors.LOG, errors.POSTGRES_CHANGES}, cls.__name__
         assert cls.__doc__ and cls.__doc__ is not errors.RealtimeError.__doc__, f"{cls.__name__} has no docstring"
         assert (errors.CLOSE in cls.where) == (cls.close_code is not None and cls.close_reason is not None)
 

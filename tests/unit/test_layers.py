@@ -146,11 +146,13 @@ def _ids(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(PKG_DIR)) for p in paths]
 
 
-# cdc/filters.py and cdc/pgoutput.py are pure too (design.md §2).
-PROTOCOL_FILES = (_files("protocol") + _files("cdc/filters.py") + _files("cdc/patterns.py")
-                  + _files("cdc/pgoutput.py"))
+PROTOCOL_FILES = _files("protocol")
 #: pure modules outside protocol/ that the pure modules may use
 PURE_HELPERS = (f"{PKG}.cdc.patterns",)
+# The pure part of cdc/ (design.md §2): decoding, filters, routing and payloads, no I/O.
+CDC_PURE = ("bindings", "filters", "patterns", "pgoutput", "record", "router", "txwire", "types", "values",
+            "walstream")
+CDC_PURE_FILES = [PKG_DIR / "cdc" / f"{name}.py" for name in CDC_PURE]
 LOWER_FILES = _files("hub.py") + _files("pubsub")
 
 
@@ -165,6 +167,14 @@ def protocol_violations(imports: set[str]) -> list[str]:
         if _within(m, PKG)
         and not (_within(m, f"{PKG}.protocol") or _within(m, f"{PKG}.errors") or m in PURE_HELPERS)
     ]
+    return sorted(bad)
+
+
+def cdc_pure_violations(imports: set[str]) -> list[str]:
+    """Sans-I/O, and only the protocol layer, errors, the hub's interface and each other."""
+    allowed = (f"{PKG}.protocol", f"{PKG}.errors", f"{PKG}.hub", *(f"{PKG}.cdc.{name}" for name in CDC_PURE))
+    bad = [m for m in imports if _top(m) in IO_MODULES]
+    bad += [m for m in imports if _within(m, PKG) and not any(_within(m, a) for a in allowed)]
     return sorted(bad)
 
 
@@ -185,9 +195,9 @@ def node_violations(imports: set[str]) -> list[str]:
 def test_the_layer_files_exist() -> None:
     # Guards against the checks below silently passing over an empty or moved tree.
     names = _ids(PROTOCOL_FILES)
-    for expected in ("protocol/session.py", "protocol/codec.py", "protocol/join.py", "protocol/__init__.py",
-                     "cdc/filters.py", "cdc/pgoutput.py"):
+    for expected in ("protocol/session.py", "protocol/codec.py", "protocol/join.py", "protocol/__init__.py"):
         assert expected in names
+    assert all(path.is_file() for path in CDC_PURE_FILES)
     assert "hub.py" in _ids(LOWER_FILES) and "pubsub/__init__.py" in _ids(LOWER_FILES)
     assert (PKG_DIR / "node.py").is_file()
 
@@ -195,6 +205,11 @@ def test_the_layer_files_exist() -> None:
 @pytest.mark.parametrize("path", PROTOCOL_FILES, ids=_ids(PROTOCOL_FILES))
 def test_protocol_layer_is_sans_io_and_self_contained(path: Path) -> None:
     assert protocol_violations(imports_of(path)) == []
+
+
+@pytest.mark.parametrize("path", CDC_PURE_FILES, ids=_ids(CDC_PURE_FILES))
+def test_pure_cdc_modules_are_sans_io(path: Path) -> None:
+    assert cdc_pure_violations(imports_of(path)) == []
 
 
 def test_hub_sees_only_protocol_and_errors() -> None:

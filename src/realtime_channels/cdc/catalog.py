@@ -11,10 +11,11 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from psycopg import AsyncConnection
+
+from .types import ColumnInfo, TableInfo
 
 __all__ = [
     "CatalogCache",
@@ -26,38 +27,6 @@ __all__ = [
     "selectable_columns",
     "table_info",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnInfo:
-    """One user column of a table.
-
-    ``type_name``/``base_type_oid`` are those of the base type for a domain (the ``columns``
-    field of protocol.md §6.5 and the typed-value converters need the base type; postgres-cdc.md
-    "Types"). ``element_type_oid`` is, for an array type, its element type resolved through
-    domains too — the ``element_type_oid`` argument of ``pgoutput.make_converter``."""
-
-    name: str
-    type_name: str
-    type_oid: int
-    base_type_oid: int
-    is_pk: bool
-    attnum: int
-    element_type_oid: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TableInfo:
-    """A table's identity and shape. ``columns`` in table order without dropped or system
-    columns; ``pk`` the primary-key column names in key order (empty without a primary key,
-    protocol.md §6.7); ``rls_enabled`` is ``pg_class.relrowsecurity`` (§6.6)."""
-
-    relid: int
-    schema: str
-    name: str
-    columns: tuple[ColumnInfo, ...]
-    pk: tuple[str, ...]
-    rls_enabled: bool
 
 
 # --- queries -----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import Enum
 from typing import Any
 
+from ..errors import FilterError
 from .patterns import Pattern, PatternError, compile_like, compile_regex
 
 __all__ = [
@@ -56,14 +57,6 @@ OPERATORS: frozenset[str] = frozenset(
 MAX_IN_ITEMS = 100
 _PARSE_PREFIX = "Error parsing `filter` params: "
 _IS_VALUES = ("null", "true", "false", "unknown")
-
-
-class FilterError(ValueError):
-    """A filter the client must fix.  ``str(err)`` is the exact client-facing text."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)

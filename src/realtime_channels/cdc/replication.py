@@ -41,14 +41,14 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import psycopg
-from psycopg import errors as pg_errors
-from psycopg.conninfo import conninfo_to_dict
 
-from ..errors import InternalError
-from . import pgoutput, sql
+from . import pgoutput, slot
+from .slot import ReplicationError, first_line
+from .types import Change, Transaction
+from .wakeup import Wakeup
 
 __all__ = ["Change", "ReplicationError", "ReplicationReader", "Transaction"]
 
@@ -58,46 +58,10 @@ log = logging.getLogger(__name__)
 #: publication names are spliced into SQL text; this pattern makes that safe.
 _NAME_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-#: postgres-cdc.md "Types": the walsender's text output depends on these session settings.
-_SESSION_OPTIONS: Final = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3"
-_CONNECT_TIMEOUT: Final = 10  # seconds, unless the DSN says otherwise
 _SQL_TIMEOUT: Final = 30.0  # bound on a side-connection statement (a half-open socket hangs)
 _STOP_GRACE: Final = 5.0  # how long stop() lets an in-progress on_transaction finish
 _YIELD_EVERY: Final = 128  # messages handled between forced yields to the event loop
 _PG_EPOCH_UNIX: Final = 946_684_800  # 2000-01-01 UTC, the epoch of replication timestamps
-
-_UPSERT_POSITION: Final = (
-    "insert into realtime.rc_replication_position (slot_name, end_lsn) values (%s, %s::pg_lsn) "
-    "on conflict (slot_name) do update set end_lsn = excluded.end_lsn, updated_at = now()"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One row change of a committed transaction."""
-
-    relation: pgoutput.Relation  # the table's shape as of this change (latest 'R' for its relid)
-    kind: Literal["INSERT", "UPDATE", "DELETE"]
-    new: pgoutput.TupleData | None  # None for DELETE
-    old: pgoutput.TupleData | None  # the 'K' (key) or 'O' (full) old tuple when sent
-    old_kind: str | None  # "K", "O" or None
-
-
-@dataclass(frozen=True, slots=True)
-class Transaction:
-    """A committed transaction's published row changes, in the order they were made.
-
-    TRUNCATE and logical decoding messages are not included."""
-
-    xid: int
-    commit_lsn: int
-    end_lsn: int  # strictly increasing across transactions; the position we store and ack
-    commit_ts_us: int  # µs since 2000-01-01 UTC (pgoutput.commit_timestamp formats it)
-    changes: tuple[Change, ...]
-
-
-class ReplicationError(InternalError):
-    """A failure with a one-line, operator-facing explanation (the ``"down"`` state detail)."""
 
 
 class _CallbackFailed(ReplicationError):
@@ -114,11 +78,6 @@ class _Pending:
 
     begin: pgoutput.Begin
     changes: list[Change]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 def _now_us_since_2000() -> int:
@@ -166,7 +125,7 @@ class ReplicationReader:
         self._stopping = False
         self._task: asyncio.Task[Any] | None = None
         self._done: asyncio.Future[None] | None = None
-        self._waker: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
         #: end_lsn of the last transaction handed to on_transaction successfully (this process).
         self._handled = 0
         #: end_lsn known to be in rc_replication_position.
@@ -219,7 +178,7 @@ class ReplicationReader:
                         break
                     if self._reached_streaming and not isinstance(exc, _CallbackFailed):
                         delay = self._reconnect_min  # it worked until now: retry soon
-                    detail = self._describe(exc)
+                    detail = slot.describe(exc, self._slot)
                     self._set_state("down", detail)
                     unexpected = isinstance(exc, _CallbackFailed) or not isinstance(
                         exc, (ReplicationError, psycopg.Error, TimeoutError))
@@ -266,88 +225,31 @@ class ReplicationReader:
             except Exception:  # a broken observer must not stop replication
                 log.exception("on_state callback failed")
 
-    def _describe(self, exc: Exception) -> str:
-        if isinstance(exc, ReplicationError):
-            return exc.message
-        if isinstance(exc, pg_errors.ObjectInUse):
-            return (f"replication slot {self._slot} is in use by another consumer "
-                    f"({_first_line(exc)}); retrying until it is free")
-        if isinstance(exc, pg_errors.InsufficientPrivilege):
-            return f"permission denied: {_first_line(exc)}"
-        if isinstance(exc, pgoutput.PgOutputError):
-            return f"undecodable replication data: {exc.message}"
-        if isinstance(exc, psycopg.OperationalError):
-            return f"database connection failed: {_first_line(exc)}"
-        if isinstance(exc, TimeoutError):
-            return "database did not answer in time"
-        if isinstance(exc, psycopg.Error):
-            return f"database error: {_first_line(exc)}"
-        return f"{type(exc).__name__}: {_first_line(exc)}"
-
     # --- waiting without asyncio.wait_for (postgres-cdc.md "Pitfalls") --------------------
 
     def _wake(self) -> None:
-        waker = self._waker
-        if waker is not None and not waker.done():
-            waker.set_result(None)
+        self._wakeup.wake()
 
     async def _wait(self, timeout: float, read_fd: int | None = None, write_fd: int | None = None) -> None:
         """Until ``read_fd`` is readable / ``write_fd`` writable, ``timeout`` passes or stop() is called."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._waker = fut
-        wake = self._wake
-        timer = loop.call_later(max(timeout, 0.0), wake)
-        if read_fd is not None:
-            loop.add_reader(read_fd, wake)
-        if write_fd is not None:
-            loop.add_writer(write_fd, wake)
-        try:
-            if not self._stopping:
-                await fut
-        finally:
-            timer.cancel()
-            if read_fd is not None:
-                loop.remove_reader(read_fd)
-            if write_fd is not None:
-                loop.remove_writer(write_fd)
-            self._waker = None
+        if not self._stopping:
+            await self._wakeup.wait(timeout, read_fd, write_fd)
 
     async def _pause(self, delay: float) -> None:
         await self._wait(delay)
 
     # --- one connection session ---------------------------------------------------------
 
-    def _conninfo(self, replication: bool) -> dict[str, Any]:
-        params: dict[str, Any] = dict(conninfo_to_dict(self._dsn))
-        params.setdefault("connect_timeout", _CONNECT_TIMEOUT)
-        params.setdefault("application_name", "realtime_channels_cdc")
-        if replication:
-            user_options = str(params.get("options") or "")
-            params["options"] = f"{user_options} {_SESSION_OPTIONS}".strip()
-            params["replication"] = "database"
-        return params
-
-    async def _connect(self, replication: bool) -> psycopg.AsyncConnection[Any]:
-        what = "replication" if replication else "database"
-        try:
-            return await psycopg.AsyncConnection.connect(autocommit=True, **self._conninfo(replication))
-        except pg_errors.InsufficientPrivilege as exc:
-            raise ReplicationError(f"cannot open a {what} connection: {_first_line(exc)}") from exc
-        except psycopg.OperationalError as exc:
-            reason = _first_line(exc).removeprefix("connection failed: ")
-            raise ReplicationError(f"cannot connect to PostgreSQL: {reason}") from exc
-
     async def _session(self) -> None:
         self._reached_streaming = False
         self._set_state("connecting", None)
-        side = await self._connect(replication=False)
+        side = await slot.connect(self._dsn, replication=False)
         try:
             async with asyncio.timeout(_SQL_TIMEOUT):
                 await self._setup(side)
             if self._stopping:
                 raise _Stopping
-            repl = await self._connect(replication=True)
+            repl = await slot.connect(self._dsn, replication=True)
             try:
                 await self._start(repl)
                 if self._stopping:
@@ -367,64 +269,10 @@ class ReplicationReader:
 
     async def _setup(self, side: psycopg.AsyncConnection[Any]) -> None:
         """Check prerequisites, create what is missing, load the stored position."""
-        row = await (await side.execute("show wal_level")).fetchone()
-        if row is None or row[0] != "logical":
-            level = row[0] if row else "unknown"
-            raise ReplicationError(f"wal_level is '{level}'; set wal_level = logical and restart PostgreSQL")
-        row = await (await side.execute(
-            "select rolreplication or rolsuper, current_user from pg_roles where rolname = current_user"
-        )).fetchone()
-        if row is None or not row[0]:
-            user = row[1] if row else "current user"
-            raise ReplicationError(f"role {user} lacks the REPLICATION attribute (ALTER ROLE {user} REPLICATION)")
-
-        # Under the installers' advisory lock: CREATE ... IF NOT EXISTS is not safe against a
-        # concurrent creator (the migrations and the RLS installer run at the same start-up).
-        async with side.transaction():
-            await side.execute("select pg_catalog.pg_advisory_xact_lock(%s)", (sql.INSTALL_LOCK,))
-            await side.execute("create schema if not exists realtime")
-            await side.execute(
-                "create table if not exists realtime.rc_replication_position ("
-                " slot_name text primary key, end_lsn pg_lsn not null,"
-                " updated_at timestamptz not null default now())"
-            )
-        # Only our position row is written here, and losing the newest few on a PostgreSQL crash
-        # only means redelivering (then skipping nothing), never loss; a clean shutdown flushes it.
-        await side.execute("set synchronous_commit = off")
-
-        exists = await (await side.execute(
-            "select 1 from pg_publication where pubname = %s", (self._publication,))).fetchone()
-        if exists is None:
-            try:
-                # Tables are enabled by adding them to the publication (issue #3, protocol.md §6.9).
-                await side.execute(f"create publication {self._publication}")
-                log.info("created empty publication %s", self._publication)
-            except pg_errors.DuplicateObject:
-                pass  # created concurrently by another server
-
-        slot = await (await side.execute(
-            "select plugin, slot_type, database = current_database(), temporary, wal_status"
-            " from pg_replication_slots where slot_name = %s", (self._slot,))).fetchone()
-        if slot is None:
-            await side.execute("select pg_create_logical_replication_slot(%s, 'pgoutput')", (self._slot,))
-            # A position stored for an earlier slot of this name means nothing for the new one.
-            await side.execute("delete from realtime.rc_replication_position where slot_name = %s", (self._slot,))
-            self._handled = self._stored = 0
-            log.info("created logical replication slot %s", self._slot)
-        else:
-            plugin, slot_type, same_db, temporary, wal_status = slot
-            if slot_type != "logical" or plugin != "pgoutput" or not same_db or temporary:
-                raise ReplicationError(
-                    f"replication slot {self._slot} exists but is not a permanent pgoutput slot of this database")
-            if wal_status == "lost":
-                raise ReplicationError(
-                    f"replication slot {self._slot} was invalidated (WAL removed, changes lost); "
-                    f"drop it with pg_drop_replication_slot('{self._slot}') to start afresh")
-
-        row = await (await side.execute(
-            "select end_lsn::text from realtime.rc_replication_position where slot_name = %s",
-            (self._slot,))).fetchone()
-        self._stored = pgoutput.str_to_lsn(row[0]) if row else 0
+        stored, created = await slot.prepare(side, slot=self._slot, publication=self._publication)
+        if created:
+            self._handled = 0  # a position of an earlier slot of this name means nothing now
+        self._stored = stored
         if self._handled > self._stored:
             # Handled before a connection loss but not stored yet.
             await self._store(side, self._handled)
@@ -440,7 +288,7 @@ class ReplicationReader:
 
     async def _store(self, side: psycopg.AsyncConnection[Any], end_lsn: int) -> None:
         async with asyncio.timeout(_SQL_TIMEOUT):
-            await side.execute(_UPSERT_POSITION, (self._slot, pgoutput.lsn_to_str(end_lsn)))
+            await slot.store_position(side, self._slot, end_lsn)
         self._stored = end_lsn
 
     # --- the COPY_BOTH stream -----------------------------------------------------------
@@ -457,7 +305,7 @@ class ReplicationReader:
             try:
                 nbytes, data = pg.get_copy_data(1)
             except psycopg.OperationalError as exc:
-                raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from exc
+                raise ReplicationError(f"replication connection lost: {first_line(exc)}") from exc
             if nbytes == 0:  # nothing buffered: report status if due, then wait for the socket
                 now = loop.time()
                 if now >= next_status:
@@ -467,7 +315,7 @@ class ReplicationReader:
                 try:
                     pg.consume_input()
                 except psycopg.OperationalError as exc:
-                    raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from exc
+                    raise ReplicationError(f"replication connection lost: {first_line(exc)}") from exc
                 continue
             if nbytes < 0:
                 raise self._stream_ended(repl)
@@ -540,7 +388,7 @@ class ReplicationReader:
             try:
                 await self._on_transaction(txn)
             except Exception as exc:
-                raise _CallbackFailed(f"on_transaction failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+                raise _CallbackFailed(f"on_transaction failed: {type(exc).__name__}: {first_line(exc)}") from exc
             self._handled = commit.end_lsn
             # The position write runs while the next transaction is read and decoded; it is
             # awaited before that one is routed, so a crash still replays at most this one.
@@ -563,7 +411,7 @@ class ReplicationReader:
                 if self._stopping:
                     return
         except psycopg.OperationalError as exc:
-            raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from exc
+            raise ReplicationError(f"replication connection lost: {first_line(exc)}") from exc
 
     def _stream_ended(self, repl: psycopg.AsyncConnection[Any]) -> ReplicationError:
         pg = repl.pgconn

@@ -1,4 +1,5 @@
-"""A decoded transaction as plain JSON-able data, to share it between nodes (sans-I/O).
+"""A decoded transaction (and the other share messages) as plain JSON-able data, to share it
+between nodes (sans-I/O).
 
 One node reads the replication stream; every node routes the transaction to its own
 subscribers.  Tuple values are pgoutput's text form (UTF-8), ``None`` for NULL and ``0`` for an
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import pgoutput
-from .replication import Change, Transaction
+from .types import Change, FeedState, ShareOp, StateShare, Transaction, TxnShare
 
 _UNCHANGED = 0
 
@@ -68,3 +69,23 @@ def decode_transaction(data: dict[str, Any]) -> Transaction:
         for relid, kind, new, old, old_kind in data["ch"]
     )
     return Transaction(int(data["x"]), int(data["c"]), int(data["e"]), int(data["t"]), changes)
+
+
+def share_to_wire(op: ShareOp) -> dict[str, Any]:
+    """``{"op": "txn", "tx": …}`` or ``{"op": "state", "state": …}`` (the form nodes exchange)."""
+    if isinstance(op, TxnShare):
+        return {"op": "txn", "tx": encode_transaction(op.txn)}
+    return {"op": "state", "state": op.state.value}
+
+
+def share_from_wire(data: dict[str, Any]) -> ShareOp | None:
+    """The inverse of :func:`share_to_wire`; ``None`` for an op this version does not know."""
+    kind = data.get("op")
+    if kind == "txn":
+        return TxnShare(decode_transaction(data["tx"]))
+    if kind == "state":
+        try:
+            return StateShare(FeedState(str(data.get("state"))))
+        except ValueError:
+            return None
+    return None

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from ..cdc.sql import INSTALL_LOCK
 from .targets import dumps
 
 __all__ = ["Delivery", "PgStore", "TABLE"]
@@ -145,8 +146,9 @@ class PgStore:
     async def setup(self) -> None:
         async def op(conn: AsyncConnection[Any]) -> None:
             async with conn.transaction():
-                # Two servers starting together would race on CREATE … IF NOT EXISTS.
-                await conn.execute("select pg_advisory_xact_lock(hashtext('rc_function_events'))")
+                # CREATE … IF NOT EXISTS races with any concurrent creator of schema realtime
+                # (another server, the replication reader, the migrations): all take this lock.
+                await conn.execute("select pg_catalog.pg_advisory_xact_lock(%s)", (INSTALL_LOCK,))
                 for stmt in _SETUP:
                     await conn.execute(stmt)
 

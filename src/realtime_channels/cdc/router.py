@@ -1,0 +1,144 @@
+"""Routing a decoded change to channels (sans-I/O; protocol.md §6.4, §6.6, §6.8).
+
+The subscriptions of a table are kept as *fans*: channels whose topic, bindings on the table and
+role are identical (typically every socket that joined one channel name with the same bindings),
+their connections kept per claims cohort.  A fan is matched and planned as one, and judged by
+RLS once per cohort, so the work per change grows with the number of distinct fans and cohorts,
+not of sockets; on a table without RLS every connection of a fan gets the same payload.
+
+For one change: ``match`` narrows each fan's bindings by event and filter; the engine asks RLS
+which cohorts may see the change (``needs_rls`` says when, ``cohorts`` which to ask) and which
+columns each role may select; ``plan`` turns that into delivery groups.  A group is one payload
+— the same topic, binding ids and visible columns — encoded once per wire format for all its
+connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .bindings import Binding, Peer, Sub
+from .record import Row
+from .types import Change, Transaction
+
+__all__ = ["Fan", "Group", "Seen", "cohorts", "fans", "match", "needs_rls", "plan", "roles", "work"]
+
+TableKey = tuple[str, str]
+
+
+@dataclass(slots=True, eq=False)
+class Fan:
+    """Channels on one table with identical topic, bindings and role."""
+
+    topic: str
+    role: str
+    #: the first channel's subscriptions on the table, in binding order (its bindings stand
+    #: for every channel of the fan)
+    subs: tuple[Sub, ...]
+    #: claims cohort → its claims and the connections of the fan's channels in that cohort
+    cohorts: dict[str, tuple[Mapping[str, Any], list[Peer]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """One ``postgres_changes`` payload and the connections that receive it; ``old_shown``:
+    their policies admit the change's old image (otherwise ``old_record`` keeps only the key)."""
+
+    topic: str
+    ids: tuple[int, ...]
+    cols: tuple[str, ...]
+    old_shown: bool
+    peers: tuple[Peer, ...]
+
+
+@dataclass(slots=True)
+class Seen:
+    """The cohorts whose policies admit a change's new image, and its old image (§6.6)."""
+
+    new: set[str]
+    old: set[str]
+
+
+def fans(subs: Sequence[Sub]) -> list[Fan]:
+    """Group a table's subscriptions (in subscription order) into fans."""
+    channels: dict[tuple[int, str], list[Sub]] = {}
+    for sub in subs:
+        channels.setdefault(sub.channel_key, []).append(sub)
+    out: dict[tuple[Any, ...], Fan] = {}
+    for own in channels.values():
+        first = own[0]
+        signature = (first.topic, first.role,
+                     tuple((s.binding.id, s.binding.event, s.binding.filter_text, s.binding.select) for s in own))
+        fan = out.get(signature)
+        if fan is None:
+            fan = out[signature] = Fan(first.topic, first.role, tuple(own))
+        fan.cohorts.setdefault(first.cohort, (first.claims, []))[1].append(first.peer)
+    return list(out.values())
+
+
+def work(txn: Transaction, fans_of: Callable[[TableKey], Sequence[Fan] | None]) -> list[tuple[Change, Sequence[Fan]]]:
+    """The transaction's changes that some subscription's table covers, with that table's fans."""
+    return [(change, table_fans) for change in txn.changes
+            if (table_fans := fans_of((change.relation.namespace, change.relation.name)))]
+
+
+def match(row: Row, table_fans: Sequence[Fan]) -> list[tuple[Fan, list[Binding]]]:
+    """§6.4: per fan, the bindings whose event and filter match (filters on the new row, or the
+    old identity for DELETE, §6.2); fans without a match are left out."""
+    out: list[tuple[Fan, list[Binding]]] = []
+    for fan in table_fans:
+        hit = [s.binding for s in fan.subs if s.binding.event in ("*", row.kind) and row.matches(s.conds)]
+        if hit:
+            out.append((fan, hit))
+    return out
+
+
+def needs_rls(row: Row) -> bool:
+    """§6.6: INSERT/UPDATE rows of an RLS table are checked per cohort; DELETEs bypass RLS."""
+    return row.info.rls_enabled and row.kind != "DELETE" and bool(row.info.pk)
+
+
+def cohorts(matched: Sequence[tuple[Fan, list[Binding]]]) -> dict[str, Mapping[str, Any]]:
+    """The claims cohorts RLS must judge for these fans (cohort key → its claims)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for fan, _ in matched:
+        for cohort, (claims, _peers) in fan.cohorts.items():
+            out.setdefault(cohort, claims)
+    return out
+
+
+def roles(matched: Sequence[tuple[Fan, list[Binding]]]) -> set[str]:
+    return {fan.role for fan, _ in matched}
+
+
+def plan(row: Row, matched: Sequence[tuple[Fan, list[Binding]]], visible: Seen | None,
+         allowed: Mapping[str, frozenset[str]]) -> list[Group]:
+    """Delivery groups for one change.
+
+    ``visible``: the cohorts RLS admits (``None``: no RLS check applies); ``allowed``: the
+    selectable columns of each role in ``matched``.  Each channel gets one message per distinct
+    payload listing the ids of all its matching bindings (§6.4); fans with the same topic, ids,
+    columns and old-image verdict share one group."""
+    # the column set depends only on (role, select): computed once per row, not per subscriber
+    column_sets: dict[tuple[str, tuple[str, ...] | None], tuple[str, ...]] = {}
+    groups: dict[tuple[str, tuple[int, ...], tuple[str, ...], bool], list[Peer]] = {}
+    for fan, bindings in matched:
+        by_cols: dict[tuple[str, ...], list[int]] = {}
+        for b in bindings:
+            key = (fan.role, b.select)
+            cols = column_sets.get(key)
+            if cols is None:
+                cols = column_sets[key] = row.column_set(allowed[fan.role], b.select)
+            ids = by_cols.setdefault(cols, [])
+            if b.id not in ids:
+                ids.append(b.id)
+        payloads = [(fan.topic, tuple(ids), cols) for cols, ids in by_cols.items()]
+        for cohort, (_claims, peers) in fan.cohorts.items():
+            if visible is not None and cohort not in visible.new:
+                continue
+            old_shown = visible is None or cohort in visible.old
+            for topic, ids_key, cols in payloads:
+                groups.setdefault((topic, ids_key, cols, old_shown), []).extend(peers)
+    return [Group(topic, ids, cols, old_shown, tuple(peers)) for (topic, ids, cols, old_shown), peers in groups.items()]
