@@ -237,12 +237,20 @@ class Node:
     # presence (protocol.md §5), replicated across nodes (protocol/replica.py) --------------
 
     def track(self, stream: str, owner: Hashable, key: str, payload: Mapping[str, Any]) -> None:
-        self._control(self.replica.track_op(stream, owner, key, payload, self.refs.next()))
+        self._member_op(self.replica.track_op(stream, owner, key, payload, self.refs.next()))
 
     def untrack(self, stream: str, owner: Hashable) -> None:
         op = self.replica.untrack_op(stream, owner)
         if op is not None:
-            self._control(op)
+            self._member_op(op)
+
+    def _member_op(self, op: dict[str, Any]) -> None:
+        """Our own presence change is applied and its diff fanned out here, synchronously,
+        before the caller replies to the push (Phoenix's tracker does the same: the diff
+        precedes the reply, §5.1); the other nodes apply it when it reaches them."""
+        diffs, _ = self.replica.apply(self.node_id, op, time.monotonic())
+        self._fanout_diffs(diffs)
+        self._control(op)
 
     def presence_state(self, stream: str) -> dict[str, Any]:
         return self.replica.state_payload(stream)
@@ -251,6 +259,8 @@ class Node:
         self.pubsub.publish(Envelope(CONTROL_STREAM, self.node_id, control=op))
 
     def _on_control(self, origin: str, op: dict[str, Any]) -> None:
+        if origin == self.node_id:
+            return  # our own ops were applied when they were made (``_member_op``)
         diffs, replies = self.replica.apply(origin, op, time.monotonic())
         self._fanout_diffs(diffs)
         for reply in replies:

@@ -268,8 +268,8 @@ def test_presence_write_granted_tracks_on_the_private_presence_stream() -> None:
     s = joined({BROADCAST_READ: False, PRESENCE_READ: True}, presence={"enabled": True, "key": "k"})
     s.receive(presence(payload={"a": 1}), T0)
     effects = s.authorized(TOPIC, "1", "write", granted(presence_write=True), T0)
-    assert effects == [reply(OK, "4"), Track(PRIVP, TOPIC, "k", {"a": 1})]
-    assert s.receive(presence("untrack", "5"), T0) == [reply(OK, "5"), Untrack(PRIVP, TOPIC)]
+    assert effects == [Track(PRIVP, TOPIC, "k", {"a": 1}), reply(OK, "4")]
+    assert s.receive(presence("untrack", "5"), T0) == [Untrack(PRIVP, TOPIC), reply(OK, "5")]
 
 
 def test_first_track_on_presence_disabled_join_asks_presence_write_and_read() -> None:
@@ -277,7 +277,7 @@ def test_first_track_on_presence_disabled_join_asks_presence_write_and_read() ->
     assert s.receive(presence(payload={"a": 1}), T0) == [authorize("write", (PRESENCE_WRITE, PRESENCE_READ))]
     effects = s.authorized(TOPIC, "1", "write", granted(presence_write=True, presence_read=True), T0)
     # presence-read granted: the presence stream is subscribed, but no presence_state (§5.1)
-    assert effects == [Subscribe(PRIVP, TOPIC), reply(OK, "4"), Track(PRIVP, TOPIC, "k", {"a": 1})]
+    assert effects == [Subscribe(PRIVP, TOPIC), Track(PRIVP, TOPIC, "k", {"a": 1}), reply(OK, "4")]
 
 
 def test_untrack_needs_no_write_check() -> None:
@@ -386,7 +386,7 @@ def test_private_topic_presence_uses_its_own_stream_and_teardown_releases_both()
     s = joined({BROADCAST_READ: True, PRESENCE_READ: True}, presence={"enabled": True, "key": "k"})
     s.receive(presence(payload={"p": 1}), T0)
     assert s.authorized(TOPIC, "1", "write", granted(presence_write=True), T0) == [
-        reply(OK, "4"), Track(PRIVP, TOPIC, "k", {"p": 1})]
+        Track(PRIVP, TOPIC, "k", {"p": 1}), reply(OK, "4")]
     assert s.closed() == [Unsubscribe(PRIV, TOPIC), Unsubscribe(PRIVP, TOPIC), Untrack(PRIVP, TOPIC)]
 
 
@@ -450,7 +450,7 @@ def test_tenant_presence_rate_shuts_the_channel_down() -> None:
     s.receive(Message(TOPIC, "phx_join", {"config": {"presence": {"key": "k"}}}, ref="1", join_ref="1"), T0)
     for i in range(5):
         assert s.receive(presence(ref=str(i), payload={"i": i}), T0) == [
-            reply(OK, str(i)), Track("pub:room1", TOPIC, "k", {"i": i})]
+            Track("pub:room1", TOPIC, "k", {"i": i}), reply(OK, str(i))]
     effects = s.receive(presence(ref="9", payload={"i": 9}), T0)
     assert effects == shutdown("Too many presence messages per second",
                                Unsubscribe("pub:room1", TOPIC), Untrack("pub:room1", TOPIC))

@@ -655,10 +655,12 @@ class Session:
         if not ch.presence_window.hit(now):  # §5.7 per-channel window
             return self._shutdown(ch, "Client presence rate limit exceeded")
         if event == "untrack":
-            effects: list[Effect] = [Send(reply(msg, ok_payload(), ch.join_ref))]
+            # §5.1: the diff a presence push causes reaches the channel before its reply
+            effects: list[Effect] = []
             if ch.tracked:
                 ch.tracked = False
                 effects.append(Untrack(ch.presence_stream, ch.topic))
+            effects.append(Send(reply(msg, ok_payload(), ch.join_ref)))
             return effects
         payload = body.get("payload", {})
         if payload is None:
@@ -674,8 +676,8 @@ class Session:
             self.limits.presence.add(now)
         ch.tracked = True
         return [
-            Send(reply(msg, ok_payload(), ch.join_ref)),
             Track(ch.presence_stream, ch.topic, ch.presence_key, payload),
+            Send(reply(msg, ok_payload(), ch.join_ref)),
         ]
 
     # token refresh ---------------------------------------------------------------------------
