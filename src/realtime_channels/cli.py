@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ async def _load_jwks(settings: Settings) -> tuple[dict[str, Any] | None, JwksRef
     return jwks, None, (http, fetch)
 
 
-def build_functions(settings: Settings, node: Any) -> Any:
+def build_functions(settings: Settings, get_node: Callable[[], Any]) -> Any:
     """Load and validate the functions file (a bad file refuses to start, naming the line)."""
     import orjson
 
@@ -81,16 +81,16 @@ def build_functions(settings: Settings, node: Any) -> Any:
 
     def publish(sub_topic: str, event: str, payload: Any) -> None:
         b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=orjson.dumps(payload))
-        node.publish(stream_key(False, sub_topic), b)
+        get_node().publish(stream_key(False, sub_topic), b)
 
     def presence(sub_topic: str, key: str, payload: Any) -> None:
         # a function's presence is owned by the node itself, one per (topic, key)
         owner = ("functions", key)
         stream = stream_key(False, sub_topic)
         if payload is None:
-            node.untrack(stream, owner)
+            get_node().untrack(stream, owner)
         else:
-            node.track(stream, owner, key, payload)
+            get_node().track(stream, owner, key, payload)
 
     engine = FunctionsEngine(config, secret=settings.functions_secret,
                              service_role_key=settings.functions_service_role_key,
@@ -141,7 +141,7 @@ async def serve(settings: Settings) -> None:
 
     from .node import Node
     from .pubsub import PubSub
-    from .server import build_app, shutdown_connections
+    from .transport.app import build_app, shutdown_connections
 
     pubsub: PubSub
     if settings.redis_url:
@@ -165,12 +165,16 @@ async def serve(settings: Settings) -> None:
         changes = PostgresChanges(settings.database_url, publication=settings.publication,
                                   slot=settings.slot_name, rls_mode=settings.cdc_rls_mode)
         authorizer = ChannelAuthorizer(settings.database_url)
-    node = Node(settings, pubsub, changes=changes, authorizer=authorizer)
+    functions = None
     if settings.functions_config:
-        node.functions = build_functions(settings, node)
-        node.services.append(node.functions)
+        # the engine publishes through the node, which takes the engine: bound late
+        functions = build_functions(settings, lambda: node)
         if changes is not None:
-            watch_postgres(node.functions, changes)
+            watch_postgres(functions, changes)
+    gatekeeper = functions if functions is not None and functions.config.gates else None
+    node = Node(settings, pubsub, changes=changes, authorizer=authorizer,
+                services=[functions] if functions is not None else [], events=functions,
+                gatekeeper=gatekeeper)
     if settings.database_url:
         from .messages.service import MessagesService
 

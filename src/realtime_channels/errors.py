@@ -174,3 +174,79 @@ class ConfigError(RealtimeError):
     """Bad configuration: refuse to start with a clear message."""
 
     code = "ConfigError"
+
+
+# --- transport: REST answers, function gates, close reasons ------------------------------
+# (appended by the transport restructure; the REST body shapes are protocol.md §1.8's)
+
+
+class RestError(PeerError):
+    """A REST broadcast refused: ``http_status`` and the ``{"message": …}`` body."""
+
+    code = "RestError"
+
+
+class RestUnauthorized(RestError):
+    message = "Unauthorized"
+    http_status = 401
+
+
+class RestForbidden(RestError):
+    message = "Unauthorized"
+    http_status = 403
+
+
+class RestInvalidJson(RestError):
+    message = "Request body is not valid JSON"
+    http_status = 400
+
+
+class RestRateLimited(RestError):
+    message = "You have exceeded your rate limit"
+    http_status = 429
+
+
+class RestBatchTooLarge(RestError):
+    message = "Too many messages to broadcast, please reduce the batch size"
+    http_status = 429
+
+
+class RestAuthorizationFailed(RestError):
+    message = "Unable to authorize broadcast"
+    http_status = 500
+
+
+class RestUnsupportedMedia(RestError):
+    """415: the body is ``{"error": …}``, not ``{"message": …}``."""
+
+    message = "Unsupported Media Type. Use application/json or application/octet-stream"
+    http_status = 415
+
+
+class RestFieldError:
+    """Per-field validation texts of a 422 answer (``{"errors": {field: [text]}}``)."""
+
+    BLANK = "can't be blank"
+    INVALID = "is invalid"
+    TOO_BIG = "Payload size exceeds tenant limit"
+
+
+class JoinDenied(PeerError):
+    """An ``authorize_join`` gate said no without a reason of its own."""
+
+    message = "Unauthorized: join denied"
+
+
+class SendDenied(PeerError):
+    """An ``authorize_send`` gate said no without a reason of its own."""
+
+    message = "Unauthorized: send denied"
+
+
+class CloseReason:
+    """Reasons of the close frames the server sends."""
+
+    IDLE = "idle timeout"
+    SLOW_CONSUMER = "slow consumer"
+    RESTART = "server restart"
+    DISCONNECT_NOTICE = "Server requested disconnect"

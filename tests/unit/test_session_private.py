@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import orjson
 import pytest
 
 from realtime_channels.auth import JwtVerifier, mint_token
@@ -29,7 +30,8 @@ from realtime_channels.protocol.session import (
     PushPresenceState,
     ReplayedMessage,
     Send,
-    SendReplayed,
+    SendBinary,
+    AwaitReplication,
     Session,
     SessionConfig,
     Subscribe,
@@ -376,7 +378,29 @@ def test_replayed_messages_follow_the_reply_and_their_ids_are_skipped_live() -> 
     s.receive(join(broadcast={"replay": {"since": 1, "limit": 2}}), T0)
     rows = (ReplayedMessage("id-1", "e", b'{"a":1}', None), ReplayedMessage("id-2", "b", None, b"\x00"))
     effects = s.authorized(TOPIC, "1", "join", AuthResult({BROADCAST_READ: True}, replayed=rows), T0)
-    assert effects == [join_ok(), Subscribe(PRIV, TOPIC, frozenset({"id-1", "id-2"})), SendReplayed(TOPIC, "1", rows)]
+    assert effects[:2] == [join_ok(), Subscribe(PRIV, TOPIC, frozenset({"id-1", "id-2"}))]
+    # §4.8: a JSON row is a text push with the join_ref; a binary row a kind-4 frame (V2 only)
+    text, binary = effects[2:]
+    assert isinstance(text, Send) and text.message.event == "broadcast" and text.message.join_ref == "1"
+    payload = text.message.payload
+    assert orjson.loads(orjson.dumps(payload)) == {
+        "type": "broadcast", "event": "e", "payload": {"a": 1}, "meta": {"replayed": True, "id": "id-1"}}
+    assert binary == SendBinary(TOPIC, "b", {"replayed": True, "id": "id-2"}, b"\x00")
+
+
+def test_replication_ready_is_awaited_and_answered() -> None:
+    s = session()
+    effects = s.receive(join(broadcast={"replication_ready": True}), T0)
+    effects = s.authorized(TOPIC, "1", "join", granted(broadcast_read=True), T0)
+    assert effects[-1] == AwaitReplication(TOPIC, "1")
+    assert s.replication(TOPIC, "other-join", True) == []  # a stale answer is ignored
+    [notice] = s.replication(TOPIC, "1", True)
+    assert isinstance(notice, Send) and notice.message.event == "system"
+    assert notice.message.payload == {"extension": "system", "status": "ok",
+                                      "message": "Replication connection established", "channel": "room1"}
+    shut = s.replication(TOPIC, "1", False)
+    assert [e.message.event for e in shut if isinstance(e, Send)] == ["system", "phx_close"]
+    assert TOPIC not in s.channels
 
 
 # --- private presence streams (§5.2, §5.5) -----------------------------------------------------

@@ -29,12 +29,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orjson import Fragment
+
 from .. import errors
 from .codec import BinaryBroadcastPush, Broadcast, Message
 from .join import JoinParams, echo_bindings, parse_join
+from .keys import TOPIC_PREFIX as TOPIC_PREFIX  # re-exported: the names callers know
+from .keys import StreamKey, presence_stream_key
+from .keys import stream_key as stream_key
 from .limits import FixedWindow, TenantLimits
-
-TOPIC_PREFIX = "realtime:"
 
 Verifier = Callable[[str, float], dict[str, Any]]
 
@@ -55,14 +58,14 @@ class Subscribe:
     """Start delivering ``stream`` to this socket's channel ``topic``; broadcasts whose
     ``meta.id`` is in ``skip_ids`` were already delivered by replay (§4.8)."""
 
-    stream: str
+    stream: StreamKey
     topic: str
     skip_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
-    stream: str
+    stream: StreamKey
     topic: str
 
 
@@ -71,14 +74,14 @@ class Publish:
     """Fan ``broadcast`` out to every subscriber of ``stream``; ``exclude`` is the sending
     channel's topic on this socket when ``self`` is off (§4.2)."""
 
-    stream: str
+    stream: StreamKey
     broadcast: Broadcast
     exclude: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class Track:
-    stream: str
+    stream: StreamKey
     topic: str
     key: str
     payload: Mapping[str, Any]
@@ -86,7 +89,7 @@ class Track:
 
 @dataclass(frozen=True, slots=True)
 class Untrack:
-    stream: str
+    stream: StreamKey
     topic: str
 
 
@@ -94,7 +97,7 @@ class Untrack:
 class PushPresenceState:
     """Send the stream's current ``presence_state`` to this channel (§5.2)."""
 
-    stream: str
+    stream: StreamKey
     topic: str
     join_ref: str | None
 
@@ -156,13 +159,24 @@ class AuthResult:
 
 
 @dataclass(frozen=True, slots=True)
-class SendReplayed:
-    """Push replayed messages (§4.8): JSON as text pushes with ``join_ref``, binary as kind-4
-    frames to V2 sockets only, each with ``meta: {"replayed": true, "id": …}``."""
+class SendBinary:
+    """Write a user broadcast with binary ``data`` as a kind-4 frame (§1.6), to a V2 socket
+    only: a V1 socket cannot carry bytes, and nothing is sent to it."""
+
+    topic: str
+    event: str
+    meta: Mapping[str, Any]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitReplication:
+    """§3.7 ``replication_ready``: answer with ``Session.replication(topic, join_ref, ready)``
+    once the database replication stream is up, or with ``ready=False`` when it did not come
+    up in time."""
 
     topic: str
     join_ref: str | None
-    messages: tuple[ReplayedMessage, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +191,8 @@ class Close:
 Effect = (
     Send
     | Authorize
-    | SendReplayed
+    | SendBinary
+    | AwaitReplication
     | Close
     | Subscribe
     | Unsubscribe
@@ -211,24 +226,13 @@ class SessionConfig:
     replay_max: int = 25
 
 
-def stream_key(private: bool, sub_topic: str) -> str:
-    """Public and private channels of one sub-topic are separate streams (§3.1, §4.4)."""
-    return ("priv:" if private else "pub:") + sub_topic
-
-
-def presence_stream_key(private: bool, sub_topic: str) -> str:
-    """Presence diffs of a private topic reach only members with presence-read (§5.2), so they
-    travel on a stream of their own; a public topic's diffs go to every member."""
-    return ("privp:" if private else "pub:") + sub_topic
-
-
 @dataclass(slots=True)
 class Channel:
     topic: str
     sub_topic: str
     join_ref: str | None
     params: JoinParams
-    stream: str
+    stream: StreamKey
     token: str
     claims: dict[str, Any]
     deadline: float
@@ -237,7 +241,7 @@ class Channel:
     bindings: tuple[dict[str, Any], ...] = ()
     tracked: bool = False
     private: bool = False
-    presence_stream: str = ""
+    presence_stream: StreamKey = StreamKey("")
     replay: tuple[int, int] | None = None
     #: private rights: None = not evaluated yet (§7.3 caches them until the next refresh)
     rights: dict[str, bool | None] = field(default_factory=dict)
@@ -466,14 +470,15 @@ class Session:
         if ch.replaces is not None:
             effects.append(Send(phx_close(ch.replaces)))  # right after the new join's reply (§2.5)
             ch.replaces = None
-        if replayed:
-            effects.append(SendReplayed(ch.topic, ch.join_ref, replayed))
+        effects += _replay(ch, replayed)
         if self._presence_enabled(ch) and ch.can(PRESENCE_READ):
             if self.limits is not None:
                 self.limits.presence.add(now)
             effects.append(PushPresenceState(ch.presence_stream, ch.topic, ch.join_ref))
         if ch.bindings:
             effects.append(SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, ch.claims))
+        if ch.params.replication_ready:
+            effects.append(AwaitReplication(ch.topic, ch.join_ref))
         return effects + self._drain(ch, now)
 
     def _subscriptions(self, ch: Channel, skip_ids: frozenset[str] = frozenset()) -> list[Effect]:
@@ -541,6 +546,15 @@ class Session:
         if ch is None or ch.join_ref != join_ref:
             return []
         return self._shutdown(ch, message)
+
+    def replication(self, topic: str, join_ref: str | None, ready: bool) -> list[Effect]:
+        """The adapter's answer to ``AwaitReplication`` (§3.7)."""
+        ch = self.channels.get(topic)
+        if ch is None or ch.join_ref != join_ref:
+            return []
+        if not ready:
+            return self._shutdown(ch, "Replication connection was not established in time")
+        return [Send(system_message(ch, "ok", "Replication connection established"))]
 
     # authorization answers (§7.3) --------------------------------------------------------------
 
@@ -703,6 +717,20 @@ class Session:
         if ch.bindings:
             effects.append(SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, claims))
         return effects
+
+
+def _replay(ch: Channel, replayed: tuple[ReplayedMessage, ...]) -> list[Effect]:
+    """§4.8: JSON rows as text pushes carrying the join_ref, binary rows as kind-4 frames; each
+    with ``meta: {"replayed": true, "id": …}``."""
+    effects: list[Effect] = []
+    for m in replayed:
+        meta = {"replayed": True, "id": m.id}
+        if m.binary is not None:
+            effects.append(SendBinary(ch.topic, m.event, meta, m.binary))
+            continue
+        payload = {"type": "broadcast", "event": m.event, "payload": Fragment(m.payload_json or b"{}"), "meta": meta}
+        effects.append(Send(Message(ch.topic, "broadcast", payload, ref=None, join_ref=ch.join_ref)))
+    return effects
 
 
 def _join_message(ch: Channel) -> Message:

@@ -56,7 +56,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from . import Deliver, Envelope
+from . import Deliver, Envelope, Health
 from .wire import SENDER_LEN, WireError, decode_envelope, encode_envelope, read_header
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,10 @@ class RedisPubSub:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def health(self) -> Health:
+        return Health(self._state)
 
     # --- PubSub protocol ------------------------------------------------------------------
 
