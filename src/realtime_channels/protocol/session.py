@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from orjson import Fragment
 
 from .. import errors
@@ -179,6 +180,50 @@ class AwaitReplication:
     join_ref: str | None
 
 
+GATE = "gate"
+GATE_JOIN = "join"
+GATE_SEND = "send"
+
+
+@dataclass(frozen=True, slots=True)
+class GateJoin:
+    """Run the ``authorize_join`` function gates on a join whose token is already verified;
+    answer with ``Session.gated(topic, join_ref, GATE_JOIN, verdict, now)``."""
+
+    topic: str
+    join_ref: str | None
+    sub_topic: str
+    claims: Mapping[str, Any]
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GateSend:
+    """Run the ``authorize_send`` function gates on a client broadcast; answer with
+    ``Session.gated(topic, join_ref, GATE_SEND, verdict, now)``."""
+
+    topic: str
+    join_ref: str | None
+    sub_topic: str
+    event: str
+    payload: Any
+    claims: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GateVerdict:
+    """The gates' answer: deny (with the function's reason), or allow, ``payload`` being the
+    rewritten broadcast payload (``None``: unchanged)."""
+
+    allow: bool
+    reason: str | None = None
+    payload: Any = None
+
+
+#: ``(kind, sub_topic, event)`` → whether a function gate applies (checked without I/O)
+GateCheck = Callable[[str, str, str | None], bool]
+
+
 @dataclass(frozen=True, slots=True)
 class Close:
     """Close the socket with ``code`` after ``delay`` seconds (e.g. 1001 after a join-rate refusal)."""
@@ -193,6 +238,8 @@ Effect = (
     | Authorize
     | SendBinary
     | AwaitReplication
+    | GateJoin
+    | GateSend
     | Close
     | Subscribe
     | Unsubscribe
@@ -297,6 +344,8 @@ class Session:
     new_presence_key: Callable[[], str]
     config: SessionConfig = field(default_factory=SessionConfig)
     limits: TenantLimits | None = None
+    #: function gates (README "Functions"), when any are configured
+    gates: GateCheck | None = None
     channels: dict[str, Channel] = field(default_factory=dict)
     #: private joins waiting for their read check (§3.3 step 6)
     joining: dict[str, Channel] = field(default_factory=dict)
@@ -328,13 +377,11 @@ class Session:
 
     def _dispatch(self, ch: Channel, msg: Message | BinaryBroadcastPush, now: float, size: int) -> list[Effect]:
         if isinstance(msg, BinaryBroadcastPush):
-            # §4.3: kind-3 metadata (only ``persist``) is not forwarded; receivers get none.
-            b = Broadcast(ch.topic, event=msg.event, data=msg.data, binary=msg.binary)
-            return self._publish(ch, msg, b, now, size)
+            return self._publish(ch, msg, _broadcast_of(ch, msg), now, size)
         if msg.event == "broadcast":
             if not isinstance(msg.payload, dict):
                 return []  # §4.1: the payload is an object; anything else cannot be relayed
-            return self._publish(ch, msg, Broadcast(ch.topic, payload=msg.payload), now, size)
+            return self._publish(ch, msg, _broadcast_of(ch, msg), now, size)
         if msg.event == "presence":
             return self._presence(ch, msg, now, size)
         if msg.event == "access_token" and isinstance(msg.payload, dict) and "access_token" in msg.payload:
@@ -385,13 +432,23 @@ class Session:
         except errors.RealtimeError as err:
             return effects + self._join_error(msg, err, old)
         ch.replaces = old
+        if self.gates is not None and self.gates("authorize_join", ch.sub_topic, None):
+            self.joining[msg.topic] = ch  # pushes for the topic wait behind the gates' answer
+            ch.pending.add(GATE)
+            config = msg.payload.get("config") if isinstance(msg.payload, dict) else None
+            effects.append(GateJoin(ch.topic, ch.join_ref, ch.sub_topic, ch.claims,
+                                    config if isinstance(config, dict) else {}))
+            return effects
+        return effects + self._admit(ch, now)
+
+    def _admit(self, ch: Channel, now: float) -> list[Effect]:
+        """A join that passed its checks: private ones wait for their read check (§7.3)."""
         if ch.private:
-            self.joining[msg.topic] = ch
+            self.joining[ch.topic] = ch
             checks = (BROADCAST_READ, PRESENCE_READ) if self._presence_enabled(ch) else (BROADCAST_READ,)
             ch.pending.update(checks)
-            effects.append(Authorize(ch.topic, ch.join_ref, "join", ch.sub_topic, ch.claims, checks, ch.replay))
-            return effects
-        return effects + self._activate(ch, (), now)
+            return [Authorize(ch.topic, ch.join_ref, "join", ch.sub_topic, ch.claims, checks, ch.replay)]
+        return self._activate(ch, (), now)
 
     def _join_error(self, msg: Message, err: errors.RealtimeError, old: Channel | None) -> list[Effect]:
         effects: list[Effect] = []
@@ -556,6 +613,38 @@ class Session:
             return self._shutdown(ch, "Replication connection was not established in time")
         return [Send(system_message(ch, "ok", "Replication connection established"))]
 
+    # function gates --------------------------------------------------------------------------
+
+    def gated(self, topic: str, join_ref: str | None, purpose: str, verdict: GateVerdict,
+              now: float) -> list[Effect]:
+        """The adapter's answer to ``GateJoin`` / ``GateSend``; a denial is answered at once
+        (no join-error back-off) with the gate's reason."""
+        if purpose == GATE_JOIN:
+            ch = self.joining.get(topic)
+            if ch is None or ch.join_ref != join_ref or GATE not in ch.pending:
+                return []  # left or superseded meanwhile
+            ch.pending.discard(GATE)
+            del self.joining[topic]
+            if verdict.allow:
+                return self._admit(ch, now)
+            effects: list[Effect] = [Send(phx_close(ch.replaces))] if ch.replaces is not None else []
+            reason = verdict.reason or errors.JoinDenied().message
+            effects.append(Send(reply(_join_message(ch), error_payload({"reason": reason}), ch.join_ref)))
+            return effects + [Send(unmatched(m)) for m, _ in ch.queue]
+        ch = self.channels.get(topic)
+        if ch is None or ch.join_ref != join_ref or GATE not in ch.pending or not ch.queue:
+            return []
+        ch.pending.discard(GATE)
+        msg, size = ch.queue.pop(0)
+        if not verdict.allow:
+            reason = verdict.reason or errors.SendDenied().message
+            effects = [Send(reply(msg, error_payload({"reason": reason}), ch.join_ref))]
+        else:
+            if verdict.payload is not None:
+                msg = _rewritten(msg, verdict.payload)
+            effects = self._publish(ch, msg, _broadcast_of(ch, msg), now, size, gated=True)
+        return effects + self._drain(ch, now)
+
     # authorization answers (§7.3) --------------------------------------------------------------
 
     def authorized(self, topic: str, join_ref: str | None, purpose: str, result: AuthResult,
@@ -629,13 +718,19 @@ class Session:
     # broadcast -------------------------------------------------------------------------------
 
     def _publish(self, ch: Channel, msg: Message | BinaryBroadcastPush, b: Broadcast, now: float,
-                 size: int) -> list[Effect]:
+                 size: int, gated: bool = False) -> list[Effect]:
         if ch.private:
             allowed = ch.can(BROADCAST_WRITE)
             if allowed is None:
                 return self._need(ch, msg, size, (BROADCAST_WRITE,))
             if not allowed:
                 return []  # §4.2: unauthorized sends are dropped silently, even with ack
+        if not gated and self.gates is not None:
+            event, data = _gate_subject(msg)
+            if event is not None and self.gates("authorize_send", ch.sub_topic, event):
+                ch.queue.insert(0, (msg, size))  # later pushes wait behind the gates' answer
+                ch.pending.add(GATE)
+                return [GateSend(ch.topic, ch.join_ref, ch.sub_topic, event, data, ch.claims)]
         ack = ch.params.broadcast_ack
         if size > self.config.max_payload_bytes:  # §4.5
             return [Send(reply(msg, error_payload("payload_size_exceeded"), ch.join_ref))] if ack else []
@@ -731,6 +826,28 @@ def _replay(ch: Channel, replayed: tuple[ReplayedMessage, ...]) -> list[Effect]:
         payload = {"type": "broadcast", "event": m.event, "payload": Fragment(m.payload_json or b"{}"), "meta": meta}
         effects.append(Send(Message(ch.topic, "broadcast", payload, ref=None, join_ref=ch.join_ref)))
     return effects
+
+
+def _broadcast_of(ch: Channel, msg: Message | BinaryBroadcastPush) -> Broadcast:
+    if isinstance(msg, BinaryBroadcastPush):
+        # §4.3: kind-3 metadata (only ``persist``) is not forwarded; receivers get none.
+        return Broadcast(ch.topic, event=msg.event, data=msg.data, binary=msg.binary)
+    return Broadcast(ch.topic, payload=msg.payload)
+
+
+def _gate_subject(msg: Message | BinaryBroadcastPush) -> tuple[str | None, Any]:
+    """(user event, payload) of a client broadcast, as a send gate sees it."""
+    if isinstance(msg, BinaryBroadcastPush):
+        return msg.event, (msg.data if msg.binary else orjson.loads(msg.data))
+    event = msg.payload.get("event") if isinstance(msg.payload, dict) else None
+    return (event if isinstance(event, str) else None), msg.payload.get("payload")
+
+
+def _rewritten(msg: Message | BinaryBroadcastPush, payload: Any) -> Message | BinaryBroadcastPush:
+    """A broadcast whose user payload a send gate replaced (a binary one becomes JSON)."""
+    if isinstance(msg, BinaryBroadcastPush):
+        return BinaryBroadcastPush(msg.join_ref, msg.ref, msg.topic, msg.event, None, orjson.dumps(payload), False)
+    return Message(msg.topic, msg.event, {**msg.payload, "payload": payload}, ref=msg.ref, join_ref=msg.join_ref)
 
 
 def _join_message(ch: Channel) -> Message:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from ..functions.engine import RealtimeEvent
-from ..node import Node
+from ..node import Gatekeeper, Node
 from ..protocol import session as s
 from ..protocol.codec import Message, Vsn, encode_kind4
 from ..protocol.keys import TOPIC_PREFIX
@@ -216,5 +216,42 @@ def _await_replication(conn: Conn, e: s.AwaitReplication) -> None:
             ready = False
         if not conn.closing:
             run(conn, conn.session.replication(e.topic, e.join_ref, ready))
+
+    conn.loop.create_task(answer())
+
+
+@handles(s.GateJoin)
+def _gate_join(conn: Conn, e: s.GateJoin) -> None:
+    async def ask(keeper: Gatekeeper) -> s.GateVerdict:
+        res = await keeper.gate_join(e.sub_topic, e.claims, e.config)
+        return s.GateVerdict(res.allow, res.reason)
+
+    _gate(conn, e.topic, e.join_ref, s.GATE_JOIN, ask)
+
+
+@handles(s.GateSend)
+def _gate_send(conn: Conn, e: s.GateSend) -> None:
+    async def ask(keeper: Gatekeeper) -> s.GateVerdict:
+        res = await keeper.gate_send(e.sub_topic, e.event, e.payload, e.claims)
+        return s.GateVerdict(res.allow, res.reason, res.payload)
+
+    _gate(conn, e.topic, e.join_ref, s.GATE_SEND, ask)
+
+
+def _gate(conn: Conn, topic: str, join_ref: str | None, purpose: str,
+          ask: Callable[[Gatekeeper], Awaitable[s.GateVerdict]]) -> None:
+    """Function gates run as a task; their verdict goes back to the session, which kept the
+    channel's later pushes queued meanwhile.  A gate that fails unexpectedly denies."""
+    keeper = conn.node.gatekeeper
+    assert keeper is not None, "the session asks for gates only when a gatekeeper is configured"
+
+    async def answer() -> None:
+        try:
+            verdict = await ask(keeper)
+        except Exception:  # noqa: BLE001 - a broken gate must not leave the channel waiting
+            log.exception("function gate failed conn=%s topic=%s", conn.conn_id, topic)
+            verdict = s.GateVerdict(False)
+        if not conn.closing:
+            run(conn, conn.session.gated(topic, join_ref, purpose, verdict, time.time()))
 
     conn.loop.create_task(answer())

@@ -25,7 +25,7 @@ from ..protocol import handshake
 from ..protocol import session as s
 from ..protocol.codec import BinaryBroadcastPush, DecodeError, Message, Vsn, decode_binary, decode_text, encode
 from ..protocol.wsframe import build_frame
-from . import effects, gates
+from . import effects
 from .state import STATE, AppState, json_response
 
 log = logging.getLogger("realtime_channels.transport")
@@ -208,9 +208,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     if transport is None:  # the peer vanished during the upgrade
         return ws
+    keeper = state.node.gatekeeper
     session = s.Session(verify=state.claims.verify_cached, conn_token=checked.api_key,
                         new_presence_key=lambda: str(uuid.uuid1()), config=state.session_config,
-                        limits=state.node.limits)
+                        limits=state.node.limits, gates=keeper.has_gate if keeper is not None else None)
     headers = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-")}
     conn = Connection(state, ws, transport, checked.vsn, session, headers)
     state.connections.add(conn)
@@ -236,7 +237,6 @@ async def read_loop(conn: Connection, ws: web.WebSocketResponse) -> None:
     not read for a while: TCP back-pressure slows the sender, nobody else is delayed, and no
     frame is dropped."""
     loop = conn.loop
-    gatekeeper = conn.node.gatekeeper
     budget = conn.state.frame_budget()
     slice_start = loop.time()
     while True:
@@ -246,11 +246,7 @@ async def read_loop(conn: Connection, ws: web.WebSocketResponse) -> None:
         if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
             decoded = conn.decode(msg.data)
             if decoded is not None:
-                frame: Message | BinaryBroadcastPush | None = decoded[0]
-                if gatekeeper is not None:
-                    frame = await gates.gate(conn, gatekeeper, decoded[0])
-                if frame is not None:
-                    conn.handle(frame, decoded[1])
+                conn.handle(*decoded)
         elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return
         if conn.close_due is not None:  # condemned: read nothing more until the close is sent
