@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from .config import Settings
-from .functions.engine import GateResult, RealtimeEvent
+from .functions.events import GateResult, RealtimeEvent
 from .hub import Hub, SkipIds, Subscriber
 from .protocol.codec import Broadcast, Message
 from .protocol.limits import TenantLimits

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from ..functions.engine import RealtimeEvent
+from ..functions.events import RealtimeEvent
 from ..node import Gatekeeper, Node
 from ..protocol import session as s
 from ..protocol.codec import Message, Vsn, encode_kind4
