@@ -243,6 +243,25 @@ class SendDenied(PeerError):
     message = "Unauthorized: send denied"
 
 
+class PostgresNotConfigured(PeerError):
+    """A postgres_changes join on a server without a database (a ``system`` error, §6.3)."""
+
+    message = ("Unable to subscribe to changes with given parameters. "
+               "PostgreSQL is not configured (set REALTIME_DATABASE_URL)")
+
+
+class ReplicationNotReady(PeerError):
+    """§3.7 ``replication_ready``: the database stream did not come up in time."""
+
+    message = "Replication connection was not established in time"
+
+
+class Notice:
+    """Texts of ``system`` messages with status ``ok``."""
+
+    REPLICATION_READY = "Replication connection established"
+
+
 class CloseReason:
     """Reasons of the close frames the server sends."""
 

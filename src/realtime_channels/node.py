@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from . import errors
 from .config import Settings
 from .functions.events import GateResult, RealtimeEvent
 from .hub import Hub, SkipIds, Subscriber
@@ -137,10 +138,6 @@ CONTROL_STREAM = StreamKey("__cluster")
 #: the stream the replication leader shares decoded transactions on (every node routes them)
 CDC_STREAM = StreamKey("__cdc")
 
-POSTGRES_NOT_CONFIGURED = (
-    "Unable to subscribe to changes with given parameters. "
-    "PostgreSQL is not configured (set REALTIME_DATABASE_URL)"
-)
 
 
 class Node:
@@ -368,7 +365,7 @@ class Node:
         payload = {
             "extension": "postgres_changes",
             "status": "error",
-            "message": POSTGRES_NOT_CONFIGURED,
+            "message": errors.PostgresNotConfigured().message,
             "channel": topic[len(TOPIC_PREFIX) :],
         }
         peer.send(Message(topic, "system", payload, ref=None, join_ref=join_ref))

@@ -139,3 +139,33 @@ async def test_rest_refusals_come_from_the_error_tree(client: TestClient[Any, An
                              headers={"apikey": token(), "Content-Type": "text/plain"})
     assert resp.status == 415
     assert await resp.json() == {"error": "Unsupported Media Type. Use application/json or application/octet-stream"}
+
+
+def _error_texts() -> set[str]:
+    texts: set[str] = set()
+    for value in vars(errors).values():
+        if isinstance(value, type):
+            for name in ("message", "handshake_message", "BLANK", "INVALID", "TOO_BIG", "IDLE", "SLOW_CONSUMER",
+                         "RESTART", "DISCONNECT_NOTICE", "REPLICATION_READY"):
+                text = vars(value).get(name)
+                if isinstance(text, str) and len(text) > 8:
+                    texts.add(text)
+    return texts
+
+
+def test_client_facing_texts_are_written_once_in_errors() -> None:
+    """The transport takes what a client or REST caller reads from the error tree, so a text
+    is changed in one place (string literals repeating one are refused)."""
+    import ast
+    from pathlib import Path
+
+    import realtime_channels.transport as transport
+
+    texts = _error_texts()
+    assert "Request body is not valid JSON" in texts and "Too many connected users" in texts
+    repeated = []
+    for path in sorted(Path(transport.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in texts:
+                repeated.append(f"{path.name}:{node.lineno}: {node.value!r}")
+    assert repeated == []

@@ -610,8 +610,8 @@ class Session:
         if ch is None or ch.join_ref != join_ref:
             return []
         if not ready:
-            return self._shutdown(ch, "Replication connection was not established in time")
-        return [Send(system_message(ch, "ok", "Replication connection established"))]
+            return self._shutdown(ch, errors.ReplicationNotReady().message)
+        return [Send(system_message(ch, "ok", errors.Notice.REPLICATION_READY))]
 
     # function gates --------------------------------------------------------------------------
 
