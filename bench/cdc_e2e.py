@@ -1,5 +1,5 @@
 """End-to-end postgres_changes benchmark: committed row → WebSocket client, through a real
-``realtime-channels serve`` process (issue 3 "Benchmark"; design.md §3).
+``realtime-channels serve`` process (design.md §3).
 
     .venv/bin/python bench/cdc_e2e.py [--seconds 10] [--scenarios 1,2,3,4] [--profile DIR]
 
@@ -668,7 +668,7 @@ def render(results: list[Result], mach: dict[str, str], seconds: float, idle: tu
                      f"({c['commit_ts_samples']:,} messages; the field has millisecond precision): "
                      f"p50 {fmt_ms(c['commit_ts_p50_ms'])}, p99 {fmt_ms(c['commit_ts_p99_ms'])}.")
         lines.append("")
-    lines += ["## Goals (issue 3)", "", "| goal | measured | holds |", "|---|---|---|"]
+    lines += ["## Goals", "", "| goal | measured | holds |", "|---|---|---|"]
     for goal, measured, ok in goals(by):
         lines.append(f"| {goal} | {measured} | {'yes' if ok else '**no**'} |")
     lines += [
@@ -749,7 +749,7 @@ def plot(results: list[Result], path: Path) -> None:
             bars[i].set_hatch("//")
     ax1.set_yscale("log")
     ax1.set_ylabel("delivered postgres_changes msgs/s (log)")
-    ax1.set_title("Throughput (dashed: issue 3 goal; S4 is paced, not a capacity)", fontsize=10)
+    ax1.set_title("Throughput (dashed: goal; S4 is paced, not a capacity)", fontsize=10)
     ax1.set_xticks(range(len(results)), [f"S{r.scenario.key}\n{short(r.scenario)}" for r in results],
                    fontsize=8)
 

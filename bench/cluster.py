@@ -1,4 +1,4 @@
-"""Cross-node benchmark (issue #7): publisher on node A, 1,000 subscribers on node B, vs one node.
+"""Cross-node benchmark: publisher on node A, 1,000 subscribers on node B, vs one node.
 
     .venv/bin/python bench/cluster.py [--subs 1000] [--rates 20000,40000] [--measure-s 10]
                                       [--no-pin] [--server-core 1] [--gen-core 0] [--out DIR]
@@ -381,7 +381,7 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, m
                 f"| {name} | {s['round']} | {s['target']:,} | {'yes' if s['valid'] else 'no'} | {s['delivery'] * 100:.2f} % | {s['p50']:.2f} | {s['p99']:.2f} | "
                 f"{s['max']:.1f} | {s['nodeCpuUsPerDelivery']:.2f} | {ratio:.2f} | "
                 f"{s['redisCpuUsPerMessage']:.0f} | {shares} |")
-    lines += ["", "## Goals (issue #7)", ""]
+    lines += ["", "## Goals", ""]
     for (rnd, target), b in base.items():
         cross = next((s for s in results.get("cross", []) if (s["round"], s["target"]) == (rnd, target)), None)
         if cross is None:

@@ -9,7 +9,7 @@ server's CPU time and RSS from /proc/<pid>, and reports its own CPU so a saturat
 visible.  Results: ``bench/results/fanout.{md,json}`` and PNG plots (``--quick`` writes to
 ``bench/results/quick/``).
 
-Scenarios (issue #4): 1 room × 100 / 1,000 / 5,000 subscribers and 1,000 rooms × 5, stepped until
+Scenarios: 1 room × 100 / 1,000 / 5,000 subscribers and 1,000 rooms × 5, stepped until
 p99 > 100 ms or delivery < 99 %; 10,000 idle joined connections (RSS per connection, connect+join
 rate, heartbeats flowing); presence with 1,000 members in one room; slow consumers (10 % of the
 subscribers never read) for 60 s.

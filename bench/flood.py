@@ -1,4 +1,4 @@
-"""Limits under a flood (issue #5): can one abusive connection push the others' p99 over 50 ms?
+"""Limits under a flood: can one abusive connection push the others' p99 over 50 ms?
 
     .venv/bin/python bench/flood.py [--profile] [--configs limited,unlimited] [--variants v2,v1,...]
 
@@ -460,7 +460,7 @@ def report(scs: list[Scenario], args: argparse.Namespace, mach: dict[str, str], 
             L.append(f"| {sc.config} | {sc.variant} | {ph} | {p['n']:,} | {f1(p['p50'])} | {p99} | {f1(p['max'])} | "
                      f"{p['delivered'] * 100:.1f}% | {p['pub_shutdowns']} | {p['server_cpu'] * 100:.0f}% | "
                      f"{p['server_wait'] * 100:.0f}% | {f1(p['client_lag_p99'])} |")
-    L += ["", f"Goal (issue #5): legit p99 ≤ {GOAL_P99_MS:.0f} ms during the flood (bold = missed). "
+    L += ["", f"Goal: legit p99 ≤ {GOAL_P99_MS:.0f} ms during the flood (bold = missed). "
           "*server run-queue wait* is the share of wall time the server was runnable but another process "
           "had its core; *client loop lag* is the legit process's own event-loop delay (if it were large, "
           "the client, not the server, would be adding latency).", "",

@@ -1,4 +1,4 @@
-// Clients for bench/flood.py (limits under a flood, issue #5).  Two modes, one process each:
+// Clients for bench/flood.py (limits under a flood).  Two modes, one process each:
 //
 //   node flood_client.mjs '{"mode":"legit", ...}'    well-behaved subscribers + paced publishers
 //   node flood_client.mjs '{"mode":"abuser", ...}'   one connection flooding as fast as it can

@@ -1,6 +1,6 @@
-"""The seed's edge function as an HTTP function (what a Supabase Edge Function would do).
+"""The same function over HTTP (what a Supabase Edge Function would do).
 
-    REALTIME_FUNCTIONS_SECRET=whsec_... python examples/functions/http_function.py [--port 8787]
+    REALTIME_FUNCTIONS_SECRET=whsec_... .venv/bin/python examples/functions/http_function.py [--port 8787]
 
 Checks the Standard Webhooks signature, processes the message and answers with a JSON body the
 engine turns into a broadcast of `response` on the triggering channel.  Deliveries are at least

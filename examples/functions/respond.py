@@ -1,4 +1,4 @@
-"""The in-process version of the seed's edge function: answer every `message` with `response`.
+"""An in-process Python function: answer every `message` with `response`.
 
 Called by the functions engine with the event object (id, type, topic, event, payload, claims,
 timestamp) and a context.  Returning ``{"broadcast": {...}}`` publishes into the triggering
@@ -11,7 +11,7 @@ from typing import Any
 
 
 def process(payload: Any, claims: dict[str, Any] | None) -> dict[str, Any]:
-    """The "processing" of the seed's example: echo the text back, shouted, with the sender."""
+    """The processing: echo the text back, shouted, with the sender."""
     text = payload.get("text", "") if isinstance(payload, dict) else str(payload)
     sender = (claims or {}).get("sub") or "anonymous"
     return {"reply": str(text).upper(), "to": sender}

@@ -1,4 +1,7 @@
-"""``realtime-channels serve | token``: the only place that picks concrete backends."""
+"""The ``realtime-channels`` command (``serve``, ``token``, ``functions``).
+
+This module is the only place that picks concrete backends (memory or Redis, PostgreSQL).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import errors
+from . import __version__, errors
 from .auth import JwksRefresher, JwtVerifier, load_jwks_text, mint_token, parse_jwks_spec
 from .config import Settings
 
@@ -23,6 +26,22 @@ log = logging.getLogger("realtime_channels")
 
 #: Printed development keys live for ten years, like the keys `supabase start` prints.
 DEV_KEY_SECONDS = 10 * 365 * 24 * 3600
+
+#: Exit statuses of ``serve``: a bad configuration, and a port that cannot be listened on.  A
+#: ``--workers`` supervisor stops (instead of restarting) a worker that exits with either.
+EXIT_CONFIG = 2
+EXIT_CANNOT_LISTEN = 3
+
+DESCRIPTION = """\
+A drop-in, wire-compatible Supabase Realtime server: supabase-js and the Python realtime client
+connect to it as they do to Supabase (broadcast, presence, postgres_changes, private channels).
+"""
+
+EPILOG = """\
+Start with `realtime-channels serve` (development keys and a client snippet are printed when no
+JWT secret is configured). Server settings come from REALTIME_* environment variables; a flag
+given on the command line wins. `realtime-channels COMMAND --help` describes each command.
+"""
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
@@ -115,6 +134,21 @@ def watch_postgres(functions: Any, changes: Any) -> None:
         RealtimeEvent("postgres", f"{schema}:{table}", kind, data, None, schema, table))
 
 
+def client_snippet(url: str, key: str) -> str:
+    """A supabase-js program that runs verbatim on Node 20 and 22 (``npm install
+    @supabase/supabase-js ws``, save as ``room1.mjs``).  Node 20 has no WebSocket of its own,
+    so the ``ws`` package is passed as the transport; Node 22 accepts it too."""
+    return f"""\
+import {{ createClient }} from '@supabase/supabase-js'
+import ws from 'ws'
+
+const supabase = createClient('{url}', '{key}', {{ realtime: {{ transport: ws }} }})
+supabase.channel('room1')
+  .on('broadcast', {{ event: '*' }}, (message) => console.log('broadcast', message.payload))
+  .subscribe((status) => console.log(status))
+"""
+
+
 def dev_banner(settings: Settings, port: int) -> str:
     secret = settings.effective_jwt_secret
     assert secret is not None
@@ -122,6 +156,7 @@ def dev_banner(settings: Settings, port: int) -> str:
     anon = mint_token(secret, "anon", now=now, exp_seconds=DEV_KEY_SECONDS)
     service = mint_token(secret, "service_role", now=now, exp_seconds=DEV_KEY_SECONDS)
     url = f"http://{settings.host}:{port}"
+    snippet = "".join(f"  {line}\n" if line else "\n" for line in client_snippet(url, anon).splitlines())
     return f"""
 WARNING: no REALTIME_JWT_SECRET or REALTIME_JWT_JWKS set: using the built-in DEVELOPMENT secret.
 Anyone can mint tokens for this server. Never expose it beyond your machine like this.
@@ -129,11 +164,9 @@ Anyone can mint tokens for this server. Never expose it beyond your machine like
   anon key:         {anon}
   service_role key: {service}
 
-  import {{ createClient }} from '@supabase/supabase-js'
-  const supabase = createClient('{url}', '{anon}')
-  supabase.channel('room1').on('broadcast', {{ event: '*' }}, (m) => console.log(m))
-    .subscribe()
-"""
+Try it from Node.js (npm install @supabase/supabase-js ws; save as room1.mjs; node room1.mjs):
+
+{snippet}"""
 
 
 async def serve(settings: Settings) -> None:
@@ -224,11 +257,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run_async(serve(settings))
     except errors.ConfigError as exc:
         log.error("configuration error: %s", exc)
-        return 2
+        return EXIT_CONFIG
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror)
-        return 1
+        return EXIT_CANNOT_LISTEN
     return 0
+
+
+def check_listen(host: str, port: int) -> OSError | None:
+    """Bind the port once, as the workers will, to refuse at once when it is taken."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, addr in infos:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(addr)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def supervise(settings: Settings) -> int:
@@ -246,6 +294,10 @@ def supervise(settings: Settings) -> int:
     if settings.port == 0:
         log.error("--workers needs an explicit --port (each worker binds the same one)")
         return 2
+    taken = check_listen(settings.host, settings.port)
+    if taken is not None:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, taken.strerror or taken)
+        return EXIT_CANNOT_LISTEN
     env = dict(os.environ)
     for key, value in settings.model_dump().items():
         if value is not None:
@@ -270,8 +322,17 @@ def supervise(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     restarts = [0.0] * len(procs)
+    status = 0
     while not stopping:
         for i, p in enumerate(procs):
+            if p.poll() is not None and not stopping and p.returncode in (EXIT_CONFIG, EXIT_CANNOT_LISTEN):
+                # restarting cannot help: the worker logged why; stop the others and say so
+                log.error("worker pid %d exited with %s (%s); stopping all workers", p.pid, p.returncode,
+                          "configuration error" if p.returncode == EXIT_CONFIG else
+                          f"cannot listen on {settings.host}:{settings.port}")
+                status = p.returncode
+                stop(signal.SIGTERM, None)
+                break
             if p.poll() is not None and not stopping:
                 delay = min(30.0, 0.5 * 2 ** min(restarts[i], 6))
                 log.error("worker pid %d exited with %s; restarting in %.1f s", p.pid, p.returncode, delay)
@@ -284,7 +345,7 @@ def supervise(settings: Settings) -> int:
             p.wait(10)
         except subprocess.TimeoutExpired:
             p.kill()
-    return 0
+    return status
 
 
 def parse_claim(text: str) -> tuple[str, Any]:
@@ -303,13 +364,19 @@ def cmd_token(args: argparse.Namespace) -> int:
     if secret is None:
         print("error: minting needs REALTIME_JWT_SECRET (a JWKS holds only public keys)", file=sys.stderr)
         return 2
+    if settings.dev_secret_in_use:
+        print("warning: signing with the built-in DEVELOPMENT secret (no REALTIME_JWT_SECRET or "
+              "--jwt-secret): only a server running without a configured secret accepts this token",
+              file=sys.stderr)
     claims = dict(args.claim or [])
     print(mint_token(secret, args.role, now=time.time(), exp_seconds=args.exp, sub=args.sub, claims=claims))
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="realtime-channels", description=__doc__)
+    p = argparse.ArgumentParser(prog="realtime-channels", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     sp = sub.add_parser("serve", help="run the server")
@@ -317,20 +384,26 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, help="port (REALTIME_PORT, default 4000)")
     sp.add_argument("--jwt-secret", dest="jwt_secret", help="HS256/384/512 secret (REALTIME_JWT_SECRET)")
     sp.add_argument("--jwt-jwks", dest="jwt_jwks", help="JWKS JSON, file or URL (REALTIME_JWT_JWKS)")
-    sp.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    sp.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"],
+                    help="log verbosity (REALTIME_LOG_LEVEL, default info)")
     sp.add_argument("--database-url", dest="database_url", help="PostgreSQL URL (REALTIME_DATABASE_URL)")
     sp.add_argument("--redis-url", dest="redis_url", help="Redis URL: share channels between processes/machines")
     sp.add_argument("--workers", type=int, help="worker processes sharing the port (needs --redis-url)")
     sp.add_argument("--functions-config", dest="functions_config", help="functions TOML (REALTIME_FUNCTIONS_CONFIG)")
     sp.set_defaults(func=cmd_serve)
 
-    tp = sub.add_parser("token", help="mint a JWT signed with the configured secret")
-    tp.add_argument("--role", required=True)
-    tp.add_argument("--sub")
-    tp.add_argument("--exp", type=float, default=3600, help="lifetime in seconds (default 3600)")
+    tp = sub.add_parser("token", help="mint a JWT signed with the configured secret",
+                        description="Print a JWT signed (HS256) with REALTIME_JWT_SECRET or --jwt-secret; "
+                                    "without either, with the development secret `serve` uses then.")
+    tp.add_argument("--role", required=True,
+                    help="the `role` claim, e.g. anon, authenticated or service_role (required)")
+    tp.add_argument("--sub", help="the `sub` claim (the user id RLS policies see as auth.uid())")
+    tp.add_argument("--exp", type=float, default=3600, metavar="SECONDS",
+                    help="lifetime in seconds from now (default 3600)")
     tp.add_argument("--claim", action="append", type=parse_claim, metavar="KEY=VALUE",
-                    help="extra claim; VALUE is parsed as JSON when it can be")
-    tp.add_argument("--jwt-secret", dest="jwt_secret")
+                    help="extra claim, repeatable; VALUE is parsed as JSON when it can be")
+    tp.add_argument("--jwt-secret", dest="jwt_secret",
+                    help="secret to sign with (REALTIME_JWT_SECRET; default: the development secret)")
     tp.set_defaults(func=cmd_token)
 
     from .functions.cli import add_functions_commands

@@ -1,10 +1,36 @@
-"""One rooted error tree.  Every error carries its Supabase code (protocol.md §3.5) and the
-text the peer sees; exception text of unexpected failures never goes over the wire.
+"""One rooted error tree: every error a client or a REST caller can see is a class here, with its
+Supabase code (protocol.md §3.5) and the text the peer sees.  Exception text of unexpected
+failures never goes over the wire.
 
 ``PeerError`` is the peer's mistake (bad token, limit hit); ``InternalError`` is ours.
+
+Each class that reaches a peer names *where* it appears (``where``, a tuple of the constants
+below) and explains itself in its docstring; ``scripts/gen_error_codes.py`` builds
+``docs/error-codes.md`` from them.  A class whose text carries a value shows it as ``<name>`` in
+its class-level ``message``; the instance fills it in.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar, TypeAlias
+
+#: ``{"status": "error", "response": {"reason": "<Code>: <message>"}}`` answering a ``phx_join``
+JOIN_REPLY = "join reply"
+#: an error ``phx_reply`` answering a push on a joined channel (broadcast, presence, …)
+PUSH_REPLY = "push reply"
+#: the channel is shut down: ``system`` ``{"status": "error", "message": …}``, then ``phx_close``
+SYSTEM = "system message"
+#: the WebSocket is closed with ``close_code`` and ``close_reason``
+CLOSE = "close frame"
+#: a refused WebSocket upgrade: ``http_status`` with ``{"error": handshake_error}``
+HANDSHAKE = "HTTP status"
+#: a refused REST call (``/api/broadcast``…): ``http_status`` with ``{"message": message}``
+REST = "REST reply"
+#: written to the server log only; the peer sees another error (named in the docstring)
+LOG = "server log"
+
+#: the places one error appears
+Places: TypeAlias = tuple[str, ...]
 
 
 class RealtimeError(Exception):
@@ -16,6 +42,13 @@ class RealtimeError(Exception):
     http_status: int = 500
     #: ``error`` body of a refused upgrade; ``None`` means "Error connecting to Realtime".
     handshake_message: str | None = None
+    #: where a peer sees this error (the constants above); empty: never sent (e.g. start-up)
+    where: ClassVar[Places] = ()
+    #: close frame sent with this error (``CLOSE`` in ``where``)
+    close_code: ClassVar[int | None] = None
+    close_reason: ClassVar[str | None] = None
+    #: a push reply's ``response`` is the bare message instead of ``{"reason": …}``
+    bare_response: ClassVar[bool] = False
 
     def __init__(self, message: str | None = None) -> None:
         if message is not None:
@@ -24,8 +57,14 @@ class RealtimeError(Exception):
 
     @property
     def reason(self) -> str:
-        """The ``<Code>: <message>`` join-error reason of protocol.md §3.5."""
-        return f"{self.code}: {self.message}"
+        """The ``<Code>: <message>`` join-error reason of protocol.md §3.5 (the bare message for
+        errors that have no code on the wire)."""
+        return f"{self.code}: {self.message}" if self.code else self.message
+
+    @property
+    def response(self) -> str | dict[str, str]:
+        """The ``response`` of an error ``phx_reply`` carrying this error."""
+        return self.message if self.bare_response else {"reason": self.reason}
 
     @property
     def handshake_error(self) -> str:
@@ -37,10 +76,11 @@ class PeerError(RealtimeError):
 
 
 class InternalError(RealtimeError):
-    """We failed; the peer only ever sees the generic text."""
+    """Something failed on our side; the peer sees only the generic text, never the details."""
 
     http_status = 500
     handshake_message = "Error connecting to Realtime"
+    where: ClassVar[Places] = (JOIN_REPLY, HANDSHAKE)
 
     @property
     def reason(self) -> str:  # §3.5: "Unknown Error on Channel" has no code prefix
@@ -51,40 +91,54 @@ class InternalError(RealtimeError):
 
 
 class AuthError(PeerError):
+    """The token was refused: the upgrade answers 401, a join gets the reason, and a channel
+    whose token is refreshed to, or expires into, a bad one is shut down with the message."""
+
     code = "InvalidJWTToken"
     http_status = 401
+    where: ClassVar[Places] = (HANDSHAKE, JOIN_REPLY, SYSTEM)
 
 
 class TokenExpired(AuthError):
+    """``exp`` is not in the future; ``<N>`` is how many seconds ago it passed.  A refused
+    upgrade says only ``Token has expired``."""
+
     code = "InvalidJWTToken"
+    message = "Token has expired <N> seconds ago"
+    handshake_message = "Token has expired"
 
     def __init__(self, seconds_ago: int) -> None:
         self.seconds_ago = seconds_ago
         super().__init__(f"Token has expired {seconds_ago} seconds ago")
-        self.handshake_message = "Token has expired"
 
 
 class MissingClaims(AuthError):
+    """The token has no ``role`` or no ``exp`` claim."""
+
     code = "InvalidJWTToken"
     message = "Fields `role` and `exp` are required in JWT"
 
 
-class InvalidExpiration(AuthError):
-    code = "InvalidJWTToken"
-    message = "Token expiration time is invalid"
-
-
 class MalformedJWT(AuthError):
+    """The token is not a JWT at all (e.g. ``"potato"`` or an empty string)."""
+
     code = "MalformedJWT"
     message = "The token provided is not a valid JWT"
 
 
 class JwtSignatureError(AuthError):
+    """The signature does not match the configured secret or JWKS key."""
+
     code = "JwtSignatureError"
     message = "Failed to validate JWT signature"
 
 
 class JwtSignerError(AuthError):
+    """No usable key for the token: an unsupported ``alg`` (``none`` included) or a ``kid``
+    the JWKS does not hold.  With a ``kid`` the text names it:
+    ``Failed to generate JWT signer for key ID (kid) "<kid>", check your JWT secret or JWKS
+    configuration``."""
+
     code = "JwtSignerError"
     message = "Failed to generate JWT signer, check your JWT secret or JWKS configuration"
 
@@ -100,7 +154,7 @@ class JwtSignerError(AuthError):
 
 
 class InvalidTokenStructure(AuthError):
-    """Header or claims not a JSON object: a generic failure (§7.1 step 2)."""
+    """The token's header or claims are not a JSON object: reported as a generic failure."""
 
     code = "UnknownErrorOnChannel"
     message = "Unknown Error on Channel"
@@ -113,58 +167,232 @@ class InvalidTokenStructure(AuthError):
 
 
 class ApiKeyMissing(AuthError):
+    """The upgrade carries neither an ``apikey`` parameter nor an ``x-api-key`` header."""
+
     message = "API key is missing"
+    where: ClassVar[Places] = (HANDSHAKE,)
 
 
 # --- channel / join errors (protocol.md §3.5, §8) ---------------------------------------
 
 
-class TopicNameRequired(PeerError):
+class JoinError(PeerError):
+    """Base of the errors that refuse a ``phx_join``."""
+
+    where: ClassVar[Places] = (JOIN_REPLY,)
+
+
+class TopicNameRequired(JoinError):
+    """The topic is ``realtime:`` with nothing after it."""
+
     code = "TopicNameRequired"
     message = "You must provide a topic name"
 
 
-class ConnectionRateLimitReached(PeerError):
+class ConnectionRateLimitReached(JoinError):
+    """The tenant's concurrent-user limit is reached (``REALTIME_MAX_CONCURRENT_USERS``)."""
+
     code = "ConnectionRateLimitReached"
     message = "Too many connected users"
     http_status = 429
+    where: ClassVar[Places] = (HANDSHAKE, JOIN_REPLY)
 
 
-class ClientJoinRateLimitReached(PeerError):
+class ClientJoinRateLimitReached(JoinError):
+    """The tenant's join rate is exceeded (``REALTIME_MAX_JOINS_PER_SECOND``); after the join
+    reply the socket is closed."""
+
     code = "ClientJoinRateLimitReached"
     message = "Too many joins per second"
     http_status = 429
+    where: ClassVar[Places] = (HANDSHAKE, JOIN_REPLY, CLOSE)
+    close_code = 1001
+    close_reason = "too many joins"
 
 
-class ChannelRateLimitReached(PeerError):
+class ChannelRateLimitReached(JoinError):
+    """The socket already has ``REALTIME_MAX_CHANNELS_PER_CLIENT`` channels."""
+
     code = "ChannelRateLimitReached"
     message = "Too many channels"
 
 
-class PrivateOnly(PeerError):
+class PrivateOnly(JoinError):
+    """The server only allows private channels and the join asks for a public one."""
+
     code = "PrivateOnly"
     message = "This project only allows private channels"
 
 
-class Unauthorized(PeerError):
+class Unauthorized(JoinError):
+    """A private channel without read permission: the policies on ``realtime.messages`` grant
+    neither broadcast-read nor presence-read (or could not be evaluated), or replay was asked
+    without broadcast-read.  After a token refresh that loses every read right the channel is
+    shut down with the message."""
+
     code = "Unauthorized"
+    message = "You do not have permissions to read from this Channel topic: <sub-topic>"
+    where: ClassVar[Places] = (JOIN_REPLY, SYSTEM)
 
     def __init__(self, sub_topic: str) -> None:
         super().__init__(f"You do not have permissions to read from this Channel topic: {sub_topic}")
 
 
-class UnableToReplayMessages(PeerError):
+class PermissionLost(PeerError):
+    """After a token refresh, a read right the channel held (broadcast-read or presence-read)
+    is no longer granted."""
+
+    code = "Unauthorized"
+    message = "You no longer have permission to read from this Channel topic: <sub-topic>"
+    where: ClassVar[Places] = (SYSTEM,)
+
+    def __init__(self, sub_topic: str) -> None:
+        super().__init__(f"You no longer have permission to read from this Channel topic: {sub_topic}")
+
+
+class UnableToReplayMessages(JoinError):
+    """Base of the refusals of ``config.broadcast.replay``."""
+
     code = "UnableToReplayMessages"
 
 
-class RealtimeRestarting(PeerError):
-    code = "RealtimeRestarting"
-    message = "Realtime is restarting, please standby"
+class ReplayNotAllowed(UnableToReplayMessages):
+    """``replay`` was asked on a public channel (replay reads private channels' messages)."""
+
+    message = "Replay is not allowed for public channels"
+
+
+class ReplayParamsInvalid(UnableToReplayMessages):
+    """``since`` is missing or not an integer, or ``limit`` is not an integer."""
+
+    message = "Replay params are not valid"
 
 
 class UnableToConnectToProject(PeerError):
+    """The database could not evaluate a private channel's policies after a token refresh:
+    the channel is shut down (the system message carries no code)."""
+
     code = "UnableToConnectToProject"
     message = "Realtime was unable to connect to the project database"
+    where: ClassVar[Places] = (SYSTEM,)
+
+
+class ReplicationNotReady(PeerError):
+    """A channel with ``postgres_changes`` waited 60 s for the replication stream to start."""
+
+    code = "ReplicationNotReady"
+    message = "Replication connection was not established in time"
+    where: ClassVar[Places] = (SYSTEM,)
+
+
+class AuthzUnavailable(InternalError):
+    """The channel's authorization policies could not be evaluated (database unreachable, a
+    query or policy failed, a time-out).  Treated as denial: a join is refused with
+    ``Unauthorized``, a later write is dropped."""
+
+    message = "Unable to evaluate the channel's authorization policies"
+    where: ClassVar[Places] = (LOG,)
+
+
+# --- pushes on a joined channel (protocol.md §2.4, §4, §5, §8) ---------------------------
+
+
+class UnmatchedTopic(PeerError):
+    """A push to a topic this socket has not joined, or a ``phx_join`` whose topic does not
+    start with ``realtime:``."""
+
+    code = ""
+    message = "unmatched topic"
+    where: ClassVar[Places] = (PUSH_REPLY,)
+
+
+class PayloadSizeExceeded(PeerError):
+    """A broadcast larger than the payload limit (``REALTIME_MAX_PAYLOAD_SIZE_IN_KB`` × 1000 +
+    500 bytes) is not delivered; with ``ack`` the reply's ``response`` is this bare string."""
+
+    code = ""
+    message = "payload_size_exceeded"
+    where: ClassVar[Places] = (PUSH_REPLY,)
+    bare_response = True
+
+
+class PresencePayloadNotMap(PeerError):
+    """A presence ``track`` whose ``payload`` is not a JSON object."""
+
+    code = ""
+    message = "Presence track payload must be a map"
+    where: ClassVar[Places] = (PUSH_REPLY,)
+
+
+class ChannelShutdown(PeerError):
+    """Base of the limits that shut a channel down (system message, then ``phx_close``); the
+    socket stays open.  Supabase sends no code with these: ``code`` names them in logs only."""
+
+    where: ClassVar[Places] = (SYSTEM,)
+
+
+class MessageRateLimitReached(ChannelShutdown):
+    """The tenant's event rate (``REALTIME_MAX_EVENTS_PER_SECOND``) is exceeded when the
+    channel sends a broadcast."""
+
+    code = "MessageRateLimitReached"
+    message = "Too many messages per second"
+
+
+class ClientPresenceRateLimitReached(ChannelShutdown):
+    """More presence pushes on one channel than the per-channel window allows
+    (``REALTIME_MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW`` per ``REALTIME_CLIENT_PRESENCE_WINDOW_MS``,
+    5 per 30 s by default)."""
+
+    code = "ClientPresenceRateLimitReached"
+    message = "Client presence rate limit exceeded"
+
+
+class PresenceRateLimitReached(ChannelShutdown):
+    """The tenant's presence rate (``REALTIME_MAX_PRESENCE_EVENTS_PER_SECOND``) is exceeded."""
+
+    code = "PresenceRateLimitReached"
+    message = "Too many presence messages per second"
+
+
+class TrackMessageSizeExceeded(ChannelShutdown):
+    """A presence ``track`` larger than the payload limit."""
+
+    code = "TrackMessageSizeExceeded"
+    message = "Track message size exceeded"
+
+
+# --- functions: authorize_join / authorize_send gates ------------------------------------
+
+
+class FunctionDenied(PeerError):
+    """An ``authorize_join`` or ``authorize_send`` function answered ``allow: false`` without a
+    ``reason``; when it gives one, that reason is sent instead."""
+
+    code = ""
+    message = "denied"
+    where: ClassVar[Places] = (JOIN_REPLY, PUSH_REPLY)
+
+
+class FunctionUnavailable(PeerError):
+    """An authorization function failed (error, time-out, or a reply without a boolean
+    ``allow``) and its gate fails closed."""
+
+    code = ""
+    message = "authorization function unavailable"
+    where: ClassVar[Places] = (JOIN_REPLY, PUSH_REPLY)
+
+
+# --- frames that cannot be decoded (protocol.md §2.4) ------------------------------------
+
+
+class DecodeError(PeerError, ValueError):
+    """An inbound frame that cannot be decoded (not JSON, wrong shape, truncated binary): it
+    is logged at debug level and ignored; the peer gets no answer."""
+
+    code = "DecodeError"
+    message = "undecodable frame"
+    where: ClassVar[Places] = (LOG,)
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -176,48 +404,63 @@ class ConfigError(RealtimeError):
     code = "ConfigError"
 
 
-# --- transport: REST answers, function gates, close reasons ------------------------------
-# (appended by the transport restructure; the REST body shapes are protocol.md §1.8's)
+# --- transport: REST answers, gate fallbacks, closes and notices -------------------------
+# (the transport's section; the REST body shapes are protocol.md §1.8's)
 
 
 class RestError(PeerError):
-    """A REST broadcast refused: ``http_status`` and the ``{"message": …}`` body."""
+    """A refused REST broadcast (``/api/broadcast``…): ``http_status`` with ``{"message": …}``."""
 
-    code = "RestError"
+    code = ""
+    where: ClassVar[Places] = (REST,)
 
 
 class RestUnauthorized(RestError):
+    """No usable token: neither ``Authorization: Bearer`` nor ``apikey`` verifies."""
+
     message = "Unauthorized"
     http_status = 401
 
 
 class RestForbidden(RestError):
+    """A single-message broadcast to a private topic whose write policy does not admit the
+    caller (a batch drops such messages silently instead)."""
+
     message = "Unauthorized"
     http_status = 403
 
 
 class RestInvalidJson(RestError):
+    """The body is not JSON although it says it is."""
+
     message = "Request body is not valid JSON"
     http_status = 400
 
 
 class RestRateLimited(RestError):
+    """The tenant's events per second are exceeded (``REALTIME_MAX_EVENTS_PER_SECOND``)."""
+
     message = "You have exceeded your rate limit"
     http_status = 429
 
 
 class RestBatchTooLarge(RestError):
+    """A batch has more messages than the tenant's remaining events this second."""
+
     message = "Too many messages to broadcast, please reduce the batch size"
     http_status = 429
 
 
 class RestAuthorizationFailed(RestError):
+    """The database could not evaluate the write policy of a private single-message broadcast."""
+
     message = "Unable to authorize broadcast"
     http_status = 500
 
 
 class RestUnsupportedMedia(RestError):
-    """415: the body is ``{"error": …}``, not ``{"message": …}``."""
+    """A single-message broadcast whose ``Content-Type`` is neither JSON nor octet-stream;
+    the body is ``{"error": …}``, not ``{"message": …}``."""
 
     message = "Unsupported Media Type. Use application/json or application/octet-stream"
     http_status = 415
@@ -232,40 +475,66 @@ class RestFieldError:
 
 
 class JoinDenied(PeerError):
-    """An ``authorize_join`` gate said no without a reason of its own."""
+    """An ``authorize_join`` gate denied a join and no reason came back with the verdict."""
 
+    code = ""
     message = "Unauthorized: join denied"
+    where: ClassVar[Places] = (JOIN_REPLY,)
 
 
 class SendDenied(PeerError):
-    """An ``authorize_send`` gate said no without a reason of its own."""
+    """An ``authorize_send`` gate denied a broadcast and no reason came back with the verdict."""
 
+    code = ""
     message = "Unauthorized: send denied"
+    where: ClassVar[Places] = (PUSH_REPLY,)
 
 
 class PostgresNotConfigured(PeerError):
-    """A postgres_changes join on a server without a database (a ``system`` error, §6.3)."""
+    """A join asks for postgres_changes on a server started without a database; the channel
+    stays joined and gets this as a ``postgres_changes`` ``system`` error (§6.3)."""
 
+    code = ""
     message = ("Unable to subscribe to changes with given parameters. "
                "PostgreSQL is not configured (set REALTIME_DATABASE_URL)")
+    where: ClassVar[Places] = (SYSTEM,)
 
 
-class ReplicationNotReady(PeerError):
-    """§3.7 ``replication_ready``: the database stream did not come up in time."""
+class IdleTimeout(PeerError):
+    """Nothing arrived on the socket for ``REALTIME_IDLE_TIMEOUT_MS`` (clients send a heartbeat
+    every 25 s)."""
 
-    message = "Replication connection was not established in time"
+    code = ""
+    message = "idle timeout"
+    where: ClassVar[Places] = (CLOSE,)
+    close_code = 1000
+    close_reason = "idle timeout"
+
+
+class SlowConsumer(PeerError):
+    """The socket's unsent bytes passed ``REALTIME_OUTBOX_MAX_BYTES``: the client reads too
+    slowly to keep up, and is dropped instead of slowing everyone else."""
+
+    code = ""
+    message = "slow consumer"
+    where: ClassVar[Places] = (CLOSE,)
+    close_code = 1008
+    close_reason = "slow consumer"
+
+
+class ServerRestart(PeerError):
+    """The server is shutting down (drain): every joined channel is first told
+    ``Server requested disconnect`` in a ``system`` message, then the socket is closed."""
+
+    code = ""
+    message = "server restart"
+    where: ClassVar[Places] = (CLOSE,)
+    close_code = 1012
+    close_reason = "server restart"
 
 
 class Notice:
     """Texts of ``system`` messages with status ``ok``."""
 
     REPLICATION_READY = "Replication connection established"
-
-
-class CloseReason:
-    """Reasons of the close frames the server sends."""
-
-    IDLE = "idle timeout"
-    SLOW_CONSUMER = "slow consumer"
-    RESTART = "server restart"
-    DISCONNECT_NOTICE = "Server requested disconnect"
+    DISCONNECT = "Server requested disconnect"

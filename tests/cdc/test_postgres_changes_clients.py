@@ -64,6 +64,7 @@ def js_change(p: Event) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(85, 88)
 async def test_js_client_receives_insert_update_delete(cdc: Any, node: NodePeer, vsn: str) -> None:
     table = cdc.table("id int primary key, name text, n int8, meta jsonb, flag bool, tags text[]")
     all_topic, b_topic = unique_topic("pg-all"), unique_topic("pg-b")
@@ -93,6 +94,7 @@ async def test_js_client_receives_insert_update_delete(cdc: Any, node: NodePeer,
     assert [(e["payload"]["eventType"], e["payload"]["new"]["id"]) for e in b_events] == [("INSERT", 2)]
 
 
+@pytest.mark.compat(94, 95)
 async def test_js_rls_two_users_each_see_only_their_rows(cdc: Any, node: NodePeer) -> None:
     table = cdc.table("id int primary key, owner uuid, body text", identity_full=True, rls=True)
     cdc.execute(f"create policy own on {table} for select to authenticated using (owner = auth.uid())")
@@ -134,6 +136,7 @@ async def test_js_rls_two_users_each_see_only_their_rows(cdc: Any, node: NodePee
 # --- Python realtime 2.34.1 --------------------------------------------------------------------
 
 
+@pytest.mark.compat(85, 87, 90)
 async def test_python_client_receives_typed_insert(cdc: Any) -> None:
     table = cdc.table(
         "id int8 primary key, i int4, amount numeric, flag bool, meta jsonb, tags text[], at timestamptz,"

@@ -425,8 +425,15 @@ async def test_rls_users_on_different_nodes_each_see_only_their_rows(nodes: Node
             "u2": await changes_until(by_who["u2"], topic, barrier + 2),
             "svc": await changes_until(by_who["svc"], topic, barrier + 2),
         }
-        # the other user's barrier row, committed in the same transaction, never follows
-        await asyncio.gather(*(by_who[w].assert_silent(0.3, event_is("postgres_changes", topic)) for w in ("u1", "u2")))
+        # the other user's barrier row, committed in the same transaction, never follows: each
+        # user's row of a later transaction is its next change
+        db.execute(f"insert into public.{table} values (%s, %s), (%s, %s)", (barrier + 3, U1, barrier + 4, U2))
+        for who, marker in (("u1", barrier + 3), ("u2", barrier + 4)):
+            frame = await by_who[who].assert_nothing_before(
+                lambda f, m=marker: f.event == "postgres_changes" and f.topic == topic
+                and f.payload["data"]["record"]["id"] == m,
+                event_is("postgres_changes", topic), CHANGE_S)
+            assert frame.payload["data"]["type"] == "INSERT"
     mine = {who: [i for i, o in enumerate(owners, 1) if o == sub] for who, sub in (("u1", U1), ("u2", U2))}
     assert [g.id for g in seen["u1"]] == mine["u1"] + [barrier + 1]
     assert [g.id for g in seen["u2"]] == mine["u2"] + [barrier + 2]

@@ -327,7 +327,16 @@ async def test_killed_node_members_leave_everywhere_and_do_not_come_back(
         await wait_until(lambda: all(health(n)["nodes"] == 3 for n in (a2, b, c)), CONVERGE_S, "3 nodes again")
         for node in (a2, b, c):
             assert sorted(await presence_state_on(node, topic)) == ["on-b"]
-        await wb.assert_silent(0.3, diff_with(topic, joins="on-a-0"))
+        # and no diff brings them back: a marker tracked on each node reaches the watcher on B
+        # with no such diff before it (each node's presence ops are one ordered stream)
+        def brings_back(f: Frame) -> bool:
+            return diff_with(topic, joins="on-a-0")(f) or diff_with(topic, joins="on-a-1")(f)
+
+        for i, node in enumerate((a2, b, c)):
+            marker = await stack.enter_async_context(open_client(node, V2))
+            await marker.join_ok(topic, with_key(f"marker-{i}"))
+            await track(marker, topic, {})
+            await wb.assert_nothing_before(diff_with(topic, joins=f"marker-{i}"), brings_back, CONVERGE_S)
     for node in (a2, b, c):
         assert_no_traceback(node)
 

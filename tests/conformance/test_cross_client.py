@@ -25,6 +25,7 @@ MakePy = Callable[..., PyClient]
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(53)
 async def test_broadcast_js_to_python(server: Any, node: NodePeer, py_clients: MakePy, vsn: str) -> None:
     topic = unique_topic("js-py")
     py = py_clients("py")
@@ -55,6 +56,7 @@ async def test_broadcast_python_to_js(server: Any, node: NodePeer, py_clients: M
     assert got["keys"] == ["event", "payload", "type"]
 
 
+@pytest.mark.compat(54)
 async def test_binary_reaches_v2_clients_only(server: Any, node: NodePeer, py_clients: MakePy) -> None:
     topic = unique_topic("bin-x")
     py = py_clients("py")
@@ -79,6 +81,7 @@ async def test_binary_reaches_v2_clients_only(server: Any, node: NodePeer, py_cl
     assert node.broadcasts("v1rx", "blob") == []
 
 
+@pytest.mark.compat(62)
 async def test_python_http_send_binary_reaches_js(server: Any, node: NodePeer, py_clients: MakePy) -> None:
     topic = unique_topic("py-http-bin")
     await node.add_client("js", server, "2.0.0")

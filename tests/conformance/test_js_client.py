@@ -38,6 +38,7 @@ TOKEN_CASES: dict[str, tuple[Any, str]] = {
 
 @pytest.mark.parametrize("receiver_vsn", VSNS)
 @pytest.mark.parametrize("sender_vsn", VSNS)
+@pytest.mark.compat(49)
 async def test_broadcast_js_to_js(server: Any, node: NodePeer, sender_vsn: str, receiver_vsn: str) -> None:
     topic = unique_topic("js-js")
     await node.add_client("sender", server, sender_vsn)
@@ -61,6 +62,7 @@ async def test_broadcast_js_to_js(server: Any, node: NodePeer, sender_vsn: str, 
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(50)
 async def test_self_and_ack(server: Any, node: NodePeer, vsn: str) -> None:
     topic = unique_topic("self-ack")
     await node.add_client("c", server, vsn)
@@ -90,6 +92,7 @@ async def test_ack_without_self(server: Any, node: NodePeer, vsn: str) -> None:
     assert node.broadcasts("tx", "acked") == []
 
 
+@pytest.mark.compat(54)
 async def test_binary_broadcast_between_v2_clients(server: Any, node: NodePeer) -> None:
     topic = unique_topic("bin")
     await node.add_client("sender", server, "2.0.0")
@@ -132,6 +135,7 @@ async def test_http_send_json(server: Any, node: NodePeer, vsn: str) -> None:
     assert got["keys"] == ["event", "payload", "type"]
 
 
+@pytest.mark.compat(61)
 async def test_http_send_binary_and_encoded_topic(server: Any, node: NodePeer) -> None:
     # A colon in the sub-topic travels URL-encoded (room%3A…) — protocol.md §1.8.
     topic = "room:" + unique_topic("http-bin")
@@ -148,6 +152,7 @@ async def test_http_send_binary_and_encoded_topic(server: Any, node: NodePeer) -
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(59)
 async def test_send_falls_back_to_rest_when_not_joined(server: Any, node: NodePeer, vsn: str) -> None:
     topic = unique_topic("fallback")
     await node.add_client("receiver", server, "2.0.0")
@@ -164,6 +169,7 @@ async def test_send_falls_back_to_rest_when_not_joined(server: Any, node: NodePe
 
 @pytest.mark.parametrize("case", sorted(TOKEN_CASES))
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(32)
 async def test_join_token_errors(server: Any, node: NodePeer, vsn: str, case: str) -> None:
     make, pattern = TOKEN_CASES[case]
     await node.add_client("c", server, vsn, token=make())
@@ -189,6 +195,7 @@ async def test_valid_access_token_at_join(server: Any, node: NodePeer, vsn: str)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(45)
 async def test_set_auth_with_expired_token_closes_channel(server: Any, node: NodePeer, vsn: str) -> None:
     # protocol.md §3.9: a refreshed token that fails verification shuts the channel down with a
     # system error followed by phx_close; the WebSocket stays open.
@@ -260,6 +267,7 @@ async def test_burst_of_100_keeps_order(server: Any, node: NodePeer, vsn: str) -
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(75)
 async def test_presence_sync_join_leave(server: Any, node: NodePeer, vsn: str) -> None:
     topic = unique_topic("presence")
     await node.add_client("alice", server, vsn)
@@ -297,6 +305,7 @@ async def test_presence_sync_join_leave(server: Any, node: NodePeer, vsn: str) -
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(76)
 async def test_presence_retrack_replaces_meta(server: Any, node: NodePeer, vsn: str) -> None:
     topic = unique_topic("retrack")
     await node.add_client("alice", server, vsn)
@@ -332,6 +341,7 @@ async def test_http_send_error_is_surfaced(server: Any, node: NodePeer) -> None:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(30)
 async def test_postgres_bindings_echoed_without_database(server: Any, node: NodePeer, vsn: str) -> None:
     # realtime-js compares the echoed bindings positionally and reports CHANNEL_ERROR
     # ("mismatch between server and client bindings") unless the server echoes them unchanged
@@ -355,6 +365,7 @@ async def test_postgres_bindings_echoed_without_database(server: Any, node: Node
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(79)
 async def test_generated_presence_key(server: Any, node: NodePeer, vsn: str) -> None:
     # No config.presence.key: the server picks a UUID key for the join (§5.3).
     await node.add_client("c", server, vsn)

@@ -60,6 +60,7 @@ async def push_outcome(client: PyClient, ch: str, event: str, payload: dict[str,
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.compat(52)
 async def test_broadcast_between_python_clients(py_clients: MakePy, path: str) -> None:
     topic = unique_topic("py-py")
     sender = py_clients("sender", path=path)
@@ -92,6 +93,7 @@ async def test_self_and_ack(py_clients: MakePy) -> None:
     assert got["payload"] == {"n": 1}
 
 
+@pytest.mark.compat(51)
 async def test_no_ack_reply_without_ack(py_clients: MakePy) -> None:
     client = py_clients("me")
     await client.subscribe("me", unique_topic("py-noack"), broadcast={"self": True, "ack": False})
@@ -123,6 +125,7 @@ async def test_http_send(py_clients: MakePy, path: str) -> None:
     assert got["raw"] == {"event": "via-http", "payload": {"a": {"b": [True, None]}}}
 
 
+@pytest.mark.compat(64)
 async def test_http_send_rejects_bad_bearer(py_clients: MakePy) -> None:
     # Authorization: Bearer wins over the apikey header (§1.8); a bad bearer is 401 Unauthorized.
     rest = py_clients("rest")
@@ -135,6 +138,7 @@ async def test_http_send_rejects_bad_bearer(py_clients: MakePy) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(TOKEN_CASES))
+@pytest.mark.compat(33, 38)
 async def test_join_token_errors(py_clients: MakePy, case: str) -> None:
     make, pattern = TOKEN_CASES[case]
     client = py_clients("bad")
@@ -156,6 +160,7 @@ async def test_valid_user_token_at_join(py_clients: MakePy) -> None:
     await client.wait_broadcast("rx", "hi")
 
 
+@pytest.mark.compat(45)
 async def test_set_auth_with_expired_token_closes_channel(py_clients: MakePy) -> None:
     # protocol.md §3.9: the system error is a channel error for the Python client (§9.2) and the
     # following phx_close closes the channel for good.
@@ -167,6 +172,7 @@ async def test_set_auth_with_expired_token_closes_channel(py_clients: MakePy) ->
     await client.log.wait_for(is_status("ch", "CLOSED"), what="CLOSED after phx_close")
 
 
+@pytest.mark.compat(78)
 async def test_presence_track_and_untrack(py_clients: MakePy) -> None:
     topic = unique_topic("py-presence")
     alice = py_clients("alice")
@@ -263,6 +269,7 @@ async def test_private_channel_refused_without_database(py_clients: MakePy) -> N
     assert status["reason"] == f"Unauthorized: You do not have permissions to read from this Channel topic: {sub}"
 
 
+@pytest.mark.compat(30)
 async def test_postgres_bindings_echoed_without_database(py_clients: MakePy) -> None:
     # The client matches the echoed bindings by event/schema/table/filter and takes their ids
     # (§3.4); then the server reports that no database is configured, which the Python client

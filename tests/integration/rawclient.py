@@ -6,8 +6,22 @@ the spec, so the integration suite checks the server against the protocol, not a
 Received frames are buffered in arrival order. ``expect(pred)`` removes and returns the first
 buffered (or next arriving) frame matching ``pred`` and leaves the others buffered, so frames
 arriving in an unspecified relative order (protocol.md §3.7 "post-join ordering") are never lost;
-``next_frame()`` takes the head of the buffer for ordering assertions; ``assert_silent()`` checks
-that nothing (matching) arrives within a short window.
+``next_frame()`` takes the head of the buffer for ordering assertions.
+
+Absence is never judged by waiting: a fixed window passes on a slow machine without proving
+anything. It is proven with a barrier, a round trip that must come back after anything that could
+have arrived:
+
+- ``barrier()`` / ``assert_nothing_pending()``: a heartbeat round trip on this socket. The server
+  handles one socket's frames in order and writes what each produces before reading the next, so
+  the reply follows every frame this socket's earlier frames caused (replies, pushes, closes).
+  It also follows a hub fan-out that had already happened on the server when the heartbeat was
+  sent, e.g. one another subscriber of the same message has already received. A push parked
+  behind an asynchronous check (private-channel rights) is not covered: wait for the reply of
+  a later push on the same channel first.
+- ``assert_nothing_before(marker)``: for things delivered from elsewhere (another socket, REST,
+  the database), the test sends a marker through the same path after the action; the stream is
+  ordered, so once the marker is here anything sent before it is here too.
 """
 
 from __future__ import annotations
@@ -31,8 +45,6 @@ WS_PATHS = ["/socket/websocket", "/realtime/v1/websocket", "/websocket"]
 
 #: How long to wait for a frame that must arrive.
 DEFAULT_TIMEOUT = 3.0
-#: How long "nothing arrives" is observed for (kept short so the suite stays fast).
-SILENCE = 0.3
 
 # Sentinel: "use the server's anon key".
 _ANON = object()
@@ -179,6 +191,21 @@ def system_msg(topic: str) -> Pred:
     return event_is("system", topic)
 
 
+def user_broadcast(user_event: str, topic: str | None = None) -> Pred:
+    """A delivered broadcast (text or kind 4) whose user event is ``user_event`` (a marker)."""
+
+    def match(f: Frame) -> bool:
+        if f.event != "broadcast" or (topic is not None and f.topic != topic):
+            return False
+        return isinstance(f.payload, dict) and f.payload.get("event") == user_event
+
+    return match
+
+
+def _show(frames: list[Frame]) -> str:
+    return ", ".join(repr(f.raw)[:300] for f in frames)
+
+
 # --- the client ----------------------------------------------------------------------------
 
 
@@ -192,6 +219,7 @@ class RawClient:
         self._cond = asyncio.Condition()
         self._closed = False
         self._ref = 0
+        self._barriers = 0
         self.join_refs: dict[str, str | None] = {}
         self._reader = asyncio.create_task(self._read())
 
@@ -342,25 +370,34 @@ class RawClient:
     async def next_frame(self, timeout: float = DEFAULT_TIMEOUT) -> Frame:
         return await self.expect(None, timeout)
 
-    async def assert_silent(
-        self, for_seconds: float = SILENCE, pred: Pred | None = None, *, still_open: bool = True
-    ) -> None:
-        """Nothing (matching ``pred``) is buffered or arrives within ``for_seconds``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + for_seconds
-        async with self._cond:
-            while True:
-                hits = [f for f in self._buffer if pred is None or pred(f)]
-                assert not hits, f"unexpected frame(s): {[f.raw for f in hits]}"
-                remaining = deadline - loop.time()
-                if remaining <= 0 or self._closed:
-                    break
-                try:
-                    await asyncio.wait_for(self._cond.wait(), remaining)
-                except TimeoutError:
-                    pass
-        if still_open:
-            assert not self._closed, f"socket closed unexpectedly with {self.ws.close_code}"
+    async def barrier(self, timeout: float = DEFAULT_TIMEOUT) -> list[Frame]:
+        """A heartbeat round trip; returns the unconsumed frames that arrived before its reply.
+
+        They stay buffered (only the reply is taken). Fails if the socket closes first.
+        """
+        self._barriers += 1
+        ref = f"barrier-{self._barriers}"
+        await self.send_msg("phoenix", "heartbeat", {}, ref, None)
+        reply = await self.expect(reply_to(ref, "phoenix"), timeout)
+        assert reply.value == self.wire(None, ref, "phoenix", "phx_reply", {"status": "ok", "response": {}})
+        cut = self.position(reply)
+        return [f for f in self._buffer if self.position(f) < cut]
+
+    async def assert_nothing_pending(self, pred: Pred | None = None) -> None:
+        """After a heartbeat round trip, no unconsumed frame (matching ``pred``) has arrived."""
+        hits = [f for f in await self.barrier() if pred is None or pred(f)]
+        assert not hits, f"unexpected frame(s): {_show(hits)}"
+
+    async def assert_nothing_before(
+        self, marker: Pred, pred: Pred | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> Frame:
+        """Take the next frame matching ``marker``; no unconsumed frame (matching ``pred``)
+        arrived before it. The marker was sent after the action under test, on the same path."""
+        frame = await self.expect(marker, timeout)
+        cut = self.position(frame)
+        hits = [f for f in self._buffer if self.position(f) < cut and (pred is None or pred(f))]
+        assert not hits, f"unexpected frame(s) before the marker {frame.raw!r}: {_show(hits)}"
+        return frame
 
     def position(self, frame: Frame) -> int:
         """Arrival index of ``frame`` among all frames this socket received (for ordering checks)."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from support import ServerProc
-from rawclient import V1, V2, VSNS, RawClient, event_is, open_client, reply_to, sub_topic, unique_topic
+from rawclient import V1, V2, VSNS, Frame, Pred, RawClient, event_is, open_client, reply_to, sub_topic, unique_topic
 
 OK_REPLY = {"status": "ok", "response": {}}
 PRESENCE_ON = {"presence": {"enabled": True}}
@@ -41,6 +41,24 @@ async def diff(c: RawClient, topic: str) -> dict[str, Any]:
     return payload
 
 
+async def assert_no_diff_before_marker(
+    observers: RawClient | tuple[RawClient, ...], tracker: RawClient, topic: str, pred: Pred | None = None
+) -> None:
+    """``tracker`` tracks a marker and each observer gets its diff with nothing (matching
+    ``pred``) before it: presence ops travel one ordered stream, so a diff caused earlier came
+    first."""
+    marker = uuid.uuid4().hex
+
+    def is_marker(f: Frame) -> bool:
+        if f.event != "presence_diff" or f.topic != topic:
+            return False
+        return any(m.get("marker") == marker for e in f.payload["joins"].values() for m in e["metas"])
+
+    await track(tracker, topic, {"marker": marker})
+    for observer in observers if isinstance(observers, tuple) else (observers,):
+        await observer.assert_nothing_before(is_marker, pred)
+
+
 def only_meta(entries: dict[str, Any], key: str) -> dict[str, Any]:
     assert list(entries) == [key], entries
     metas = entries[key]["metas"]
@@ -54,24 +72,27 @@ def only_meta(entries: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(42, 72)
 async def test_presence_state_after_join_is_empty_for_new_topic(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
         await c.send_msg(topic, "phx_join", {"config": PRESENCE_ON}, "1", "1")
         assert (await c.next_frame()).value == c.wire("1", "1", topic, "phx_reply", {"status": "ok", "response": {"postgres_changes": []}})
         assert (await c.next_frame()).value == c.wire("1", None, topic, "presence_state", {})
-        await c.assert_silent()
+        await c.assert_nothing_pending()
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(73)
 async def test_no_presence_state_when_disabled(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
         await c.join_ok(topic, {"presence": {"enabled": False, "key": "x"}})
-        await c.assert_silent()
+        await c.assert_nothing_pending()
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(72)
 async def test_presence_state_lists_current_members(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, V2) as a, open_client(server, V1) as b, open_client(server, vsn) as c:
@@ -90,6 +111,7 @@ async def test_presence_state_lists_current_members(server: ServerProc, vsn: str
         assert all(isinstance(r, str) and r for r in refs) and len(set(refs)) == 2
 
 
+@pytest.mark.compat(73)
 async def test_tenant_presence_flag_sends_state_without_enabled(server_factory: Any) -> None:
     srv = server_factory(REALTIME_PRESENCE_ENABLED="true")
     topic = unique_topic()
@@ -102,6 +124,7 @@ async def test_tenant_presence_flag_sends_state_without_enabled(server_factory: 
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(74, 75)
 async def test_track_diff_reaches_tracker_and_others(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a, open_client(server, V1) as b, open_client(server, V2) as silent:
@@ -120,6 +143,7 @@ async def test_track_diff_reaches_tracker_and_others(server: ServerProc, vsn: st
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(76, 78)
 async def test_retrack_changed_payload_gives_join_with_prev_and_leave(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a, open_client(server, V2) as b:
@@ -148,6 +172,7 @@ async def test_retrack_changed_payload_gives_join_with_prev_and_leave(server: Se
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(77)
 async def test_identical_retrack_produces_no_diff(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a, open_client(server, V2) as b:
@@ -157,8 +182,7 @@ async def test_identical_retrack_produces_no_diff(server: ServerProc, vsn: str) 
         await diff(b, topic)
         await diff(a, topic)
         await track(a, topic, {"same": 1})
-        await b.assert_silent(pred=event_is("presence_diff"))
-        await a.assert_silent(pred=event_is("presence_diff"))
+        await assert_no_diff_before_marker((a, b), a, topic, event_is("presence_diff"))
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -168,11 +192,13 @@ async def test_untrack_without_track_is_ok_and_silent(server: ServerProc, vsn: s
         await a.join_ok(topic, with_key("k"))
         await a.expect(event_is("presence_state"))
         await untrack(a, topic)
-        await a.assert_silent()
+        await a.assert_nothing_pending()
+        await assert_no_diff_before_marker(a, a, topic)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
 @pytest.mark.parametrize("how", ["leave", "disconnect"])
+@pytest.mark.compat(78)
 async def test_leave_and_disconnect_remove_presence(server: ServerProc, vsn: str, how: str) -> None:
     topic = unique_topic()
     async with open_client(server, V2) as b:
@@ -211,6 +237,7 @@ def _generated_key(d: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("vsn", VSNS)
 @pytest.mark.parametrize("config", [PRESENCE_ON, with_key(""), {"presence": {}}, {}])
+@pytest.mark.compat(79)
 async def test_generated_keys(server: ServerProc, vsn: str, config: dict[str, Any]) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a:
@@ -228,6 +255,7 @@ async def test_generated_keys(server: ServerProc, vsn: str, config: dict[str, An
 
 @pytest.mark.parametrize("vsn", VSNS)
 @pytest.mark.parametrize(("key", "wire_key"), [("user-42", "user-42"), ("Ünïcødé key", "Ünïcødé key"), (42, "42")])
+@pytest.mark.compat(79)
 async def test_given_key_used_verbatim(server: ServerProc, vsn: str, key: Any, wire_key: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a:
@@ -241,6 +269,7 @@ async def test_given_key_used_verbatim(server: ServerProc, vsn: str, key: Any, w
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(80)
 async def test_uppercase_track_is_accepted(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a:
@@ -252,6 +281,7 @@ async def test_uppercase_track_is_accepted(server: ServerProc, vsn: str) -> None
 
 @pytest.mark.parametrize("vsn", VSNS)
 @pytest.mark.parametrize("bad", ["a string", 5, [1, 2], True])
+@pytest.mark.compat(81)
 async def test_non_map_track_payload_is_an_error(server: ServerProc, vsn: str, bad: Any) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a:
@@ -262,7 +292,8 @@ async def test_non_map_track_payload_is_an_error(server: ServerProc, vsn: str, b
         assert frame.value == a.wire(
             jr, ref, topic, "phx_reply", {"status": "error", "response": {"reason": "Presence track payload must be a map"}}
         )
-        await a.assert_silent()
+        await a.assert_nothing_pending()
+        await assert_no_diff_before_marker(a, a, topic)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -273,7 +304,8 @@ async def test_presence_push_without_event_is_ok_noop(server: ServerProc, vsn: s
         await a.expect(event_is("presence_state"))
         ref = await a.push(topic, "presence", {"type": "presence", "payload": {"x": 1}})
         assert (await a.expect(reply_to(ref, topic))).value == a.wire(jr, ref, topic, "phx_reply", OK_REPLY)
-        await a.assert_silent()
+        await a.assert_nothing_pending()
+        await assert_no_diff_before_marker(a, a, topic)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -285,10 +317,12 @@ async def test_unknown_presence_event_is_an_error(server: ServerProc, vsn: str) 
         ref = await a.push(topic, "presence", {"type": "presence", "event": "dance", "payload": {}})
         frame = await a.expect(reply_to(ref, topic))
         assert frame.value == a.wire(jr, ref, topic, "phx_reply", {"status": "error", "response": {}})
-        await a.assert_silent()
+        await a.assert_nothing_pending()
+        await assert_no_diff_before_marker(a, a, topic)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(83)
 async def test_track_on_presence_disabled_channel_enables_it(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a, open_client(server, V2) as b:
@@ -300,13 +334,14 @@ async def test_track_on_presence_disabled_channel_enables_it(server: ServerProc,
             meta = only_meta((await diff(c, topic))["joins"], "late")
             assert meta["late"] is True
         # No presence_state is pushed to the channel that turned presence on by tracking.
-        await a.assert_silent(pred=event_is("presence_state"))
+        await a.assert_nothing_pending(event_is("presence_state"))
 
 
 # --- per-channel presence rate limit (§5.7, checklist 82) -------------------------------------
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(82)
 async def test_sixth_presence_push_in_window_shuts_channel_down(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a, open_client(server, V2) as b:
@@ -327,7 +362,7 @@ async def test_sixth_presence_push_in_window_shuts_channel_down(server: ServerPr
         assert close.value == a.wire(jr, jr, topic, "phx_close", {})
         assert a.position(close) == a.position(system) + 1  # the notice is followed by phx_close
         # No reply for the push that triggered the shutdown (§8).
-        await a.assert_silent(pred=reply_to(ref))
+        await a.assert_nothing_pending(reply_to(ref))
         # The presence is gone for the others.
         while True:
             d = await diff(b, topic)
@@ -342,6 +377,7 @@ async def test_sixth_presence_push_in_window_shuts_channel_down(server: ServerPr
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(72)
 async def test_presence_state_after_every_rejoin_with_current_join_ref(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as a:
@@ -380,8 +416,9 @@ async def test_oversize_track_shuts_channel_down(server_factory: Any, vsn: str) 
         )
         close = await a.expect(event_is("phx_close", topic))
         assert close.value == a.wire(jr, jr, topic, "phx_close", {})
-        await a.assert_silent(pred=reply_to(ref))
-        await b.assert_silent(pred=event_is("presence_diff"))
+        await a.assert_nothing_pending(reply_to(ref))
+        await assert_no_diff_before_marker(b, b, topic, event_is("presence_diff"))
+
 
 
 # --- a presence push's diff precedes its reply (§5.1) ----------------------------------------

@@ -24,6 +24,7 @@ OK_REPLY = {"status": "ok", "response": {}}
 
 @pytest.mark.parametrize("path", WS_PATHS)
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(1)
 async def test_upgrade_succeeds_on_every_path(server: ServerProc, path: str, vsn: str) -> None:
     async with open_client(server, vsn, path=path) as c:
         await c.send_msg("phoenix", "heartbeat", {}, "1")
@@ -35,6 +36,7 @@ async def test_upgrade_succeeds_on_every_path(server: ServerProc, path: str, vsn
     ("vsn", "expected_shape"),
     [(V1, dict), (V2, list), (None, dict), ("1.0.1", dict), ("2.0.3", list)],
 )
+@pytest.mark.compat(2)
 async def test_vsn_selects_serializer(server: ServerProc, vsn: str | None, expected_shape: type) -> None:
     # §1.2: vsn is a semver requirement (1.0.x / 2.0.x); absent means 1.0.0.
     async with open_client(server, vsn) as c:
@@ -53,6 +55,7 @@ async def test_vsn_selects_serializer(server: ServerProc, vsn: str | None, expec
 
 
 @pytest.mark.parametrize("vsn", ["3.0.0", "0.9.0", "banana"])
+@pytest.mark.compat(3)
 async def test_unsupported_vsn_is_refused_with_403_and_empty_body(server: ServerProc, vsn: str) -> None:
     refusal = await refused_handshake(server, vsn)
     assert refusal.status == 403
@@ -94,6 +97,7 @@ def _refusal_cases() -> list[Any]:
 
 
 @pytest.mark.parametrize(("apikey", "message"), _refusal_cases())
+@pytest.mark.compat(4, 5, 6)
 async def test_refusals_have_exact_status_and_json_body(server: ServerProc, apikey: str | None, message: str) -> None:
     refusal = await refused_handshake(server, V2, apikey=apikey)
     assert refusal.status == 401
@@ -129,11 +133,13 @@ async def test_authorization_header_is_not_consulted_for_websockets(server: Serv
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(7)
 async def test_x_api_key_header_alone_is_accepted(server: ServerProc, vsn: str) -> None:
     async with open_client(server, vsn, apikey=None, headers={"x-api-key": server.anon_key}) as c:
         await c.heartbeat("1")
 
 
+@pytest.mark.compat(7)
 async def test_x_api_key_header_wins_over_query_parameter(server: ServerProc) -> None:
     # Valid header, garbage query: accepted because the header takes precedence (§1.3).
     async with open_client(server, V2, apikey="potato", headers={"x-api-key": server.anon_key}) as c:
@@ -144,6 +150,7 @@ async def test_x_api_key_header_wins_over_query_parameter(server: ServerProc) ->
     assert refusal.json() == {"error": "The token provided is not a valid JWT"}
 
 
+@pytest.mark.compat(8)
 async def test_unknown_query_parameters_are_ignored(server: ServerProc) -> None:
     params = {"eventsPerSecond": "10", "log_level": "warn", "heartbeat": "5", "my_app_param": "x"}
     async with open_client(server, V2, params=params) as c:
@@ -151,6 +158,7 @@ async def test_unknown_query_parameters_are_ignored(server: ServerProc) -> None:
 
 
 @pytest.mark.parametrize("level", ["info", "warning", "error", "debug", ""])
+@pytest.mark.compat(8)
 async def test_log_level_never_refuses(server: ServerProc, level: str) -> None:
     async with open_client(server, V1, params={"log_level": level}) as c:
         await c.heartbeat(None)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from support import ServerProc, make_token
-from rawclient import V1, V2, VSNS, open_client, reply_to, sub_topic, system_msg, unique_topic
+from rawclient import V1, V2, VSNS, open_client, reply_to, sub_topic, system_msg, unique_topic, user_broadcast
 
 OK_REPLY = {"status": "ok", "response": {}}
 JOIN_OK = {"status": "ok", "response": {"postgres_changes": []}}
@@ -21,12 +21,13 @@ def join_error(reason: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(24)
 async def test_join_with_empty_config_succeeds_and_nothing_follows(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
         await c.send_msg(topic, "phx_join", {"config": {}}, "1", "1")
         assert (await c.next_frame()).value == c.wire("1", "1", topic, "phx_reply", JOIN_OK)
-        await c.assert_silent()  # presence disabled, no bindings: no post-join pushes
+        await c.assert_nothing_pending()  # presence disabled, no bindings: no post-join pushes
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -38,6 +39,7 @@ async def test_topic_with_colons_in_sub_topic(server: ServerProc, vsn: str) -> N
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(26, 39)
 async def test_empty_sub_topic_is_refused_and_not_closed(server: ServerProc, vsn: str) -> None:
     async with open_client(server, vsn) as c:
         await c.send_msg("realtime:", "phx_join", {"config": {}}, "2", "2")
@@ -45,10 +47,11 @@ async def test_empty_sub_topic_is_refused_and_not_closed(server: ServerProc, vsn
         assert frame.value == c.wire(
             "2", "2", "realtime:", "phx_reply", join_error("TopicNameRequired: You must provide a topic name")
         )
-        await c.assert_silent()  # no phx_close after a failed join (§3.5, checklist 39)
+        await c.assert_nothing_pending()  # no phx_close after a failed join (§3.5, checklist 39)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(27)
 async def test_string_booleans_are_accepted(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     config = {
@@ -70,12 +73,15 @@ async def test_string_booleans_are_accepted(server: ServerProc, vsn: str) -> Non
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(27)
 async def test_string_false_booleans_keep_defaults_off(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
-    async with open_client(server, vsn) as c:
+    async with open_client(server, vsn) as c, open_client(server, V2) as witness:
+        await witness.join_ok(topic)
         await c.join_ok(topic, {"broadcast": {"self": "false", "ack": "False"}, "presence": {"enabled": "FALSE"}})
         await c.broadcast(topic, "e", {"v": 1})
-        await c.assert_silent()  # no presence_state, no ack, no self echo
+        await witness.expect(user_broadcast("e", topic))  # the fan-out has happened
+        await c.assert_nothing_pending()  # no presence_state, no ack, no self echo
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -88,16 +94,20 @@ async def test_string_false_booleans_keep_defaults_off(server: ServerProc, vsn: 
         {"postgres_changes": [None, None]},
     ],
 )
+@pytest.mark.compat(28)
 async def test_invalid_field_types_take_defaults(server: ServerProc, vsn: str, config: dict[str, Any]) -> None:
     topic = unique_topic()
-    async with open_client(server, vsn) as c:
+    async with open_client(server, vsn) as c, open_client(server, V2) as witness:
+        await witness.join_ok(topic)
         await c.send_msg(topic, "phx_join", {"config": config}, "1", "1")
         assert (await c.next_frame()).value == c.wire("1", "1", topic, "phx_reply", JOIN_OK)
         await c.broadcast(topic, "e", {})
-        await c.assert_silent()  # defaults: no ack, no self, no presence_state
+        await witness.expect(user_broadcast("e", topic))  # the fan-out has happened
+        await c.assert_nothing_pending()  # defaults: no ack, no self, no presence_state
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(29)
 async def test_unknown_join_payload_keys_are_ignored(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     payload = {
@@ -118,6 +128,7 @@ async def test_unknown_join_payload_keys_are_ignored(server: ServerProc, vsn: st
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(34, 35)
 async def test_join_with_sb_key_or_without_token_uses_connection_key(server: ServerProc, vsn: str) -> None:
     async with open_client(server, vsn) as c:
         for access_token in ["sb_publishable_abc123", None]:
@@ -131,6 +142,7 @@ async def test_join_with_sb_key_or_without_token_uses_connection_key(server: Ser
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(30, 31)
 async def test_postgres_changes_bindings_are_echoed_with_ids(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     bindings: list[Any] = [
@@ -185,7 +197,7 @@ async def test_single_binding_gets_exactly_one_system_error(server: ServerProc, 
             "system",
             {"extension": "postgres_changes", "status": "error", "message": NO_DB_MESSAGE, "channel": sub_topic(topic)},
         )
-        await c.assert_silent()
+        await c.assert_nothing_pending()
         await c.heartbeat("hb")  # the channel error does not close the socket
 
 
@@ -197,13 +209,14 @@ async def test_private_join_without_database_is_unauthorized(server: ServerProc,
         frame = await c.next_frame()
         reason = f"Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic(topic)}"
         assert frame.value == c.wire("1", "1", topic, "phx_reply", join_error(reason))
-        await c.assert_silent()
+        await c.assert_nothing_pending()
 
 
 # --- duplicate joins (§2.5) and leave (§3.6) --------------------------------------------------
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(23)
 async def test_duplicate_join_replies_then_closes_old_join(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -211,13 +224,14 @@ async def test_duplicate_join_replies_then_closes_old_join(server: ServerProc, v
         await c.send_msg(topic, "phx_join", {"config": {"broadcast": {"ack": True}}}, "3", "3")
         assert (await c.next_frame()).value == c.wire("3", "3", topic, "phx_reply", JOIN_OK)
         assert (await c.next_frame()).value == c.wire("1", "1", topic, "phx_close", {})
-        await c.assert_silent()
+        await c.assert_nothing_pending()
         # The new join is live with its own config and join_ref.
         await c.broadcast(topic, "e", {}, ref="4", join_ref="3")
         assert (await c.next_frame()).value == c.wire("3", "4", topic, "phx_reply", OK_REPLY)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(40)
 async def test_leave_replies_then_closes(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
@@ -225,7 +239,7 @@ async def test_leave_replies_then_closes(server: ServerProc, vsn: str) -> None:
         await c.send_msg(topic, "phx_leave", {}, "12", "1")
         assert (await c.next_frame()).value == c.wire("1", "12", topic, "phx_reply", OK_REPLY)
         assert (await c.next_frame()).value == c.wire("1", "1", topic, "phx_close", {})
-        await c.assert_silent()
+        await c.assert_nothing_pending()
         # The topic is no longer joined.
         await c.send_msg(topic, "broadcast", {"type": "broadcast", "event": "e", "payload": {}}, "13", "1")
         assert (await c.next_frame()).value == c.wire(
@@ -239,22 +253,24 @@ async def test_leave_replies_then_closes(server: ServerProc, vsn: str) -> None:
 async def test_leave_stops_delivery(server: ServerProc) -> None:
     topic = unique_topic()
     async with open_client(server, V2) as sender, open_client(server, V1) as receiver:
-        await sender.join_ok(topic)
+        await sender.join_ok(topic, {"broadcast": {"self": True}})
         await receiver.join_ok(topic)
         ref = await receiver.push(topic, "phx_leave", {})
         assert (await receiver.next_frame()).ref == ref
         assert (await receiver.next_frame()).event == "phx_close"
         await sender.broadcast(topic, "e", {"x": 1})
-        await receiver.assert_silent()
+        await sender.expect(user_broadcast("e", topic))  # the fan-out has happened
+        await receiver.assert_nothing_pending()
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(39)
 async def test_failed_join_does_not_create_a_channel(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     async with open_client(server, vsn) as c:
         reply = await c.join(topic, access_token="potato")
         assert reply.payload["status"] == "error"
-        await c.assert_silent()
+        await c.assert_nothing_pending()
         await c.send_msg(topic, "broadcast", {"type": "broadcast", "event": "e", "payload": {}}, "50", "1")
         assert (await c.next_frame()).value == c.wire(
             None, "50", topic, "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}
@@ -265,6 +281,7 @@ async def test_failed_join_does_not_create_a_channel(server: ServerProc, vsn: st
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(37)
 async def test_channel_limit_per_connection(server_factory: Any, vsn: str) -> None:
     srv = server_factory(REALTIME_MAX_CHANNELS_PER_CLIENT="2")
     a, b, c_topic = unique_topic("a"), unique_topic("b"), unique_topic("c")
@@ -275,7 +292,7 @@ async def test_channel_limit_per_connection(server_factory: Any, vsn: str) -> No
         assert (await c.next_frame()).value == c.wire(
             "3", "3", c_topic, "phx_reply", join_error("ChannelRateLimitReached: Too many channels")
         )
-        await c.assert_silent()
+        await c.assert_nothing_pending()
         # The limit is per connection: another socket may still join.
         await other.join_ok(c_topic)
         # Leaving frees a slot.
@@ -290,6 +307,7 @@ async def test_channel_limit_per_connection(server_factory: Any, vsn: str) -> No
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(42)
 async def test_post_join_pushes_follow_the_reply(server: ServerProc, vsn: str) -> None:
     topic = unique_topic()
     config = {"presence": {"enabled": True}, "postgres_changes": [{"event": "*", "schema": "public"}]}

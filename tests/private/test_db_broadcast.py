@@ -59,6 +59,7 @@ async def join_member(pdb: PrivateDb, c: RawClient, sub: str) -> None:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(67, 68)
 async def test_send_private_reaches_members_with_the_row_id(pdb: PrivateDb, vsn: str) -> None:
     sub = private_topic()
     topic = f"realtime:{sub}"
@@ -83,6 +84,7 @@ async def test_send_private_reaches_members_with_the_row_id(pdb: PrivateDb, vsn:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(68)
 async def test_send_public_does_not_reach_the_private_channel(pdb: PrivateDb, vsn: str) -> None:
     sub = private_topic()
     topic = f"realtime:{sub}"

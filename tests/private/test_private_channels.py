@@ -73,15 +73,14 @@ async def presence_push(c: RawClient, topic: str, event: str, payload: Any = Non
 
 async def assert_no_broadcast(c: RawClient, topic: str) -> None:
     """Barrier: a heartbeat reply is written after anything fanned out to ``c`` before it."""
-    await c.heartbeat()
-    leaked = [f.raw for f in c._buffer if f.event == "broadcast" and f.topic == topic]
-    assert not leaked, leaked
+    await c.assert_nothing_pending(is_broadcast(topic))
 
 
 # --- join (§3.3 step 6, §3.5; items 36, 39) -------------------------------------------------
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(36)
 async def test_member_joins_and_others_are_refused_without_close(pdb: PrivateDb, vsn: str) -> None:
     a, b = new_user(), new_user()
     sub = private_topic()
@@ -96,8 +95,7 @@ async def test_member_joins_and_others_are_refused_without_close(pdb: PrivateDb,
             reply = await cb.join(topic, private(), access_token=token, ref=ref, join_ref=ref)
             assert reply.value == cb.wire(ref, ref, topic, "phx_reply",
                                           {"status": "error", "response": {"reason": unauthorized(sub)}})
-        await cb.assert_silent(pred=event_is("phx_close"))  # item 39
-        await cb.heartbeat()
+        await cb.assert_nothing_pending(event_is("phx_close"))  # item 39
 
 
 async def test_service_role_bypasses_the_policies(pdb: PrivateDb) -> None:
@@ -125,6 +123,7 @@ async def test_presence_read_alone_admits_a_presence_enabled_join(pdb: PrivateDb
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(56, 57)
 async def test_write_denied_is_dropped_without_ack_and_read_denied_receives_nothing(pdb: PrivateDb, vsn: str) -> None:
     writer, reader, watcher = new_user(), new_user(), new_user()
     sub = private_topic()
@@ -152,7 +151,7 @@ async def test_write_denied_is_dropped_without_ack_and_read_denied_receives_noth
         # The reader's send: dropped, and no ack even though it asked for one (item 56).
         denied = await r.broadcast(topic, "denied", {"n": 2})
         assert (await presence_push(r, topic, "untrack")).payload == OK  # processed after the send
-        await r.assert_silent(pred=reply_to(denied))
+        await r.assert_nothing_pending(reply_to(denied))
         await assert_no_broadcast(w, topic)
 
         # Item 57: the presence-only member saw none of it.
@@ -160,11 +159,12 @@ async def test_write_denied_is_dropped_without_ack_and_read_denied_receives_noth
         # The denial is cached: a second send is dropped as well, the socket is untouched.
         denied2 = await r.broadcast(topic, "denied", {"n": 3})
         assert (await presence_push(r, topic, "untrack")).payload == OK
-        await r.assert_silent(pred=reply_to(denied2))
+        await r.assert_nothing_pending(reply_to(denied2))
         await assert_no_broadcast(w, topic)
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(55)
 async def test_public_and_private_streams_of_one_sub_topic_are_isolated(pdb: PrivateDb, vsn: str) -> None:
     member = new_user()
     sub = private_topic()
@@ -188,6 +188,7 @@ async def test_public_and_private_streams_of_one_sub_topic_are_isolated(pdb: Pri
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(84)
 async def test_presence_write_and_read_are_checked_separately(pdb: PrivateDb, vsn: str) -> None:
     tracker, viewer, outsider = new_user(), new_user(), new_user()
     sub = private_topic()
@@ -219,8 +220,7 @@ async def test_presence_write_and_read_are_checked_separately(pdb: PrivateDb, vs
             [meta] = diff.payload["joins"]["t"]["metas"]
             assert meta["name"] == "tracker" and isinstance(meta["phx_ref"], str)
         # The outsider has no presence-read: no state at join, no diffs (barrier: heartbeat).
-        await o.heartbeat()
-        assert not [f.raw for f in o._buffer if f.event in ("presence_state", "presence_diff")]
+        await o.assert_nothing_pending(lambda f: f.event in ("presence_state", "presence_diff"))
 
 
 async def test_first_track_on_presence_disabled_join_checks_read_and_write(pdb: PrivateDb) -> None:
@@ -234,7 +234,7 @@ async def test_first_track_on_presence_disabled_join_checks_read_and_write(pdb: 
         assert reply.value == c.wire(jr, reply.ref, topic, "phx_reply", OK)
         diff = await c.expect(event_is("presence_diff", topic))  # presence-read granted on the way
         assert list(diff.payload["joins"]) == ["me"]
-        await c.assert_silent(pred=event_is("presence_state"))  # §5.1: no state for a late enable
+        await c.assert_nothing_pending(event_is("presence_state"))  # §5.1: no state for a late enable
 
 
 # --- token refresh (§3.9; item 45) -------------------------------------------------------------
@@ -267,8 +267,7 @@ async def test_refresh_that_revokes_read_shuts_the_channel_down(pdb: PrivateDb, 
         close = await c.expect(event_is("phx_close", topic))
         assert close.value == c.wire(jr, jr, topic, "phx_close", {})
         assert c.position(close) == c.position(system) + 1
-        await c.assert_silent(pred=reply_to(ref))  # §3.9: never a reply
-        await c.heartbeat()  # the socket stays
+        await c.assert_nothing_pending(reply_to(ref))  # §3.9: never a reply, and the socket stays
 
 
 @pytest.mark.parametrize("vsn", VSNS)
@@ -294,7 +293,7 @@ async def test_write_right_is_cached_until_the_next_refresh(pdb: PrivateDb, vsn:
         await w.push(topic, "access_token", {"access_token": pdb.token(writer)})
         dropped = await w.broadcast(topic, "three", {})
         assert (await presence_push(w, topic, "untrack")).payload == OK
-        await w.assert_silent(pred=reply_to(dropped))
+        await w.assert_nothing_pending(reply_to(dropped))
         await assert_no_broadcast(r, topic)
 
 
@@ -310,7 +309,7 @@ async def test_refresh_that_keeps_access_changes_nothing(pdb: PrivateDb, vsn: st
         ref = await c.broadcast(topic, "still", {})  # queued behind nothing; answered after checks
         assert (await c.expect(reply_to(ref, topic))).payload == OK
         assert (await c.expect(is_broadcast(topic))).payload == bpayload("still", {})
-        await c.assert_silent(pred=lambda f: f.event in ("system", "phx_close"))
+        await c.assert_nothing_pending(lambda f: f.event in ("system", "phx_close"))
 
 
 # --- REST private sends (§1.8; item 65) --------------------------------------------------------
@@ -335,6 +334,7 @@ def rest_view(frame: Frame) -> Mapping[str, Any]:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(55, 65)
 async def test_rest_single_private_send_needs_write(pdb: PrivateDb, vsn: str) -> None:
     writer, stranger, reader = new_user(), new_user(), new_user()
     sub = private_topic()

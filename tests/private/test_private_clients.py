@@ -41,6 +41,7 @@ def row_id(pdb: PrivateDb, sub: str, event: str) -> str:
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(36, 56)
 async def test_js_private_channel_member_joins_and_stranger_gets_channel_error(
     pdb: PrivateDb, node: NodePeer, vsn: str
 ) -> None:
@@ -86,6 +87,7 @@ async def test_js_set_auth_with_revoked_rights_closes_the_channel(pdb: PrivateDb
 
 
 @pytest.mark.parametrize("vsn", VSNS)
+@pytest.mark.compat(55, 67, 68)
 async def test_js_receives_realtime_send_private_and_public(pdb: PrivateDb, node: NodePeer, vsn: str) -> None:
     user = new_user()
     sub = private_topic()
@@ -107,6 +109,7 @@ async def test_js_receives_realtime_send_private_and_public(pdb: PrivateDb, node
     assert [e["event"] for e in node.broadcasts("pub")] == ["open"]
 
 
+@pytest.mark.compat(36)
 async def test_python_private_join_denied_surfaces_the_reason(pdb: PrivateDb) -> None:
     sub = private_topic()
     client = PyClient(pdb.server, "py", token=pdb.token(new_user()))
@@ -117,6 +120,7 @@ async def test_python_private_join_denied_surfaces_the_reason(pdb: PrivateDb) ->
         await client.close()
 
 
+@pytest.mark.compat(67)
 async def test_python_private_member_receives_realtime_send(pdb: PrivateDb) -> None:
     user = new_user()
     sub = private_topic()

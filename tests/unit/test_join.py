@@ -91,6 +91,7 @@ def test_empty_config_defaults() -> None:
     assert parse_join({"config": {}}) == JoinParams()
 
 
+@pytest.mark.compat(27)
 def test_string_booleans_everywhere() -> None:
     params = parse_join(
         {
@@ -131,6 +132,7 @@ def test_string_booleans_everywhere() -> None:
         {"presence": {"enabled": 1, "key": None}},
     ],
 )
+@pytest.mark.compat(28)
 def test_invalid_fields_take_defaults(config: dict[str, Any]) -> None:
     assert parse_join({"config": config}) == JoinParams()
 
@@ -292,6 +294,7 @@ def test_echo_bindings_preserves_keys_order_and_values() -> None:
     assert sent[1]["filter"] is None  # input not mutated
 
 
+@pytest.mark.compat(31)
 def test_echo_identical_bindings_get_identical_ids() -> None:
     b = {"event": "*", "schema": "public", "table": "t"}
     echoed = echo_bindings([b, dict(b), {"schema": "public", "table": "t", "event": "*"}])

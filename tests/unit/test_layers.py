@@ -147,7 +147,10 @@ def _ids(paths: list[Path]) -> list[str]:
 
 
 # cdc/filters.py and cdc/pgoutput.py are pure too (design.md §2).
-PROTOCOL_FILES = _files("protocol") + _files("cdc/filters.py") + _files("cdc/pgoutput.py")
+PROTOCOL_FILES = (_files("protocol") + _files("cdc/filters.py") + _files("cdc/patterns.py")
+                  + _files("cdc/pgoutput.py"))
+#: pure modules outside protocol/ that the pure modules may use
+PURE_HELPERS = (f"{PKG}.cdc.patterns",)
 LOWER_FILES = _files("hub.py") + _files("pubsub")
 
 
@@ -159,7 +162,8 @@ def protocol_violations(imports: set[str]) -> list[str]:
     bad += [
         m
         for m in imports
-        if _within(m, PKG) and not (_within(m, f"{PKG}.protocol") or _within(m, f"{PKG}.errors"))
+        if _within(m, PKG)
+        and not (_within(m, f"{PKG}.protocol") or _within(m, f"{PKG}.errors") or m in PURE_HELPERS)
     ]
     return sorted(bad)
 
@@ -292,7 +296,7 @@ def test_node_rule_allows_the_interface() -> None:
 #: protocol ← hub, pubsub, cdc (and the other services) ← node ← transport ← cli.  A module may
 #: import its own layer and the layers below it, never one above.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "protocol", "cdc.filters", "cdc.pgoutput"),
+    ("errors", "protocol", "cdc.filters", "cdc.patterns", "cdc.pgoutput"),
     ("hub", "pubsub", "cdc", "config", "auth", "messages", "functions"),
     ("node",),
     ("transport",),

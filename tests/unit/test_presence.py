@@ -26,6 +26,7 @@ def refs() -> RefGenerator:
 # --- track: item 74 ---------------------------------------------------------------------
 
 
+@pytest.mark.compat(74)
 def test_first_track_joins_payload_plus_ref_with_empty_leaves() -> None:
     p = TopicPresence()
     diff = p.track(A, "user-42", {"user": "alice", "online_at": "2024"}, "r1")
@@ -101,6 +102,7 @@ def test_second_update_points_prev_at_the_latest_ref() -> None:
     assert diff.leaves == {"k": ({"phx_ref": "r2", "phx_ref_prev": "r1", "v": 2},)}
 
 
+@pytest.mark.compat(77)
 def test_retrack_identical_payload_produces_no_diff_and_keeps_ref() -> None:
     p = TopicPresence()
     p.track(A, "k", {"user": "alice", "n": {"deep": [1, 2]}}, "r1")

@@ -254,6 +254,7 @@ ERROR_DELAY = 2.5  # not the default, so the test proves the delay comes from th
     ],
     ids=["topic-name-required", "potato", "private-refused", "replay-on-public", "bad-signature", "no-role"],
 )
+@pytest.mark.compat(38)
 def test_join_errors_are_delayed_and_not_closed(topic: str, join_kwargs: dict[str, Any], reason: str) -> None:
     s = make_session(SessionConfig(join_error_delay_s=ERROR_DELAY))
     effects = s.receive(join_msg(topic, ref="6", join_ref="6", **join_kwargs), T0)
@@ -304,6 +305,7 @@ def test_replay_on_allowed_private_channel_is_fetched_with_the_read_check() -> N
 # --- duplicate join: §2.5, item 23 ------------------------------------------------------------
 
 
+@pytest.mark.compat(23)
 def test_duplicate_join_tears_down_old_then_replies_then_closes_old() -> None:
     s = joined(presence={"enabled": True}, postgres_changes=[BINDING_A])
     s.receive(presence(payload={"u": 1}), T0)
@@ -591,6 +593,7 @@ def test_sixth_presence_push_in_window_shuts_channel_down() -> None:
     assert s.channels == {}
 
 
+@pytest.mark.compat(82)
 def test_presence_window_resets_after_30_seconds() -> None:
     s = joined(presence={"key": "k"})
     for i in range(5):
@@ -669,6 +672,7 @@ def test_good_access_token_rearms_deadline_without_bindings() -> None:
     assert s.next_deadline() == T0 + 110
 
 
+@pytest.mark.compat(48)
 def test_good_access_token_resubscribes_postgres_with_new_claims() -> None:
     s = joined(postgres_changes=[BINDING_A])
     fresh = token(1000, now=T0 + 10, sub="u2", role="authenticated")
@@ -681,6 +685,7 @@ def test_good_access_token_resubscribes_postgres_with_new_claims() -> None:
 # --- expiry: tick / next_deadline, §3.9, item 47 ----------------------------------------------
 
 
+@pytest.mark.compat(47)
 def test_tick_shuts_channel_down_exactly_at_exp() -> None:
     s = make_session()
     s.receive(join_msg(access_token=token(120)), T0)

@@ -163,6 +163,7 @@ def test_broadcast_read_subscribes_the_broadcast_stream_only() -> None:
     assert s.authorized(TOPIC, "1", "join", granted(broadcast_read=True), T0) == [join_ok(), Subscribe(PRIV, TOPIC)]
 
 
+@pytest.mark.compat(57)
 def test_presence_read_only_member_gets_presence_stream_and_state_but_no_broadcasts() -> None:
     s = session()
     s.receive(join(presence={"enabled": True}), T0)
@@ -241,6 +242,7 @@ def test_write_check_is_cached_until_refresh_then_asked_again() -> None:
 
 @pytest.mark.parametrize("result", [granted(broadcast_write=False), AuthResult({}, error="timeout")],
                          ids=["denied", "policy-error"])
+@pytest.mark.compat(56)
 def test_denied_write_drops_silently_even_with_ack_and_stays_denied(result: AuthResult) -> None:
     s = joined({BROADCAST_READ: True}, broadcast={"ack": True, "self": True})
     assert s.receive(bcast("3"), T0) == [authorize("write", (BROADCAST_WRITE,))]
@@ -258,6 +260,7 @@ def test_write_answer_for_an_old_join_is_ignored() -> None:
 # --- presence rights (§5.5; item 84) ---------------------------------------------------------
 
 
+@pytest.mark.compat(84)
 def test_presence_write_denied_is_an_empty_error_and_no_track() -> None:
     s = joined({BROADCAST_READ: False, PRESENCE_READ: True}, presence={"enabled": True, "key": "k"})
     assert s.receive(presence(payload={"a": 1}), T0) == [authorize("write", (PRESENCE_WRITE,))]
@@ -354,6 +357,7 @@ def test_replay_limit_defaults_to_25_and_is_clamped(replay: dict[str, Any], expe
      {"since": 5, "limit": None}, {"since": 5, "limit": "3"}, {"since": 5, "limit": 3.0}, {"since": 5, "limit": True},
      [5, 3], "5"],
 )
+@pytest.mark.compat(71)
 def test_invalid_replay_params_fail_the_join(replay: Any) -> None:
     s = session()
     assert s.receive(join(broadcast={"replay": replay}), T0) == [
@@ -373,6 +377,7 @@ def test_replay_without_broadcast_read_is_refused() -> None:
     assert effects == [join_refused(UNAUTHORIZED)]
 
 
+@pytest.mark.compat(70)
 def test_replayed_messages_follow_the_reply_and_their_ids_are_skipped_live() -> None:
     s = session()
     s.receive(join(broadcast={"replay": {"since": 1, "limit": 2}}), T0)

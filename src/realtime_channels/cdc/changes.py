@@ -507,76 +507,117 @@ class PostgresChanges:
             hits = [s for s in subs if s.binding.event in ("*", change.kind) and row.matches(s.conds)]
             if hits:
                 prepared.append((row, hits))
-        visible = await self._check_rls(conn, prepared)
+        visible = await self._check_rls(conn, txn, prepared)
         for idx, (row, hits) in enumerate(prepared):
             await self._deliver(conn, row, hits, visible.get(idx), commit_ts)
 
-    async def _check_rls(self, conn: psycopg.AsyncConnection[Any],
-                         prepared: list[tuple[_Row, list[Sub]]]) -> dict[int, set[str]]:
-        """Per change index, the cohorts that may see it — one round trip per table (§6.6)."""
+    async def _check_rls(self, conn: psycopg.AsyncConnection[Any], txn: Transaction,
+                         prepared: list[tuple[_Row, list[Sub]]]) -> dict[int, _Seen]:
+        """Per change index, the cohorts that may see it, and those that may see its old image
+        too — one round trip per table (§6.6; ``rls.py``)."""
         by_table: dict[int, list[int]] = {}
         for idx, (row, _) in enumerate(prepared):
             if row.info.rls_enabled and row.kind != "DELETE" and row.info.pk:
                 by_table.setdefault(row.info.relid, []).append(idx)
-        result: dict[int, set[str]] = {}
+        result: dict[int, _Seen] = {}
         for indexes in by_table.values():
             info = prepared[indexes[0]][0].info
             cohorts: dict[str, Mapping[str, Any]] = {}
             for i in indexes:
                 for sub in prepared[i][1]:
                     cohorts.setdefault(sub.cohort, sub.claims)
-            pk_rows = [prepared[i][0].pk_text() for i in indexes]
-            keys = list(cohorts)
             for i in indexes:
-                result[i] = set()
+                result[i] = _Seen(set(), set())
             if self.rls_mode == "per_subscriber":
-                await self._check_each(conn, info, prepared, indexes, result)
-                continue
-            seen = await self.rls.visible(conn, info, pk_rows, [cohorts[k] for k in keys])
-            for cohort, rows in zip(keys, seen, strict=True):
-                for r in rows:
-                    result[indexes[r]].add(cohort)
+                await self._check_each(conn, txn, info, prepared, indexes, result)
+            else:
+                await self._check_images(conn, txn, info, prepared, indexes, cohorts, result)
         return result
 
-    async def _check_each(self, conn: psycopg.AsyncConnection[Any], info: catalog.TableInfo,
+    async def _check_images(self, conn: psycopg.AsyncConnection[Any], txn: Transaction, info: catalog.TableInfo,
+                            prepared: list[tuple[_Row, list[Sub]]], indexes: list[int],
+                            cohorts: Mapping[str, Mapping[str, Any]], result: dict[int, _Seen]) -> None:
+        """Judge each change's own images (new, and old when the change carries the whole old
+        row); images lacking a column's value fall back to the row's current state."""
+        keys = list(cohorts)
+        claims = [cohorts[k] for k in keys]
+        table_columns = {c.name for c in info.columns}
+        groups: dict[tuple[str, ...], list[tuple[int, str, list[str | None]]]] = {}
+        fallback: list[int] = []
+        for i in indexes:
+            row = prepared[i][0]
+            columns = row.image_columns()
+            new = row.image("new")
+            if new is None or not table_columns <= set(columns):
+                fallback.append(i)
+                continue
+            group = groups.setdefault(columns, [])
+            group.append((i, "new", new))
+            old = row.image("old") if row.kind == "UPDATE" and row.change.old_kind == "O" else None
+            if old is not None:
+                group.append((i, "old", old))
+        for columns, entries in groups.items():
+            seen = await self.rls.visible_images(conn, info, txn.xid, columns, [e[2] for e in entries], claims)
+            for cohort, admitted in zip(keys, seen, strict=True):
+                for r in admitted:
+                    i, which, _ = entries[r]
+                    (result[i].new if which == "new" else result[i].old).add(cohort)
+        if fallback:
+            seen = await self.rls.visible(conn, info, [prepared[i][0].pk_text() for i in fallback], claims, txn.xid)
+            for cohort, admitted in zip(keys, seen, strict=True):
+                for r in admitted:
+                    result[fallback[r]].new.add(cohort)
+
+    async def _check_each(self, conn: psycopg.AsyncConnection[Any], txn: Transaction, info: catalog.TableInfo,
                           prepared: list[tuple[_Row, list[Sub]]], indexes: list[int],
-                          result: dict[int, set[str]]) -> None:
-        """The baseline: one visibility query per subscriber per change."""
+                          result: dict[int, _Seen]) -> None:
+        """The baseline: one visibility query per subscriber per change, on the current row
+        (Supabase's way; the old image is not judged)."""
         for i in indexes:
             row, subs = prepared[i]
             for sub in subs:
-                seen = await self.rls.visible(conn, info, [row.pk_text()], [sub.claims])
+                seen = await self.rls.visible(conn, info, [row.pk_text()], [sub.claims], txn.xid)
                 if seen[0]:
-                    result[i].add(sub.cohort)
+                    result[i].new.add(sub.cohort)
+                    result[i].old.add(sub.cohort)
 
     async def _deliver(self, conn: psycopg.AsyncConnection[Any], row: _Row, hits: list[Sub],
-                       visible: set[str] | None, commit_ts: str) -> None:
-        # group by channel and by column set: one message per channel per distinct column set (§6.4)
-        groups: dict[tuple[int, str, tuple[str, ...]], tuple[Sub, list[int]]] = {}
-        encoded: dict[tuple[str, ...] | str, bytes] = {}
+                       visible: _Seen | None, commit_ts: str) -> None:
+        # group by channel, column set and whether the old image may be shown: one message per
+        # channel per distinct payload (§6.4)
+        groups: dict[tuple[int, str, tuple[str, ...], bool], tuple[Sub, list[int]]] = {}
+        encoded: dict[tuple[tuple[str, ...], bool], bytes] = {}
         # the column set depends only on (role, select): computed once per row, not per subscriber
         column_sets: dict[tuple[str, tuple[str, ...] | None], tuple[str, ...]] = {}
         for sub in hits:
-            if visible is not None and sub.cohort not in visible:
+            if visible is not None and sub.cohort not in visible.new:
                 continue
             cols_key = (sub.role, sub.binding.select)
             cols = column_sets.get(cols_key)
             if cols is None:
                 allowed = await self.cache.selectable_columns(conn, sub.role, row.info.relid)
                 cols = column_sets[cols_key] = row.column_set(allowed, sub.binding.select)
-            gkey = (id(sub.peer), sub.topic, cols)
+            gkey = (id(sub.peer), sub.topic, cols, visible is None or sub.cohort in visible.old)
             group = groups.get(gkey)
             if group is None:
                 groups[gkey] = (sub, [sub.binding.id])
             elif sub.binding.id not in group[1]:
                 group[1].append(sub.binding.id)
-        for (_, topic, cols), (sub, ids) in groups.items():
-            data = encoded.get(cols)
+        for (_, topic, cols, old_shown), (sub, ids) in groups.items():
+            data = encoded.get((cols, old_shown))
             if data is None:
-                data = encoded[cols] = orjson.dumps(row.data(cols, commit_ts))
+                data = encoded[(cols, old_shown)] = orjson.dumps(row.data(cols, commit_ts, old_shown))
             payload = {"ids": ids, "data": orjson.Fragment(data)}
             sub.peer.send(Message(topic, "postgres_changes", payload))
             self.delivered += 1
+
+
+@dataclass(slots=True)
+class _Seen:
+    """The cohorts whose policies admit a change's new image, and its old image."""
+
+    new: set[str]
+    old: set[str]
 
 
 def _parse_conds(b: Binding) -> tuple[Any, ...]:
@@ -659,6 +700,25 @@ class _Row:
             old = {k: v for k, v in old.items() if k in self.info.pk}  # §6.6
         return old
 
+    def image_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self._columns())
+
+    def image(self, which: str) -> list[str | None] | None:
+        """The new or old row image as text values for ``image_columns()``, the new image's
+        unchanged TOAST values filled from a full old image; None when a value is unknown."""
+        tup = self.change.new if which == "new" else self.change.old
+        if tup is None:
+            return None
+        old = self.change.old.values if self.change.old_kind == "O" and self.change.old is not None else None
+        out: list[str | None] = []
+        for pos, raw in enumerate(tup.values):
+            if raw is pgoutput.UNCHANGED and old is not None and pos < len(old):
+                raw = old[pos]
+            if raw is pgoutput.UNCHANGED:
+                return None
+            out.append(None if raw is None else bytes(raw).decode())
+        return out
+
     def pk_text(self) -> list[str | None]:
         values = dict(zip((c.name for c in self._columns()), self.change.new.values if self.change.new else (),
                           strict=False))
@@ -708,7 +768,9 @@ class _Row:
         return tuple(c.name for c in self.info.columns
                      if c.name in allowed and (select is None or c.name in select or c.is_pk))
 
-    def data(self, cols: tuple[str, ...], commit_ts: str) -> dict[str, Any]:
+    def data(self, cols: tuple[str, ...], commit_ts: str, old_shown: bool = True) -> dict[str, Any]:
+        """The change's ``data`` object for a subscriber allowed ``cols``; without ``old_shown``
+        (its policies do not admit the old image) ``old_record`` carries only the key."""
         info = self.info
         if cols in (("#nopk",), ("#unauthorized",)):
             err = "Error 400: Bad Request, no primary key" if cols == ("#nopk",) else "Error 401: Unauthorized"
@@ -731,7 +793,8 @@ class _Row:
         if self.kind != "DELETE":
             data["record"] = {k: v for k, v in self.new().items() if k in wanted}
         if self.kind != "INSERT":
-            data["old_record"] = {k: v for k, v in self.old_record().items() if k in wanted}
+            old = self.old_record()
+            data["old_record"] = {k: v for k, v in old.items() if k in wanted and (old_shown or k in info.pk)}
         if self._size() > MAX_RECORD_BYTES:
             errors = ["Error 413: Payload Too Large"]
             for key in ("record", "old_record"):

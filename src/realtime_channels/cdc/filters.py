@@ -17,10 +17,9 @@ Deliberate differences from PostgreSQL, all in the direction of "works without a
   declaration order of enums are not reproduced.
 * ``timestamptz``/``timetz`` literals without an offset are read as UTC (the reference session
   runs with ``TimeZone=UTC``); ``now``/``today``-style values are refused, they would need a clock.
-* ``match``/``imatch`` use Python's ``re`` after translating the PostgreSQL ARE constructs that
-  differ (``\\y``, ``\\m``, ``\\M``, ``\\b``, ``$``, POSIX bracket classes); ``[[:upper:]]`` and
-  ``[[:lower:]]`` are ASCII-only, ``[[:print:]]``/``[[:graph:]]``, collating elements and
-  equivalence classes are refused.
+* ``like``/``ilike``/``match``/``imatch`` run on RE2 in time linear in the value
+  (``patterns.py``); PostgreSQL ARE constructs an automaton cannot run (back-references,
+  lookaround constraints) and a few rare ones are refused at subscribe time.
 * ``json`` (not ``jsonb``) has no equality in PostgreSQL, so only ``is.null`` is accepted on it.
 """
 
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import json
 import re
-import string
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +34,8 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import Enum
 from typing import Any
+
+from .patterns import Pattern, PatternError, compile_like, compile_regex
 
 __all__ = [
     "OPERATORS",
@@ -98,7 +98,7 @@ class TypedCondition:
     #: comparison key of ``value`` (a tuple of keys, ``None`` for NULL items, for ``in``)
     _key: Any = field(repr=False, compare=False, default=None)
     #: compiled pattern for like/ilike/match/imatch
-    _pattern: re.Pattern[str] | None = field(repr=False, compare=False, default=None)
+    _pattern: Pattern | None = field(repr=False, compare=False, default=None)
 
 
 # =============================================================================================
@@ -858,135 +858,6 @@ def _array_key(ct: _ColType, v: Any) -> Any:
 
 
 # =============================================================================================
-# Patterns: LIKE and POSIX regular expressions
-# =============================================================================================
-
-
-def _like_regex(pattern: str, *, ignore_case: bool) -> re.Pattern[str]:
-    """SQL LIKE: ``%`` any run, ``_`` one character, backslash escapes the next character."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            if i + 1 >= len(pattern):
-                raise FilterError("LIKE pattern must not end with escape character")
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
-        i += 1
-    return re.compile("".join(out), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
-
-
-_POSIX_CLASSES = {
-    "alpha": r"[^\W\d_]",
-    "digit": r"\d",
-    "alnum": r"[^\W_]",
-    "word": r"\w",
-    "space": r"\s",
-    "upper": "[A-Z]",
-    "lower": "[a-z]",
-    "xdigit": "[0-9A-Fa-f]",
-    "blank": r"[ \t]",
-    "cntrl": r"[\x00-\x1f\x7f]",
-    "punct": "[" + re.escape(string.punctuation) + "]",
-}
-# Escapes whose meaning differs between PostgreSQL AREs and Python.
-_ARE_ESCAPES = {
-    "y": r"\b",
-    "Y": r"\B",
-    "m": r"\b(?=\w)",
-    "M": r"\b(?<=\w)",
-    "b": r"\x08",  # backspace in an ARE, a word boundary in Python
-    "B": r"\\",  # synonym for backslash in an ARE
-}
-
-
-def _posix_regex(pattern: str, op: str) -> str:
-    """Translate a PostgreSQL advanced regular expression to Python ``re`` syntax."""
-
-    def bad(reason: str) -> FilterError:
-        return FilterError(f"invalid regular expression for {op} filter: {reason}")
-
-    if pattern.startswith("***="):
-        return re.escape(pattern[4:])
-    if pattern.startswith("***:"):
-        pattern = pattern[4:]
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < n:
-            nxt = pattern[i + 1]
-            out.append(_ARE_ESCAPES.get(nxt, "\\" + nxt))
-            i += 2
-        elif ch == "$":
-            out.append(r"\Z")  # ARE `$` is end of string only; Python's also matches before "\n"
-            i += 1
-        elif ch == "[":
-            text, i = _bracket(pattern, i, bad)
-            out.append(text)
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
-
-
-def _bracket(pattern: str, start: int, bad: Callable[[str], FilterError]) -> tuple[str, int]:
-    """Translate one bracket expression starting at ``pattern[start] == "["``."""
-    i = start + 1
-    n = len(pattern)
-    negated = i < n and pattern[i] == "^"
-    if negated:
-        i += 1
-    items: list[str] = []
-    classes: list[str] = []
-    first = True
-    while True:
-        if i >= n:
-            raise bad("brackets [] not balanced")
-        ch = pattern[i]
-        if ch == "]" and not first:
-            i += 1
-            break
-        first = False
-        if ch == "[" and i + 1 < n and pattern[i + 1] in ":.=":
-            kind = pattern[i + 1]
-            end = pattern.find(kind + "]", i + 2)
-            if end < 0:
-                raise bad("brackets [] not balanced")
-            name = pattern[i + 2 : end]
-            if kind != ":":
-                raise bad("collating elements and equivalence classes are not supported")
-            if name not in _POSIX_CLASSES:
-                raise bad(f"character class [:{name}:] is not supported")
-            classes.append(_POSIX_CLASSES[name])
-            i = end + 2
-        elif ch == "\\" and i + 1 < n:
-            items.append(pattern[i : i + 2])
-            i += 2
-        else:
-            items.append("\\" + ch if ch in "[]&~|" else ch)
-            i += 1
-    body = "".join(items)
-    if not classes:
-        return "[" + ("^" if negated else "") + body + "]", i
-    alts = ([f"[{body}]"] if body else []) + classes
-    if negated:
-        return "(?:(?!" + "|".join(alts) + ")(?s:.))", i  # grouped: a quantifier may follow
-    return "(?:" + "|".join(alts) + ")", i
-
-
-def _compile_regex(pattern: str, op: str) -> re.Pattern[str]:
-    translated = _posix_regex(pattern, op)
-    try:
-        return re.compile(translated, re.DOTALL | (re.IGNORECASE if op == "imatch" else 0))
-    except re.error as exc:
-        raise FilterError(f"invalid regular expression for {op} filter: {exc}") from None
-
-
-# =============================================================================================
 # Validation (the reference's subscription trigger, protocol.md §6.2)
 # =============================================================================================
 
@@ -1007,7 +878,7 @@ def _validate_one(c: Condition, columns: Mapping[str, str]) -> TypedCondition:
     pg_type = columns[c.column]
     ct = _col_type(pg_type)
 
-    def typed(value: Any, key: Any = None, pattern: re.Pattern[str] | None = None) -> TypedCondition:
+    def typed(value: Any, key: Any = None, pattern: Pattern | None = None) -> TypedCondition:
         return TypedCondition(c.column, c.op, c.negated, pg_type, value, ct, key, pattern)
 
     if c.op == "is":
@@ -1023,9 +894,12 @@ def _validate_one(c: Condition, columns: Mapping[str, str]) -> TypedCondition:
         if ct.kind not in _TEXTUAL:
             raise FilterError(f"operator {c.op} requires a text-compatible column type, got {ct.display}")
         assert isinstance(c.value, str)
-        if c.op in ("like", "ilike"):
-            return typed(c.value, pattern=_like_regex(c.value, ignore_case=c.op == "ilike"))
-        return typed(c.value, pattern=_compile_regex(c.value, c.op))
+        try:
+            if c.op in ("like", "ilike"):
+                return typed(c.value, pattern=compile_like(c.value, ignore_case=c.op == "ilike"))
+            return typed(c.value, pattern=compile_regex(c.value, c.op))
+        except PatternError as err:
+            raise FilterError(str(err)) from None
     if c.op == "in":
         if ct.kind is _Kind.ARRAY:
             raise FilterError(f"operator in is not supported for array column type {ct.display}")
@@ -1093,8 +967,7 @@ def _evaluate_strict(c: TypedCondition, v: Any) -> bool | None:
         text = _pattern_subject(c, v)
         if text is None:
             return None
-        found = c._pattern.fullmatch(text) if c.op in ("like", "ilike") else c._pattern.search(text)
-        return found is not None
+        return c._pattern.matches(text)
     k = _row_key(c._type, v)
     if k is _NO_KEY:
         return None

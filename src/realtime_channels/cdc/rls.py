@@ -3,19 +3,28 @@
 
 The replication role receives every published row whatever its grants or policies, so we must
 decide who may see each INSERT/UPDATE. Supabase runs one ``exists`` query per subscriber per
-change (about 3k checks/s). Here subscribers with identical claims form one *cohort*, and a
-whole batch of changes to one table is checked for all cohorts in ONE call of
-``realtime.rc_visible_batch`` (``sql.py``), which switches role and claims per cohort and selects
-the keys that are visible now. Measured in postgres-cdc.md at 110k–520k checks/s.
+change (about 3k checks/s), against the row as the table holds it when the query runs. Here
+subscribers with identical claims form one *cohort*, and a whole batch of changes to one table
+is checked for all cohorts in ONE call:
 
-DELETEs are not checked here: protocol.md §6.6 delivers them without an RLS check.
+* ``visible_images`` (the normal path) — ``realtime.rc_visible_images`` evaluates the table's
+  policies over the row images the changes carry (the WAL values), after waiting until the
+  changes' transaction is visible to new snapshots.  A row reassigned, changed or deleted
+  right after a change is judged as it was in that change.
+* ``visible`` (the fallback, and Supabase's semantics) — ``realtime.rc_visible_batch`` looks the
+  keys up in the table as it is now, after the same wait.  Used for images that lack a column's
+  value (an unchanged TOAST value without replica identity full, a generated column), and by
+  the per-subscriber benchmark baseline.
+
+DELETEs are not checked here: protocol.md §6.6 delivers them without an RLS check, reduced to
+their key.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -34,7 +43,11 @@ _JSON_NUL: Final = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 _CALL: Final = (
     "select cohort, visible, error from realtime.rc_visible_batch("
-    "%s::oid::regclass, %s::text[], %s::text[], %s::jsonb)"
+    "%s::oid::regclass, %s::text[], %s::text[], %s::jsonb, %s::bigint)"
+)
+_CALL_IMAGES: Final = (
+    "select cohort, visible, error from realtime.rc_visible_images("
+    "%s::oid::regclass, %s::bigint, %s::text[], %s::text[], %s::jsonb)"
 )
 
 
@@ -52,6 +65,15 @@ def cohort_key(claims: Mapping[str, Any]) -> str:
     return orjson.dumps(
         dict(claims), default=_mapping_as_dict, option=orjson.OPT_SORT_KEYS
     ).decode()
+
+
+def _flatten(rows: Sequence[Sequence[str | None]], width: int, what: str) -> list[str | None]:
+    flat: list[str | None] = []
+    for row in rows:
+        if len(row) != width:
+            raise ValueError(f"{what} has {len(row)} values, expected {width}")
+        flat.extend(row)
+    return flat
 
 
 class RlsChecker:
@@ -72,30 +94,59 @@ class RlsChecker:
         table: TableInfo,
         pk_rows: Sequence[Sequence[str | None]],
         cohorts: Sequence[Mapping[str, Any]],
+        xid: int | None = None,
     ) -> list[set[int]]:
         """Per cohort (same order as ``cohorts``), the indexes into ``pk_rows`` whose *current*
-        row the cohort's role and claims may SELECT (protocol.md §6.6: a row deleted or changed
-        since is judged by its present state).
+        row the cohort's role and claims may SELECT (a row deleted or changed since is judged
+        by its present state), once transaction ``xid`` (if given) is visible.
 
         ``pk_rows`` holds each changed row's primary-key values in ``table.pk`` order, as the
         text pgoutput sent. A cohort whose role does not exist, or whose check fails in the
         database, sees nothing; the cause is logged once, and other cohorts are unaffected.
         A table without a primary key yields nothing visible (§6.7 reports those rows as
         errors instead)."""
+        width = len(table.pk)
         if not cohorts:
             return []
-        width = len(table.pk)
         if not pk_rows or width == 0:
             return [set() for _ in cohorts]
-        flat: list[str | None] = []
-        for row in pk_rows:
-            if len(row) != width:
-                raise ValueError(
-                    f"primary-key row has {len(row)} values, {table.schema}.{table.name} "
-                    f"has {width} key columns"
-                )
-            flat.extend(row)
+        flat = _flatten(pk_rows, width, f"primary-key row of {table.schema}.{table.name}")
+        return await self._judge(
+            conn, table, _CALL, lambda claims: (table.relid, list(table.pk), flat, claims, xid), cohorts
+        )
 
+    async def visible_images(
+        self,
+        conn: AsyncConnection[Any],
+        table: TableInfo,
+        xid: int | None,
+        columns: Sequence[str],
+        images: Sequence[Sequence[str | None]],
+        cohorts: Sequence[Mapping[str, Any]],
+    ) -> list[set[int]]:
+        """Per cohort, the indexes into ``images`` that the table's policies admit for the
+        cohort's role and claims, evaluated over the images themselves (protocol.md §6.6).
+
+        ``images`` are rows of text values (pgoutput's text form, ``None`` for NULL) for
+        ``columns``, which must name every column of the table.  Transaction ``xid`` is waited
+        for first, so policies reading other tables see what it wrote."""
+        if not cohorts:
+            return []
+        if not images:
+            return [set() for _ in cohorts]
+        flat = _flatten(images, len(columns), f"row image of {table.schema}.{table.name}")
+        return await self._judge(
+            conn, table, _CALL_IMAGES, lambda claims: (table.relid, xid, list(columns), flat, claims), cohorts
+        )
+
+    async def _judge(
+        self,
+        conn: AsyncConnection[Any],
+        table: TableInfo,
+        call: str,
+        params: Callable[[str], tuple[object, ...]],
+        cohorts: Sequence[Mapping[str, Any]],
+    ) -> list[set[int]]:
         # Identical claims are checked once (postgres-cdc.md Q4: "Deduplicate identical claims").
         # Claims jsonb cannot hold (a NUL escape) never reach the database, where they would
         # fail the whole call: such a cohort sees nothing (slot None).
@@ -113,10 +164,10 @@ class RlsChecker:
         claims_json = "[" + ",".join(slots) + "]"
 
         try:
-            rows = await self._call(conn, (table.relid, list(table.pk), flat, claims_json))
+            rows = await self._call(conn, call, params(claims_json))
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
-            # The table was dropped or its key changed after the change was decoded; nobody
-            # may see rows we can no longer look up. The next Relation message refreshes it.
+            # The table was dropped or its columns changed after the change was decoded; nobody
+            # may see rows we can no longer judge. The next Relation message refreshes it.
             self._log_once(f"{table.schema}.{table.name}", f"{exc.sqlstate}: {exc}")
             return [set() for _ in cohorts]
 
@@ -131,15 +182,15 @@ class RlsChecker:
         return [set() if s is None else set(per_slot[s]) for s in slot_of]
 
     async def _call(
-        self, conn: AsyncConnection[Any], params: tuple[object, ...]
+        self, conn: AsyncConnection[Any], call: str, params: tuple[object, ...]
     ) -> list[tuple[int, list[int] | None, str | None]]:
         if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
             # One statement is its own transaction: the function's set_config(..., true)
             # settings end with it.
-            cur = await conn.execute(_CALL, params)
+            cur = await conn.execute(call, params)
             return [(int(c), v, e) for c, v, e in await cur.fetchall()]
         async with conn.transaction(force_rollback=True):
-            cur = await conn.execute(_CALL, params)
+            cur = await conn.execute(call, params)
             return [(int(c), v, e) for c, v, e in await cur.fetchall()]
 
     def _log_once(self, subject: str, error: str) -> None:

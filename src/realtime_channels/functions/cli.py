@@ -1,4 +1,4 @@
-"""``realtime-channels functions dlq list | replay [--id ID ...]`` (GitHub issue #6).
+"""``realtime-channels functions dlq list | replay [--id ID ...]``.
 
 The dead-letter list is only reachable from another process when it is durable, i.e. when the
 server runs with ``REALTIME_DATABASE_URL``: these commands read and update

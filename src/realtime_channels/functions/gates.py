@@ -10,14 +10,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .. import errors
 from .config import Gate
 from .events import GateResult, Stats, glob_match, now_iso, percentile
 from .targets import Invoker, Outcome
 
 log = logging.getLogger("realtime_channels.functions.engine")
-
-_FAIL_REASON = "authorization function unavailable"
-
 
 class GateRunner:
     def __init__(self, gates: Sequence[Gate], invoker: Invoker) -> None:
@@ -76,7 +74,7 @@ class GateRunner:
             if not reply["allow"]:
                 stats.failed += 1
                 reason = reply.get("reason")
-                return GateResult(False, reason=reason if isinstance(reason, str) and reason else "denied")
+                return GateResult(False, reason=reason if isinstance(reason, str) and reason else errors.FunctionDenied.message)
             stats.delivered += 1
             rewritten = reply.get("payload") if g.kind == "authorize_send" else None
             return GateResult(True, payload=rewritten)
@@ -88,7 +86,7 @@ class GateRunner:
             stats.delivered += 1
             return GateResult(True)
         stats.failed += 1
-        return GateResult(False, reason=_FAIL_REASON)
+        return GateResult(False, reason=errors.FunctionUnavailable.message)
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """Per gate, as ``gate:<name>``: allowed as ``delivered``, denials as ``failed``,

@@ -45,7 +45,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from ..errors import InternalError
+from ..errors import AuthzUnavailable
 
 __all__ = ["AuthzUnavailable", "ChannelAuthorizer", "ReplayRow"]
 
@@ -83,15 +83,6 @@ _REPLAY_SQL: Final = (
     " order by inserted_at desc, id desc limit %s) as newest"
     " order by inserted_at, id"
 )
-
-
-class AuthzUnavailable(InternalError):
-    """The check could not be evaluated (database unreachable, a query or policy failed, time-out).
-
-    Callers treat it as denial: at join time with the ``Unauthorized`` reason, later by dropping
-    the message (protocol.md §7.3)."""
-
-    message = "Unable to evaluate the channel's authorization policies"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,9 @@ from typing import Any
 
 import orjson
 
+from ..errors import DecodeError
+from . import jsonexact
+
 __all__ = [
     "Broadcast",
     "BinaryBroadcastPush",
@@ -75,10 +78,6 @@ class BinaryBroadcastPush:
     binary: bool
 
 
-class DecodeError(ValueError):
-    """An inbound frame that must be logged and ignored (§2.4).  Never sent to the peer."""
-
-
 # --- decoding ---------------------------------------------------------------------------
 
 
@@ -101,9 +100,9 @@ def _str_field(value: Any, what: str) -> str:
 def decode_text(vsn: Vsn, text: str | bytes) -> Message:
     """Decode a text frame in the socket's serializer format (§1.5); raise ``DecodeError``."""
     try:
-        obj = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError("frame is not valid JSON") from exc
+        obj = jsonexact.loads(text)
+    except jsonexact.JsonError as exc:
+        raise DecodeError(f"frame is {exc}" if "deep" in str(exc) else "frame is not valid JSON") from exc
     if vsn is Vsn.V1:
         if not isinstance(obj, dict):
             raise DecodeError("V1 frame must be a JSON object")
@@ -163,9 +162,9 @@ def decode_binary(vsn: Vsn, data: bytes) -> BinaryBroadcastPush:
     metadata: dict[str, Any] | None = None
     if meta_len:
         try:
-            meta_obj = orjson.loads(view[off : off + meta_len])
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError("metadata is not valid JSON") from exc
+            meta_obj = jsonexact.loads(view[off : off + meta_len])
+        except jsonexact.JsonError as exc:
+            raise DecodeError(f"metadata is {exc}") from exc
         if not isinstance(meta_obj, dict):
             raise DecodeError("metadata must be a JSON object")
         metadata = meta_obj
@@ -174,9 +173,9 @@ def decode_binary(vsn: Vsn, data: bytes) -> BinaryBroadcastPush:
     if not binary:
         # §4.1 SHOULD: never relay broken JSON to V1 receivers (or as a Fragment).
         try:
-            orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError("encoding-1 payload is not valid JSON") from exc
+            jsonexact.loads(payload)
+        except jsonexact.JsonError as exc:
+            raise DecodeError(f"encoding-1 payload is {exc}") from exc
     return BinaryBroadcastPush(
         join_ref=join_ref or None,
         ref=ref or None,

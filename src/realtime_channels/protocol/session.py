@@ -144,7 +144,7 @@ def reply(msg: Message | BinaryBroadcastPush, payload: dict[str, Any], join_ref:
 
 def unmatched(msg: Message | BinaryBroadcastPush) -> Message:
     """§2.4: pushes to topics this socket has not joined."""
-    return reply(msg, error_payload({"reason": "unmatched topic"}), None)
+    return reply(msg, error_payload(errors.UnmatchedTopic().response), None)
 
 
 def system_message(ch: Channel, status: str, message: str, extension: str = "system") -> Message:
@@ -220,7 +220,7 @@ class Session:
             try:
                 self.verify(ch.token, now)
             except errors.RealtimeError as err:
-                effects += self._shutdown(ch, err.message)
+                effects += self._shutdown(ch, err)
             else:
                 ch.deadline = self._deadline(ch.claims, now)
         return effects
@@ -279,9 +279,9 @@ class Session:
             effects.append(Send(phx_close(old)))
         # §3.3: every join error is delayed to slow retry storms
         delay = self.config.join_error_delay_s
-        effects.append(Send(reply(msg, error_payload({"reason": err.reason}), msg.join_ref), delay))
-        if isinstance(err, errors.ClientJoinRateLimitReached):
-            effects.append(Close(1001, "too many joins", delay))  # §3.5
+        effects.append(Send(reply(msg, error_payload(err.response), msg.join_ref), delay))
+        if err.close_code is not None and err.close_reason is not None:
+            effects.append(Close(err.close_code, err.close_reason, delay))  # §3.5 join rate
         return effects
 
     def _open_channel(self, msg: Message, now: float) -> Channel:
@@ -329,11 +329,11 @@ class Session:
         if raw is None:
             return None
         if not private:
-            raise errors.UnableToReplayMessages("Replay is not allowed for public channels")
+            raise errors.ReplayNotAllowed()
         since = raw.get("since") if isinstance(raw, dict) else None
         limit = raw.get("limit", self.config.replay_max) if isinstance(raw, dict) else None
         if not isinstance(since, int) or isinstance(since, bool) or not isinstance(limit, int) or isinstance(limit, bool):
-            raise errors.UnableToReplayMessages("Replay params are not valid")
+            raise errors.ReplayParamsInvalid()
         return since, max(1, min(self.config.replay_max, limit))
 
     def _presence_enabled(self, ch: Channel) -> bool:
@@ -406,12 +406,12 @@ class Session:
             effects.append(UnsubscribePostgres(ch.topic))
         return effects
 
-    def _shutdown(self, ch: Channel, message: str) -> list[Effect]:
+    def _shutdown(self, ch: Channel, err: errors.RealtimeError) -> list[Effect]:
         """§8 "shut down": system error, then phx_close; the socket stays open."""
         self.channels.pop(ch.topic, None)
         ch.queue.clear()
         effects = self._teardown(ch)
-        effects.append(Send(system_message(ch, "error", message)))
+        effects.append(Send(system_message(ch, "error", err.message)))
         effects.append(Send(phx_close(ch)))
         return effects
 
@@ -420,12 +420,15 @@ class Session:
         recheck = now + self.config.token_recheck_s
         return min(float(exp), recheck) if isinstance(exp, int | float) else recheck
 
-    def shutdown(self, topic: str, message: str, join_ref: str | None) -> list[Effect]:
-        """Shut a joined channel down from outside (e.g. replication never became ready, §3.7)."""
+    def shutdown(self, topic: str, error: errors.RealtimeError | str, join_ref: str | None) -> list[Effect]:
+        """Shut a joined channel down from outside (e.g. ``errors.ReplicationNotReady``, §3.7).
+
+        A bare string is still accepted from adapters that predate the error tree; new callers
+        pass an ``errors`` instance."""
         ch = self.channels.get(topic)
         if ch is None or ch.join_ref != join_ref:
             return []
-        return self._shutdown(ch, message)
+        return self._shutdown(ch, error if isinstance(error, errors.RealtimeError) else errors.RealtimeError(error))
 
     def replication(self, topic: str, join_ref: str | None, ready: bool) -> list[Effect]:
         """The adapter's answer to ``AwaitReplication`` (§3.7)."""
@@ -433,7 +436,7 @@ class Session:
         if ch is None or ch.join_ref != join_ref:
             return []
         if not ready:
-            return self._shutdown(ch, errors.ReplicationNotReady().message)
+            return self._shutdown(ch, errors.ReplicationNotReady())
         return [Send(system_message(ch, "ok", errors.Notice.REPLICATION_READY))]
 
     # function gates --------------------------------------------------------------------------
@@ -508,13 +511,13 @@ class Session:
         """§3.9: read rights are re-evaluated; losing all, or losing one held, ends the channel."""
         ch.pending.difference_update(result.granted)
         if result.error is not None:
-            return self._shutdown(ch, "Realtime was unable to connect to the project database")
+            return self._shutdown(ch, errors.UnableToConnectToProject())
         read_b = result.granted.get(BROADCAST_READ, False)
         read_p = result.granted.get(PRESENCE_READ, ch.rights.get(PRESENCE_READ) or False)
         if not (read_b or read_p):
-            return self._shutdown(ch, f"You do not have permissions to read from this Channel topic: {ch.sub_topic}")
+            return self._shutdown(ch, errors.Unauthorized(ch.sub_topic))
         if (ch.rights.get(BROADCAST_READ) and not read_b) or (ch.rights.get(PRESENCE_READ) and not read_p):
-            return self._shutdown(ch, f"You no longer have permission to read from this Channel topic: {ch.sub_topic}")
+            return self._shutdown(ch, errors.PermissionLost(ch.sub_topic))
         ch.rights[BROADCAST_READ] = read_b
         if PRESENCE_READ in result.granted:
             ch.rights[PRESENCE_READ] = read_p
@@ -556,10 +559,10 @@ class Session:
                 return [GateSend(ch.topic, ch.join_ref, ch.sub_topic, event, data, ch.claims)]
         ack = ch.params.broadcast_ack
         if size > self.config.max_payload_bytes:  # §4.5
-            return [Send(reply(msg, error_payload("payload_size_exceeded"), ch.join_ref))] if ack else []
+            return [Send(reply(msg, error_payload(errors.PayloadSizeExceeded().response), ch.join_ref))] if ack else []
         if self.limits is not None:
             if self.limits.events_exceeded(now):  # §8 events per second
-                return self._shutdown(ch, "Too many messages per second")
+                return self._shutdown(ch, errors.MessageRateLimitReached())
             self.limits.events.add(now)
         exclude = None if ch.params.broadcast_self else ch.topic
         effects: list[Effect] = [Publish(ch.stream, b, exclude)]
@@ -585,7 +588,7 @@ class Session:
             if not ch.rights.get(PRESENCE_WRITE):
                 return [Send(reply(msg, error_payload({}), ch.join_ref))]  # item 84
         if not ch.presence_window.hit(now):  # §5.7 per-channel window
-            return self._shutdown(ch, "Client presence rate limit exceeded")
+            return self._shutdown(ch, errors.ClientPresenceRateLimitReached())
         if event == "untrack":
             # §5.1: the diff a presence push causes reaches the channel before its reply
             effects: list[Effect] = []
@@ -598,13 +601,12 @@ class Session:
         if payload is None:
             payload = {}
         if not isinstance(payload, dict):
-            reason = {"reason": "Presence track payload must be a map"}
-            return [Send(reply(msg, error_payload(reason), ch.join_ref))]
+            return [Send(reply(msg, error_payload(errors.PresencePayloadNotMap().response), ch.join_ref))]
         if size > self.config.max_payload_bytes:
-            return self._shutdown(ch, "Track message size exceeded")
+            return self._shutdown(ch, errors.TrackMessageSizeExceeded())
         if self.limits is not None:
             if self.limits.presence_exceeded(now):  # §5.7 tenant presence rate
-                return self._shutdown(ch, "Too many presence messages per second")
+                return self._shutdown(ch, errors.PresenceRateLimitReached())
             self.limits.presence.add(now)
         ch.tracked = True
         return [
@@ -619,11 +621,11 @@ class Session:
         if token is None or token == ch.token or (isinstance(token, str) and token.startswith("sb_")):
             return []
         if not isinstance(token, str):
-            return self._shutdown(ch, errors.MalformedJWT().message)
+            return self._shutdown(ch, errors.MalformedJWT())
         try:
             claims = self.verify(token, now)
         except errors.RealtimeError as err:
-            return self._shutdown(ch, err.message)
+            return self._shutdown(ch, err)
         ch.token, ch.claims = token, claims
         ch.deadline = self._deadline(claims, now)
         effects: list[Effect] = []

@@ -15,10 +15,9 @@ from ..protocol.codec import Message
 from .ops import add_ops_routes
 from .rest import add_rest_routes
 from .state import STATE, AppState
-from .ws import websocket_handler
+from .ws import close_frame_of, websocket_handler
 
 WS_PATHS = ("/socket/websocket", "/realtime/v1/websocket", "/websocket")
-RESTART_CODE = 1012
 
 
 def build_app(settings: Settings, node: Node, verifier: JwtVerifier,
@@ -51,9 +50,9 @@ async def shutdown_connections(app: web.Application) -> None:
     closing = []
     for conn in list(state.connections):
         for ch in conn.session.channels.values():
-            notice = {"extension": "system", "status": "ok", "message": errors.CloseReason.DISCONNECT_NOTICE}
+            notice = {"extension": "system", "status": "ok", "message": errors.Notice.DISCONNECT}
             conn.send(Message(ch.topic, "system", notice, ref=None, join_ref=ch.join_ref))
-        task = conn.close(RESTART_CODE, errors.CloseReason.RESTART)
+        task = conn.close(*close_frame_of(errors.ServerRestart))
         if task is not None:
             closing.append(task)
     await asyncio.gather(*closing, return_exceptions=True)

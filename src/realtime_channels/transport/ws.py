@@ -30,14 +30,18 @@ from .state import STATE, AppState, json_response
 
 log = logging.getLogger("realtime_channels.transport")
 
-SLOW_CONSUMER_CODE = 1008
-IDLE_CLOSE_CODE = 1000
 #: A socket's reader yields to the others after this much uninterrupted work.
 READ_SLICE_S = 0.001
 #: After the slow-consumer close is queued, give the peer this long before aborting.
 SLOW_CONSUMER_GRACE_S = 1.0
 
 _conn_ids = itertools.count(1)
+
+
+def close_frame_of(err: type[errors.RealtimeError]) -> tuple[int, str]:
+    """The close code and reason an error class is sent with."""
+    assert err.close_code is not None and err.close_reason is not None, err
+    return err.close_code, err.close_reason
 
 
 def close_reason(ws: web.WebSocketResponse) -> str | None:
@@ -95,7 +99,7 @@ class Connection:
         if transport.get_write_buffer_size() > self.state.settings.outbox_max_bytes:
             log.warning("closing slow consumer conn=%s (outbox over %d bytes)",
                         self.conn_id, self.state.settings.outbox_max_bytes)
-            self.close(SLOW_CONSUMER_CODE, errors.CloseReason.SLOW_CONSUMER, abort_after=SLOW_CONSUMER_GRACE_S)
+            self.close(*close_frame_of(errors.SlowConsumer), abort_after=SLOW_CONSUMER_GRACE_S)
 
     def send(self, msg: Message) -> None:
         self.write(build_frame(encode(self.vsn, msg)))
@@ -167,7 +171,7 @@ class Connection:
             return
         if self.loop.time() - self.last_rx >= self.state.settings.idle_timeout_ms / 1000:
             log.info("closing idle connection conn=%s", self.conn_id)
-            self.close(IDLE_CLOSE_CODE, errors.CloseReason.IDLE)
+            self.close(*close_frame_of(errors.IdleTimeout))
             return
         self.run(self.session.tick(time.time()))
         self.arm_timer()

@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""Generate the pages of docs/ that are derived from the code:
+
+- ``docs/configuration.md`` from ``realtime_channels.config.Settings`` (every ``REALTIME_*``
+  variable: default, other accepted names, allowed values) and the ``realtime-channels``
+  argument parser (every command and flag);
+- ``docs/compatibility.md`` from the ``@pytest.mark.compat(...)`` markers on the tests, against
+  the conformance checklist of ``docs/protocol.md`` §10.
+
+Usage: ``.venv/bin/python scripts/gen_docs.py`` writes both pages; ``--check`` writes nothing and
+exits with status 1 (naming the stale pages) when a page differs from what the code gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+TESTS = ROOT / "tests"
+sys.path.insert(0, str(ROOT / "src"))
+
+ENV_PREFIX = "REALTIME_"
+
+#: What each setting means, for users (a field not listed here uses its ``Field(description=...)``).
+#: A new setting with neither makes the generator fail, so every variable is documented.
+MEANINGS: dict[str, str] = {
+    "host": "bind address; use `0.0.0.0` to accept connections from other machines",
+    "port": "port to listen on (`0` picks a free one)",
+    "jwt_secret": "HS256/384/512 secret that verifies API keys, channel tokens and REST tokens. "
+    "Without it (and without a JWKS) a built-in **development** secret is used and printed with a warning",
+    "jwt_jwks": "JWKS for RS/ES/EdDSA keys (and `oct` HS keys chosen by `kid`): JSON text, a file path, "
+    "or an http(s) URL fetched at start and again on an unknown `kid` (at most every 30 s)",
+    "log_level": "server log verbosity",
+    "database_url": "PostgreSQL URL, e.g. `postgresql://realtime:pw@db:5432/app`; enables postgres_changes, "
+    "private channels, database broadcast and replay ([postgres](postgres.md))",
+    "publication": "publication whose tables can be subscribed to (created empty when missing)",
+    "slot_name": "the permanent logical replication slot of postgres_changes; give each deployment its own "
+    "and drop it (`select pg_drop_replication_slot('…')`) when you retire one",
+    "cdc_rls_mode": "`per_subscriber` checks RLS with one query per subscriber per change, as Supabase "
+    "does; it exists only so the benchmark can compare",
+    "redis_url": "Redis URL: processes and machines share channels, presence and limits through it "
+    "([scale-out](scale-out.md))",
+    "workers": "worker processes sharing the port (SO_REUSEPORT); more than one needs `REALTIME_REDIS_URL`",
+    "reuse_port": "set by the `--workers` supervisor for its workers (bind a shared port); not for direct use",
+    "functions_config": "TOML file of triggers and gates ([functions](functions.md))",
+    "functions_secret": "`whsec_<base64>` secret that signs requests to HTTP functions (Standard Webhooks)",
+    "functions_service_role_key": "sent as `Authorization: Bearer` to HTTP functions (e.g. a Supabase service_role key)",
+    "join_error_backoff_ms": "delay before a join error is answered, as Supabase does to slow retry storms. "
+    "The official clients wait 10 s for a join reply; **a client whose own join timeout is 5 s or less "
+    "reports a timeout instead of the reason** — lower this value for such clients",
+    "connect_error_backoff_ms": "delay before a refused WebSocket upgrade is answered (as Supabase)",
+    "idle_timeout_ms": "a socket that sends no frame for this long is closed (1000)",
+    "max_frame_bytes": "a larger inbound frame closes the socket (1009); also the REST body limit",
+    "outbox_max_bytes": "a socket with more unsent bytes than this is a slow consumer: closed with 1008 `slow consumer`",
+    "max_payload_size_in_kb": "broadcast and presence payload limit: this × 1000 + 500 bytes",
+    "max_channels_per_client": "channels one socket may join (`ChannelRateLimitReached`)",
+    "max_client_presence_events_per_window": "presence pushes one channel may make per window",
+    "client_presence_window_ms": "that window",
+    "max_events_per_second": "tenant events/s (rolling one-minute average of broadcasts sent, every per-channel "
+    "delivery, REST and database broadcasts); at the limit a sending channel is shut down with "
+    "`Too many messages per second`, REST answers 429 and database broadcasts are dropped",
+    "max_concurrent_users": "sockets that have joined a channel; beyond it upgrades get 429 and joins "
+    "`ConnectionRateLimitReached`",
+    "max_joins_per_second": "rolling joins/s; beyond it `ClientJoinRateLimitReached` and the socket is closed (1001)",
+    "max_presence_events_per_second": "rolling presence traffic; beyond it a tracking channel is shut down "
+    "(`Too many presence messages per second`)",
+    "max_client_frames_per_second": "inbound frames per socket per second (burst as large); a faster sender is "
+    "read more slowly (TCP back-pressure), nothing is dropped. This server's own protection",
+    "max_bytes_per_second": "kept and reported like Supabase's tenant field; not enforced (as in Supabase)",
+    "presence_enabled": "every join behaves as `presence.enabled: true`",
+    "private_only": "refuse public channels (`PrivateOnly`)",
+    "messages_publication": "publication of `realtime.messages`, the feed of database broadcasts",
+    "messages_slot_name": "replication slot of the database-broadcast feed",
+    "messages_retention_days": "daily partitions of `realtime.messages` older than this are dropped",
+    "install_auth_helpers": "on a plain PostgreSQL, create `auth.uid()`, `auth.role()` and `auth.jwt()` "
+    "(reading `request.jwt.claims`) when missing",
+    "token_recheck_ms": "channel tokens are verified again at `exp` or after this long, whichever is sooner",
+}
+
+#: Supabase's own name for a setting (tenant field or environment variable), where one exists.
+SUPABASE_NAMES: dict[str, str] = {
+    "jwt_secret": "tenant `jwt_secret`",
+    "jwt_jwks": "tenant `jwt_jwks`",
+    "join_error_backoff_ms": "`CHANNEL_ERROR_BACKOFF_MS`",
+    "connect_error_backoff_ms": "`CONNECT_ERROR_BACKOFF_MS`",
+    "max_payload_size_in_kb": "tenant `max_payload_size_in_kb`",
+    "max_channels_per_client": "tenant `max_channels_per_client`",
+    "max_client_presence_events_per_window": "tenant `max_client_presence_events_per_window`",
+    "client_presence_window_ms": "tenant `client_presence_window_ms`",
+    "max_events_per_second": "tenant `max_events_per_second`",
+    "max_concurrent_users": "tenant `max_concurrent_users`",
+    "max_joins_per_second": "tenant `max_joins_per_second`",
+    "max_presence_events_per_second": "tenant `max_presence_events_per_second`",
+    "max_bytes_per_second": "tenant `max_bytes_per_second`",
+    "presence_enabled": "tenant `presence_enabled`",
+    "private_only": "tenant `private_only`",
+    "publication": "publication `supabase_realtime`",
+}
+
+
+# --- configuration.md -----------------------------------------------------------------------
+
+
+def _env_names(name: str, info: Any) -> list[str]:
+    """The environment names pydantic-settings accepts for a field (aliases replace the prefix)."""
+    alias = info.validation_alias
+    if alias is None:
+        return [ENV_PREFIX + name.upper()]
+    choices = getattr(alias, "choices", None)
+    if choices is None:
+        return [str(alias).upper()]
+    return [str(c).upper() for c in choices if isinstance(c, str)]
+
+
+def _default(info: Any) -> str:
+    if info.default_factory is not None:
+        return "(computed)"
+    value = info.default
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    return f"`{value}`"
+
+
+def _allowed(info: Any) -> str:
+    parts: list[str] = []
+    args = typing.get_args(info.annotation)
+    if typing.get_origin(info.annotation) is typing.Literal:
+        parts.append(" / ".join(f"`{a}`" for a in args))
+    elif info.annotation is bool:
+        parts.append("`true` / `false`")
+    for meta in info.metadata:
+        for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            if getattr(meta, attr, None) is not None:
+                parts.append(f"{sign} {getattr(meta, attr)}")
+        if getattr(meta, "pattern", None):
+            parts.append("an SQL identifier")
+    return ", ".join(parts)
+
+
+def _flags() -> dict[str, list[str]]:
+    """Setting name → the CLI flags that set it (``serve --port``)."""
+    from realtime_channels.cli import parser
+
+    out: dict[str, list[str]] = {}
+    for command, sub in _subcommands(parser()):
+        for action in sub._actions:
+            if action.option_strings and action.dest not in ("help",):
+                out.setdefault(action.dest, []).append(f"`{command} {max(action.option_strings, key=len)}`")
+    return out
+
+
+def _subcommands(p: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, argparse.ArgumentParser]]:
+    found: list[tuple[str, argparse.ArgumentParser]] = []
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                command = f"{prefix} {name}".strip()
+                found.append((command, sub))
+                found.extend(_subcommands(sub, command))
+    return found
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def configuration_page() -> str:
+    from realtime_channels.cli import parser
+    from realtime_channels.config import Settings
+
+    flags = _flags()
+    rows = []
+    missing = []
+    for name, info in Settings.model_fields.items():
+        meaning = MEANINGS.get(name) or info.description
+        if not meaning:
+            missing.append(name)
+            continue
+        names = _env_names(name, info)
+        primary = next((n for n in names if n.startswith(ENV_PREFIX)), names[0])
+        also = ", ".join(f"`{n}`" for n in names if n != primary)
+        allowed = _allowed(info)
+        text = _cell(meaning) + (f"; {allowed}" if allowed else "")
+        if name in SUPABASE_NAMES:
+            text += f" (Supabase: {SUPABASE_NAMES[name]})"
+        rows.append(f"| `{primary}` | {_default(info)} | {text} | {', '.join(flags.get(name, [])) or '—'} | {also or '—'} |")
+    if missing:
+        raise SystemExit(
+            "gen_docs: no description for setting(s) " + ", ".join(missing)
+            + ": give the Field a description= or add it to MEANINGS in scripts/gen_docs.py"
+        )
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated by scripts/gen_docs.py from src/realtime_channels/config.py and cli.py; do not edit. -->",
+        "",
+        "Every setting is an environment variable; the flags of `realtime-channels serve` override",
+        "them. Names are not case-sensitive. Booleans take `true`/`false` (also `1`/`0`, `yes`/`no`).",
+        "A value outside its allowed range stops the server at start with a configuration error.",
+        "",
+        "The limits are Supabase's per-tenant settings with Supabase's defaults. They count every",
+        "delivery, so a busy room reaches 100 events/s quickly: raise them for anything beyond a demo.",
+        "",
+        "| variable | default | meaning | flag | also accepted |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "**Join errors wait 5 s by default**, as in Supabase (`REALTIME_JOIN_ERROR_BACKOFF_MS`): the",
+        "official clients wait 10 s for a join reply and see the reason, but a client whose own timeout",
+        "is 5 s or less reports a timeout instead of the reason. Lower the setting (e.g. to `1000`) when",
+        "you use such a client; the error codes themselves are listed in [error codes](error-codes.md).",
+        "",
+        "## Command line",
+        "",
+    ]
+    root = parser()
+    for command, sub in _subcommands(root):
+        helps = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+        positional = [a for a in sub._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
+        if not helps and not positional:
+            continue
+        lines += [f"### `realtime-channels {command}`", ""]
+        if sub.description:
+            lines += [_cell(sub.description), ""]
+        lines += ["| option | meaning |", "|---|---|"]
+        for a in positional + helps:
+            opt = ", ".join(a.option_strings) if a.option_strings else a.dest
+            if a.option_strings and a.nargs != 0:
+                opt += f" {a.metavar or a.dest.upper()}"
+            text = a.help or ""
+            if a.choices:
+                text = (text + "; " if text else "") + "one of " + ", ".join(f"`{c}`" for c in a.choices)
+            if a.required:
+                text = (text + " " if text else "") + "(required)"
+            lines.append(f"| `{opt}` | {_cell(text) or '—'} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --- compatibility.md -----------------------------------------------------------------------
+
+
+@dataclass
+class Coverage:
+    tests: list[str] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def checklist() -> dict[int, str]:
+    """The numbered items of docs/protocol.md §10."""
+    text = (DOCS / "protocol.md").read_text(encoding="utf-8")
+    start = text.index("\n## 10.")
+    items: dict[int, str] = {}
+    for m in re.finditer(r"^(\d+)\. (.+)$", text[start:], re.M):
+        items[int(m.group(1))] = m.group(2).strip()
+    return items
+
+
+def _compat_marks(func: ast.AST) -> list[tuple[list[int], dict[str, str]]]:
+    marks = []
+    for dec in getattr(func, "decorator_list", []):
+        if (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "compat"
+                and isinstance(dec.func.value, ast.Attribute) and dec.func.value.attr == "mark"):
+            nums = [int(ast.literal_eval(a)) for a in dec.args]
+            kw = {k.arg: str(ast.literal_eval(k.value)) for k in dec.keywords if k.arg}
+            marks.append((nums, kw))
+    return marks
+
+
+def collect_markers() -> dict[int, Coverage]:
+    coverage: dict[int, Coverage] = {}
+    for path in sorted(TESTS.rglob("test_*.py")):
+        if "node_modules" in path.parts:
+            continue
+        rel = path.relative_to(ROOT).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
+        scopes: list[tuple[str, ast.AST]] = [("", n) for n in tree.body]
+        while scopes:
+            prefix, node = scopes.pop(0)
+            if isinstance(node, ast.ClassDef):
+                scopes.extend((f"{prefix}{node.name}::", n) for n in node.body)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for nums, kw in _compat_marks(node):
+                    for n in nums:
+                        cov = coverage.setdefault(n, Coverage())
+                        test_id = f"{rel}::{prefix}{node.name}"
+                        if test_id not in cov.tests:
+                            cov.tests.append(test_id)
+                        if kw.get("partial") and kw["partial"] not in cov.partial:
+                            cov.partial.append(kw["partial"])
+                        if kw.get("note") and kw["note"] not in cov.notes:
+                            cov.notes.append(kw["note"])
+    return coverage
+
+
+def compatibility_page() -> str:
+    items = checklist()
+    coverage = collect_markers()
+    unknown = sorted(set(coverage) - set(items))
+    if unknown:
+        raise SystemExit(f"gen_docs: compat markers name items not in docs/protocol.md §10: {unknown}")
+    rows = []
+    counts = {"✅": 0, "⚠️": 0, "❌": 0}
+    for n, title in sorted(items.items()):
+        cov = coverage.get(n, Coverage())
+        status = "❌" if not cov.tests else ("⚠️" if cov.partial else "✅")
+        counts[status] += 1
+        cell = ", ".join(f"`{t}`" for t in cov.tests) or "—"
+        extra = cov.partial + cov.notes
+        if extra:
+            cell += " — " + "; ".join(extra)
+        rows.append(f"| {n} | {_cell(title)} | {status} | {_cell(cell)} |")
+    lines = [
+        "# Compatibility",
+        "",
+        "<!-- Generated by scripts/gen_docs.py from the @pytest.mark.compat markers in tests/; do not edit. -->",
+        "",
+        f"Each item of the conformance checklist ([protocol §10](protocol.md#10-conformance-checklist)) with",
+        "the tests that assert it. The tests run against a real server process, with the official",
+        "clients (supabase-js / realtime-js 2.119 and the Python `realtime` 2.34.1) or a raw",
+        "WebSocket/HTTP client, and against a real PostgreSQL for the database items. ⚠️ marks an item",
+        "tested only in a scaled-down form.",
+        "",
+        f"Totals: {counts['✅']} ✅ covered, {counts['⚠️']} ⚠️ partial, {counts['❌']} ❌ not covered.",
+        "",
+        "To tie a test to an item, decorate it with `@pytest.mark.compat(<item>, …)` (optionally",
+        "`partial=\"…\"` or `note=\"…\"`) and run `scripts/gen_docs.py`.",
+        "",
+        "| # | item | status | tests |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- main -------------------------------------------------------------------------------------
+
+PAGES = {
+    "configuration.md": configuration_page,
+    "compatibility.md": compatibility_page,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--check", action="store_true", help="exit 1 if a generated page is stale; write nothing")
+    args = ap.parse_args(argv)
+    stale = []
+    for name, build in PAGES.items():
+        path = DOCS / name
+        text = build()
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        if args.check:
+            stale.append(name)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote docs/{name}")
+    if stale:
+        print("stale: " + ", ".join(f"docs/{n}" for n in stale) + " — run scripts/gen_docs.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

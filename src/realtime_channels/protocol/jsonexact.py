@@ -1,0 +1,81 @@
+"""JSON from untrusted peers: bounded nesting and integers kept exactly (sans-I/O).
+
+Two things orjson does not do for a relay:
+
+* **Nesting.** orjson parses up to 1,024 levels but serialises at most 254, so a payload between
+  the two is accepted and then cannot be sent to anyone (or stored, or shared with other nodes).
+  Input nested deeper than :data:`MAX_DEPTH` levels is refused here, at the door.
+* **Integers beyond 64 bits.** orjson reads them as floats (``18446744073709551616`` becomes
+  ``1.8446744073709552e+19``), which would alter the payload a relay passes on.  Text that may
+  hold one (a run of 19 or more digits) is parsed again with the standard library, keeping such
+  integers as ``orjson.Fragment`` of their original digits, so they are written back verbatim.
+
+The cost for ordinary frames is two ``count`` calls and one regular-expression search, all in C.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Final
+
+import orjson
+
+__all__ = ["MAX_DEPTH", "JsonError", "depth_exceeds", "loads"]
+
+#: deepest nesting accepted in one JSON document (objects and arrays), whole frame included
+MAX_DEPTH: Final = 128
+_INT64_MIN: Final = -(2**63)
+_UINT64_MAX: Final = 2**64 - 1
+_LONG_DIGITS_TEXT: Final = re.compile(r"\d{19}")
+_LONG_DIGITS_BYTES: Final = re.compile(rb"\d{19}")
+
+
+class JsonError(ValueError):
+    """Not JSON, or nested too deeply; ``str()`` says which."""
+
+
+def _exact_int(text: str) -> Any:
+    value = int(text)
+    if _INT64_MIN <= value <= _UINT64_MAX:
+        return value
+    return orjson.Fragment(text)
+
+
+def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when ``value`` nests objects/arrays more than ``limit`` levels deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def loads(data: str | bytes | bytearray | memoryview) -> Any:
+    """Parse untrusted JSON; raise :class:`JsonError` for invalid or too deeply nested input."""
+    raw = bytes(data) if isinstance(data, bytearray | memoryview) else data
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc) or "recursion" in str(exc).lower():
+            raise JsonError(f"JSON nested more than {MAX_DEPTH} levels deep") from None
+        raise JsonError("not valid JSON") from None
+    if isinstance(raw, str):
+        brackets = raw.count("{") + raw.count("[")
+        long_digits = _LONG_DIGITS_TEXT.search(raw) is not None
+    else:
+        brackets = raw.count(b"{") + raw.count(b"[")
+        long_digits = _LONG_DIGITS_BYTES.search(raw) is not None
+    if brackets > MAX_DEPTH and depth_exceeds(value):
+        raise JsonError(f"JSON nested more than {MAX_DEPTH} levels deep")
+    if long_digits:
+        value = json.loads(raw, parse_int=_exact_int)
+    return value
