@@ -182,7 +182,7 @@ async def serve(settings: Settings) -> None:
 
     from .node import Node
     from .pubsub import PubSub
-    from .server import build_app, shutdown_connections
+    from .transport.app import build_app, shutdown_connections
 
     pubsub: PubSub
     if settings.redis_url:
@@ -217,10 +217,10 @@ async def serve(settings: Settings) -> None:
                                   slot=settings.slot_name, clustered=bool(settings.redis_url),
                                   sink=triggers, rls_mode=settings.cdc_rls_mode)
         authorizer = ChannelAuthorizer(settings.database_url)
-    node = Node(settings, pubsub, changes=changes, authorizer=authorizer)
-    if functions is not None:
-        node.functions = functions
-        node.services.append(functions)
+    gatekeeper = functions if functions is not None and functions.config.gates else None
+    node = Node(settings, pubsub, changes=changes, authorizer=authorizer,
+                services=[functions] if functions is not None else [], events=functions,
+                gatekeeper=gatekeeper)
     if settings.database_url:
         from .messages.service import MessagesService
 

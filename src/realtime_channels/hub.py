@@ -3,7 +3,7 @@
 Each message is encoded once per wire format and the same frame bytes are written to every
 subscriber (design.md §3 "Fan-out", habit 5).  Writes never await: a subscriber's ``write``
 appends to its transport buffer, and the transport's buffer is its bounded outbox (see
-``server.Connection.write`` for the slow-consumer rule).
+``transport.ws.Connection.write`` for the slow-consumer rule).
 """
 
 from __future__ import annotations

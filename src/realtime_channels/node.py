@@ -14,12 +14,17 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol
 
+import orjson
+
+from . import errors
 from .config import Settings
+from .functions.events import GateResult, RealtimeEvent
 from .hub import Hub, SkipIds, Subscriber
 from .protocol.codec import Broadcast, Message
 from .protocol.limits import TenantLimits
+from .protocol.keys import StreamKey, topic_of
 from .protocol.presence import PresenceDiff, RefGenerator
-from .protocol.replica import HEARTBEAT_S, PresenceReplica
+from .protocol.replica import HEARTBEAT_S, MemberOp, Op, PresenceReplica, decode_op, encode_op
 from .protocol.session import (
     BROADCAST_READ,
     TOPIC_PREFIX,
@@ -30,7 +35,6 @@ from .protocol.session import (
 )
 from .cdc.txwire import share_from_wire, share_to_wire
 from .cdc.types import FeedState, ShareOp
-from .errors import PostgresNotConfigured
 from .pubsub import Envelope, PubSub
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,9 @@ class ChangeFeed(Protocol):
         """Give the feed a way to send ops to every node (one node reads, all route)."""
 
     def handle_shared(self, op: ShareOp) -> None: ...
+
+    def add_state_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever this node's own reader changes state."""
 
     @property
     def state(self) -> FeedState:
@@ -91,36 +98,68 @@ class Authorizer(Protocol):
     async def replay(self, sub_topic: str, since_ms: int, limit: int) -> Sequence[ReplayRowLike]: ...
 
 
+class EventSink(Protocol):
+    """Where function events go (README "Functions"): every broadcast, join, leave, presence
+    change and connection, reported once by the node where it originates."""
+
+    def observe(self, ev: RealtimeEvent) -> None:
+        """Synchronous, no I/O, never raises."""
+
+    def metrics(self) -> Mapping[str, Mapping[str, float]]:
+        """Per trigger: counters and latencies, for /metrics."""
+
+
+class Gatekeeper(Protocol):
+    """``authorize_join`` / ``authorize_send`` gates: allow, deny with a reason, or rewrite."""
+
+    def has_gate(self, kind: str, sub_topic: str, event: str | None = None) -> bool: ...
+
+    async def gate_join(self, sub_topic: str, claims: Mapping[str, Any],
+                        config: Mapping[str, Any]) -> GateResult: ...
+
+    async def gate_send(self, sub_topic: str, event: str, payload: Any,
+                        claims: Mapping[str, Any]) -> GateResult: ...
+
+
 class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
 
-def topic_of(stream: str) -> str:
-    """``pub:room1`` / ``priv:room1`` → ``realtime:room1`` (the topic every client sees)."""
-    return TOPIC_PREFIX + stream.split(":", 1)[1]
+def broadcast_event(b: Broadcast) -> tuple[str | None, Any]:
+    """(user event, payload) of a fan-out message, as a function sees it."""
+    if b.event is not None:
+        if b.binary:
+            return b.event, b.data
+        return b.event, orjson.loads(b.data)
+    payload = b.payload if isinstance(b.payload, dict) else {}
+    event = payload.get("event")
+    return (event if isinstance(event, str) else None), payload.get("payload")
 
 
 #: the stream every node subscribes to for presence replication and heartbeats
-CONTROL_STREAM = "__cluster"
+CONTROL_STREAM = StreamKey("__cluster")
 #: the stream the replication leader shares decoded transactions on (every node routes them)
-CDC_STREAM = "__cdc"
+CDC_STREAM = StreamKey("__cdc")
 
-POSTGRES_NOT_CONFIGURED = PostgresNotConfigured.message
 
 
 class Node:
     def __init__(self, settings: Settings, pubsub: PubSub, node_id: str | None = None,
                  changes: ChangeFeed | None = None, authorizer: Authorizer | None = None,
-                 services: Sequence[Service] = ()) -> None:
+                 services: Sequence[Service] = (), events: EventSink | None = None,
+                 gatekeeper: Gatekeeper | None = None) -> None:
         self.settings = settings
         self.pubsub = pubsub
         self.changes = changes
         self.authorizer = authorizer
         self.services = list(services)
-        #: the functions engine (README "Functions"); the server reports events to it
-        self.functions: Any = None
+        #: function events (README "Functions"); the node and the transport report to it
+        self.functions = events
+        #: function gates on joins and sends, when any are configured
+        self.gatekeeper = gatekeeper
+        self._streaming: list[asyncio.Future[None]] = []
         self.limits = TenantLimits(
             max_concurrent_users=settings.max_concurrent_users,
             max_events_per_second=settings.max_events_per_second,
@@ -142,6 +181,8 @@ class Node:
             self.pubsub.subscribe(CDC_STREAM)
             self.changes.attach(
                 lambda op: self.pubsub.publish(Envelope(CDC_STREAM, self.node_id, control=share_to_wire(op))))
+            # a node that reads the slot itself learns its feed's state without the backbone
+            self.changes.add_state_listener(self._feed_state_changed)
             await self.changes.start()
         for service in self.services:
             await service.start()
@@ -157,14 +198,14 @@ class Node:
 
     # streams ---------------------------------------------------------------------------------
 
-    def subscribe(self, stream: str, sid: Hashable, sub: Subscriber,
+    def subscribe(self, stream: StreamKey, sid: Hashable, sub: Subscriber,
                   skip_ids: frozenset[str] = frozenset()) -> None:
         if skip_ids:
             sub = SkipIds(sub, skip_ids)
         if self.hub.add(stream, sid, sub):
             self.pubsub.subscribe(stream)
 
-    def prepare_stream(self, stream: str) -> Awaitable[None] | None:
+    def prepare_stream(self, stream: StreamKey) -> Awaitable[None] | None:
         """Subscribe the backbone to a stream this node does not carry yet; returns what to
         wait for before a client may be told it joined (``PubSub.confirmed``)."""
         if self.hub.count(stream):
@@ -172,12 +213,18 @@ class Node:
         self.pubsub.subscribe(stream)
         return self.pubsub.confirmed(stream)
 
-    def unsubscribe(self, stream: str, sid: Hashable) -> None:
+    def unsubscribe(self, stream: StreamKey, sid: Hashable) -> None:
         if self.hub.remove(stream, sid):
             self.pubsub.unsubscribe(stream)
 
-    def publish(self, stream: str, b: Broadcast, exclude: Hashable | None = None) -> None:
+    def publish(self, stream: StreamKey, b: Broadcast, exclude: Hashable | None = None,
+                claims: Mapping[str, Any] | None = None) -> None:
+        """Fan ``b`` out on every node; a function sees it once, as a ``broadcast`` event,
+        whatever its source (a client, REST, the database, a function's own reply)."""
         self.pubsub.publish(Envelope(stream, self.node_id, broadcast=b, exclude=exclude))
+        if self.functions is not None:
+            sub_topic = b.topic[len(TOPIC_PREFIX):]
+            self.functions.observe(RealtimeEvent("broadcast", sub_topic, *broadcast_event(b), claims))
 
     def _deliver(self, env: Envelope) -> None:
         if env.stream == CONTROL_STREAM:
@@ -188,12 +235,38 @@ class Node:
             op = share_from_wire(env.control) if env.control is not None else None
             if op is not None and self.changes is not None:
                 self.changes.handle_shared(op)
+                self._feed_state_changed()
             return
         if env.broadcast is not None:
             exclude = env.exclude if env.origin == self.node_id else None
             delivered = self.hub.fanout_broadcast(env.stream, env.broadcast, exclude)
             if delivered:  # §8: every per-channel delivery counts toward events/s
                 self.limits.events.add(time.time(), delivered)
+
+    # replication readiness (protocol.md §3.7) -----------------------------------------------
+
+    async def replication_streaming(self) -> None:
+        """Returns once database changes flow.  The feed's state travels on the shared CDC
+        stream (from the reading node), so a waiter is woken by the delivery that changed it."""
+        if self.changes is not None and self.changes.state == "streaming":
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._streaming.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._streaming:
+                self._streaming.remove(waiter)
+
+    def _feed_state_changed(self) -> None:
+        if self._streaming and self.changes is not None and self.changes.state == "streaming":
+            self._wake_streaming()
+
+    def _wake_streaming(self) -> None:
+        waiters, self._streaming = self._streaming, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # database broadcast (protocol.md §4.7) ---------------------------------------------------
 
@@ -238,27 +311,41 @@ class Node:
 
     # presence (protocol.md §5), replicated across nodes (protocol/replica.py) --------------
 
-    def track(self, stream: str, owner: Hashable, key: str, payload: Mapping[str, Any]) -> None:
-        self._control(self.replica.track_op(stream, owner, key, payload, self.refs.next()))
+    def track(self, stream: StreamKey, owner: Hashable, key: str, payload: Mapping[str, Any]) -> None:
+        self._member_op(self.replica.track_op(stream, owner, key, payload, self.refs.next()))
 
-    def untrack(self, stream: str, owner: Hashable) -> None:
+    def untrack(self, stream: StreamKey, owner: Hashable) -> None:
         op = self.replica.untrack_op(stream, owner)
         if op is not None:
-            self._control(op)
+            self._member_op(op)
 
-    def presence_state(self, stream: str) -> dict[str, Any]:
+    def _member_op(self, op: MemberOp) -> None:
+        """Our own presence change is applied and its diff fanned out here, synchronously,
+        before the caller replies to the push (Phoenix's tracker does the same: the diff
+        precedes the reply, §5.1); the other nodes apply it when it reaches them."""
+        diffs, _ = self.replica.apply(self.node_id, op, time.monotonic())
+        self._fanout_diffs(diffs)
+        self._control(op)
+
+    def presence_state(self, stream: StreamKey) -> dict[str, Any]:
         return self.replica.state_payload(stream)
 
-    def _control(self, op: dict[str, Any]) -> None:
-        self.pubsub.publish(Envelope(CONTROL_STREAM, self.node_id, control=op))
+    def _control(self, op: Op) -> None:
+        self.pubsub.publish(Envelope(CONTROL_STREAM, self.node_id, control=encode_op(op)))
 
-    def _on_control(self, origin: str, op: dict[str, Any]) -> None:
+    def _on_control(self, origin: str, raw: dict[str, Any]) -> None:
+        if origin == self.node_id:
+            return  # our own ops were applied when they were made (``_member_op``)
+        op = decode_op(raw)
+        if op is None:
+            log.debug("ignoring an unreadable control message from node %s", origin)
+            return
         diffs, replies = self.replica.apply(origin, op, time.monotonic())
         self._fanout_diffs(diffs)
         for reply in replies:
             self._control(reply)
 
-    def _fanout_diffs(self, diffs: list[tuple[str, PresenceDiff]]) -> None:
+    def _fanout_diffs(self, diffs: list[tuple[StreamKey, PresenceDiff]]) -> None:
         now = time.time()
         for stream, diff in diffs:
             msg = Message(topic_of(stream), "presence_diff", diff.payload())
@@ -290,7 +377,7 @@ class Node:
         payload = {
             "extension": "postgres_changes",
             "status": "error",
-            "message": POSTGRES_NOT_CONFIGURED,
+            "message": errors.PostgresNotConfigured().message,
             "channel": topic[len(TOPIC_PREFIX) :],
         }
         peer.send(Message(topic, "system", payload, ref=None, join_ref=join_ref))

@@ -251,6 +251,41 @@ async def test_presence_state_and_diffs_span_every_node(cluster: Cluster) -> Non
         assert sorted(state) == ["bob"]
 
 
+async def presence_push_in_order(c: RawClient, topic: str, event: str, key: str, payload: Any = None) -> None:
+    """The pushing client sees the ``presence_diff`` its push causes before the push's reply
+    (as Phoenix's tracker orders them), even though the op also travels to the other nodes."""
+    body: dict[str, Any] = {"type": "presence", "event": event}
+    if payload is not None:
+        body["payload"] = payload
+    ref = await c.push(topic, "presence", body)
+    reply = await c.expect(reply_to(ref, topic))
+    assert reply.value == c.wire(c.join_refs[topic], ref, topic, "phx_reply", OK_REPLY)
+    frame = await c.expect(diff_with(topic, **{"joins" if event == "track" else "leaves": key}))
+    assert c.position(frame) < c.position(reply), "the reply overtook the presence_diff it caused"
+
+
+@pytest.mark.parametrize("vsn", VSNS)
+async def test_presence_diff_precedes_the_push_reply_on_a_cluster(cluster: Cluster, vsn: str) -> None:
+    a, b, _ = cluster.nodes
+    topic = unique_topic("x-order")
+    async with open_client(a, vsn) as tracker, open_client(b, vsn) as watcher:
+        await watcher.join_ok(topic, PRESENCE_ON)
+        await watcher.expect(event_is("presence_state", topic))
+        await tracker.join_ok(topic, with_key("t"))
+        await tracker.expect(event_is("presence_state", topic))
+        await presence_push_in_order(tracker, topic, "track", "t", {"n": 1})
+        await presence_push_in_order(tracker, topic, "track", "t", {"n": 2})
+        await presence_push_in_order(tracker, topic, "untrack", "t")
+        # the other node saw the same three changes, in order
+        first = await watcher.expect(diff_with(topic, joins="t"))
+        assert first.payload["leaves"] == {} and metas(first.payload["joins"], "t") == [{"n": 1}]
+        update = await watcher.expect(diff_with(topic, joins="t", leaves="t"))
+        [meta] = update.payload["joins"]["t"]["metas"]
+        assert meta["n"] == 2 and "phx_ref_prev" in meta
+        left = await watcher.expect(diff_with(topic, leaves="t"))
+        assert left.payload["joins"] == {}
+
+
 async def test_killed_node_members_leave_everywhere_and_do_not_come_back(
         make_cluster: Callable[..., Cluster]) -> None:
     cl = make_cluster(3)

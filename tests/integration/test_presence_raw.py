@@ -418,3 +418,32 @@ async def test_oversize_track_shuts_channel_down(server_factory: Any, vsn: str) 
         assert close.value == a.wire(jr, jr, topic, "phx_close", {})
         await a.assert_nothing_pending(reply_to(ref))
         await assert_no_diff_before_marker(b, b, topic, event_is("presence_diff"))
+
+
+
+# --- a presence push's diff precedes its reply (§5.1) ----------------------------------------
+
+
+async def push_then_diff(c: RawClient, topic: str, event: str, key: str, payload: Any = None) -> None:
+    """Phoenix's tracker produces the diff before the channel replies: the client that tracks
+    (or untracks) sees its own ``presence_diff`` first, then the ``ok``."""
+    body: dict[str, Any] = {"type": "presence", "event": event}
+    if payload is not None:
+        body["payload"] = payload
+    ref = await c.push(topic, "presence", body)
+    reply = await c.expect(reply_to(ref, topic))
+    assert reply.payload == OK_REPLY
+    side = "joins" if event == "track" else "leaves"
+    diff_frame = await c.expect(lambda f: f.event == "presence_diff" and f.topic == topic and key in f.payload[side])
+    assert c.position(diff_frame) < c.position(reply), "the reply overtook the presence_diff it caused"
+
+
+@pytest.mark.parametrize("vsn", VSNS)
+async def test_track_and_untrack_diffs_arrive_before_their_replies(server: ServerProc, vsn: str) -> None:
+    topic = unique_topic()
+    async with open_client(server, vsn) as c:
+        await c.join_ok(topic, with_key("me"))
+        await c.expect(event_is("presence_state", topic))
+        for i in range(3):  # a first track, then updates of the same key (5 pushes per window)
+            await push_then_diff(c, topic, "track", "me", {"i": i})
+        await push_then_diff(c, topic, "untrack", "me")

@@ -105,6 +105,24 @@ async def test_refusals_have_exact_status_and_json_body(server: ServerProc, apik
     assert refusal.json() == {"error": message}
 
 
+async def test_a_refused_api_key_is_logged_at_info_with_its_reason(server: ServerProc) -> None:
+    """An operator can tell why a client cannot connect; the key itself is never logged.  The
+    line is written before the refusal is sent, so it is in the log once the answer is here."""
+    token = make_token(secret="some-other-secret-that-is-32-chars-or-more")
+    refusal = await refused_handshake(server, V2, apikey=token)
+    assert refusal.status == 401
+    lines = [line for line in server.log().splitlines()
+             if "refused WebSocket upgrade" in line and "Failed to validate JWT signature" in line]
+    assert lines, server.log()[-2000:]
+    assert " INFO realtime_channels.transport: " in lines[-1]
+    assert "JwtSignatureError" in lines[-1]
+    assert token not in server.log()
+    missing = await refused_handshake(server, V2, apikey=None)
+    assert missing.status == 401
+    assert any("refused WebSocket upgrade" in line and "ApiKeyMissing: API key is missing" in line
+               for line in server.log().splitlines())
+
+
 async def test_authorization_header_is_not_consulted_for_websockets(server: ServerProc) -> None:
     # §1.3: only x-api-key / apikey count; a Bearer token alone is "API key is missing".
     refusal = await refused_handshake(

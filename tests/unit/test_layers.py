@@ -278,8 +278,8 @@ def test_relative_imports_resolve_from_packages_and_modules() -> None:
 def test_lower_layer_rules_flag_upward_imports() -> None:
     assert hub_violations(imported_modules("from .node import Node", f"{PKG}.hub")) == [f"{PKG}.node"]
     assert hub_violations(imported_modules("from .pubsub import Envelope", f"{PKG}.hub")) == [f"{PKG}.pubsub"]
-    assert lower_layer_violations(imported_modules("from ..server import AppState", f"{PKG}.pubsub.memory")) == [
-        f"{PKG}.server"
+    assert lower_layer_violations(imported_modules("from ..transport.state import AppState", f"{PKG}.pubsub.memory")) == [
+        f"{PKG}.transport.state"
     ]
     assert lower_layer_violations(imported_modules("from ..config import Settings", f"{PKG}.pubsub.redis")) == [
         f"{PKG}.config"
@@ -304,3 +304,117 @@ def test_node_rule_flags_concrete_backends(source: str) -> None:
 
 def test_node_rule_allows_the_interface() -> None:
     assert node_violations(imported_modules("from .pubsub import Envelope, PubSub", f"{PKG}.node")) == []
+
+
+# --- the whole package: layered and acyclic ---------------------------------------------------
+
+#: protocol ← hub, pubsub, cdc (and the other services) ← node ← transport ← cli.  A module may
+#: import its own layer and the layers below it, never one above.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "protocol", "cdc.filters", "cdc.patterns", "cdc.pgoutput"),
+    ("hub", "pubsub", "cdc", "config", "auth", "messages", "functions"),
+    ("node",),
+    ("transport",),
+    ("cli", "__main__"),
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer of one of our modules: the most specific entry of ``LAYERS`` that names it."""
+    rel = module[len(PKG) + 1:] if module != PKG else ""
+    best: tuple[int, int] | None = None  # (specificity, layer)
+    for layer, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if rel == prefix or rel.startswith(prefix + "."):
+                specificity = prefix.count(".") + 1
+                if best is None or specificity > best[0]:
+                    best = (specificity, layer)
+    if best is None:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+    return best[1]
+
+
+def _existing_module(name: str) -> str | None:
+    """``realtime_channels.x.y`` → the longest prefix that is one of our modules."""
+    parts = name.split(".")
+    while len(parts) > 1:
+        candidate = ".".join(parts)
+        if _module_path(candidate) is not None:
+            return candidate
+        parts.pop()
+    return None
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PKG_DIR.rglob("*.py")):
+        module, _ = _module_name(path)
+        if module == PKG:
+            continue  # the top-level __init__ only holds the version
+        targets = {_existing_module(m) for m in imports_of(path) if _within(m, PKG)}
+        graph[module] = {t for t in targets if t is not None and t != module}
+    return graph
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{src} (layer {layer_of(src)}) imports {dst} (layer {layer_of(dst)})"
+                  for src, targets in graph.items() for dst in targets if layer_of(dst) > layer_of(src))
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, as the modules along it, or None."""
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        if node in visiting:
+            return visiting[visiting.index(node):] + [node]
+        if node in done:
+            return None
+        visiting.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            cycle = visit(nxt)
+            if cycle is not None:
+                return cycle
+        visiting.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        cycle = visit(start)
+        if cycle is not None:
+            return cycle
+    return None
+
+
+def test_every_module_has_a_layer_and_the_graph_is_not_empty() -> None:
+    graph = import_graph()
+    assert {f"{PKG}.node", f"{PKG}.transport.ws", f"{PKG}.transport.app", f"{PKG}.cli"} <= set(graph)
+    assert f"{PKG}.node" in graph[f"{PKG}.transport.effects"]
+    for module in graph:
+        layer_of(module)
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    assert find_cycle(import_graph()) is None
+
+
+def test_the_layer_checks_catch_upward_imports_and_cycles() -> None:
+    node, ws, hub = f"{PKG}.node", f"{PKG}.transport.ws", f"{PKG}.hub"
+    assert upward_imports({node: {ws}}) == [f"{node} (layer 2) imports {ws} (layer 3)"]
+    assert upward_imports({ws: {node}, node: {hub}}) == []
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    # the most specific entry wins: cdc/filters.py is pure, the rest of cdc/ is a service
+    assert layer_of(f"{PKG}.cdc.filters") == 0 and layer_of(f"{PKG}.cdc.changes") == 1
+    assert layer_of(f"{PKG}.transport.rest") == 3
+
+
+def test_the_old_rest_server_circle_is_gone() -> None:
+    graph = import_graph()
+    assert f"{PKG}.server" not in graph and f"{PKG}.rest" not in graph
+    assert f"{PKG}.transport.ws" not in graph[f"{PKG}.transport.rest"]

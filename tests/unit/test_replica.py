@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from realtime_channels.protocol.replica import HEARTBEAT_S, NODE_TTL_S, Op, PresenceReplica
+from realtime_channels.protocol.replica import (
+    HEARTBEAT_S,
+    NODE_TTL_S,
+    Op,
+    PresenceReplica,
+    SyncRequest,
+    decode_op,
+    encode_op,
+)
 
 TOPIC = "pub:room1"
 
@@ -52,9 +60,12 @@ class Bus:
         while self.queue:
             origin, op = self.queue.popleft()
             for node_id, replica in list(self.replicas.items()):
-                if (origin, node_id, str(op.get("op")), int(op.get("v", 0))) in self.drop:
+                wire = encode_op(op)  # every op crosses the bus in its JSON form, as on the backbone
+                if (origin, node_id, str(wire["op"]), int(wire.get("v", 0))) in self.drop:
                     continue
-                diffs, replies = replica.apply(origin, op, self.now)
+                received = decode_op(wire)
+                assert received == op
+                diffs, replies = replica.apply(origin, received, self.now)
                 self.diffs[node_id] += [(s, d.payload()) for s, d in diffs]
                 for reply in replies:
                     self.publish(node_id, reply)
@@ -106,7 +117,7 @@ def test_three_replicas_converge_on_every_member() -> None:
              {"bob": [{"phx_ref": "rb1", "name": "bob"}]},
              {"carol": [{"phx_ref": "rc1", "name": "carol"}]}], key=str)
     # no gap was seen, so nobody asked for a resync
-    assert [op for _, op in bus.sent if op["op"] in ("sync", "state")] == []
+    assert [op for _, op in bus.sent if encode_op(op)["op"] in ("sync", "state")] == []
 
 
 def test_update_and_untrack_replicate_with_the_same_refs_everywhere() -> None:
@@ -166,9 +177,9 @@ def test_a_lost_op_triggers_sync_and_the_state_answer_repairs_the_replica() -> N
     bus.track("a", 3, "ada", {}, "r3")
     bus.pump()
     # b saw version 3 after 1: it asked a (and only a) for its state, a answered
-    syncs = [(o, op) for o, op in bus.sent if op["op"] == "sync"]
-    assert syncs == [("b", {"op": "sync", "to": "a"})]
-    assert any(o == "a" and op["op"] == "state" for o, op in bus.sent)
+    syncs = [(o, op) for o, op in bus.sent if isinstance(op, SyncRequest)]
+    assert syncs == [("b", SyncRequest("a"))]
+    assert any(o == "a" and encode_op(op)["op"] == "state" for o, op in bus.sent)
     states = bus.states()
     assert states["a"] == states["b"]
     assert set(states["b"]) == {"alice", "anna", "ada"}
@@ -197,15 +208,15 @@ def test_an_unknown_node_is_asked_for_its_state() -> None:
     # a heartbeat from a node b has never heard of (b started after a's ops went by)
     a.track_op(TOPIC, 1, "alice", {}, "r1")
     _, replies = b.apply("a", a.heartbeat_op(0, 0, 0, 0), 0.0)
-    assert replies == [{"op": "sync", "to": "a"}]
+    assert replies == [SyncRequest("a")]
     # a node's very first track needs no sync: nothing came before it
     c = PresenceReplica("c")
     _, replies = c.apply("b", b.track_op(TOPIC, 1, "bob", {}, "rb"), 0.0)
     assert replies == []
     # a sync addressed to another node is not answered; one to us or to all is
     assert b.apply("a", PresenceReplica.sync_op("c"), 0.0)[1] == []
-    assert [r["op"] for r in b.apply("a", PresenceReplica.sync_op("b"), 0.0)[1]] == ["state"]
-    assert [r["op"] for r in b.apply("a", PresenceReplica.sync_op(None), 0.0)[1]] == ["state"]
+    assert [encode_op(r)["op"] for r in b.apply("a", PresenceReplica.sync_op("b"), 0.0)[1]] == ["state"]
+    assert [encode_op(r)["op"] for r in b.apply("a", PresenceReplica.sync_op(None), 0.0)[1]] == ["state"]
 
 
 def test_a_new_node_learns_everything_from_state_answers() -> None:
@@ -234,7 +245,9 @@ def test_state_replacement_produces_diffs_only_for_changes() -> None:
         a.apply("a", op, 0.0)
         b.apply("a", op, 0.0)
     # on a (b misses these): "gone" leaves, "same-owner" updates, "new" joins
-    a.apply("a", a.untrack_op(TOPIC, 2) or {}, 0.0)
+    untrack = a.untrack_op(TOPIC, 2)
+    assert untrack is not None
+    a.apply("a", untrack, 0.0)
     a.apply("a", a.track_op(TOPIC, 3, "same-owner", {"v": 2}, "r-new"), 0.0)
     a.apply("a", a.track_op(TOPIC, 4, "new", {}, "r-4"), 0.0)
     diffs, replies = b.apply("a", a.state_op(), 1.0)
@@ -348,3 +361,23 @@ def test_cluster_totals_come_from_the_other_nodes_heartbeats() -> None:
     bus.now += NODE_TTL_S + 0.1
     bus.replicas["c"].expire(bus.now)  # a's last heartbeat is as old as b's
     assert bus.replicas["c"].cluster_totals() == (0, 0.0, 0.0, 0.0)
+
+
+def test_control_messages_keep_their_json_form_on_the_wire() -> None:
+    """The backbone carries the same short-key objects as before the ops were typed, so nodes of
+    either form interoperate; an op this node cannot read is ignored (``None``)."""
+    a = PresenceReplica("a")
+    track = a.track_op(TOPIC, (7, "realtime:room1"), "k", {"x": 1}, "ref1")
+    assert encode_op(track) == {"op": "track", "s": TOPIC, "o": ["a", 7, "realtime:room1"], "k": "k",
+                                "p": {"x": 1}, "r": "ref1", "v": 1}
+    assert encode_op(a.heartbeat_op(3, 1.5, 2.0, 0.5)) == {"op": "hb", "v": 1, "u": 3, "e": 1.5, "j": 2.0, "p": 0.5}
+    assert encode_op(PresenceReplica.sync_op()) == {"op": "sync", "to": None}
+    a.apply("a", track, 0.0)
+    assert encode_op(a.state_op()) == {"op": "state", "v": 1,
+                                       "entries": [[TOPIC, ["a", 7, "realtime:room1"], "k", {"x": 1, "phx_ref": "ref1"}]]}
+    for op in (track, a.untrack_op(TOPIC, (7, "realtime:room1")), a.heartbeat_op(0, 0, 0, 0), a.state_op(),
+               PresenceReplica.sync_op("b")):
+        assert op is not None and decode_op(encode_op(op)) == op
+    assert decode_op({"op": "future-kind"}) is None
+    assert decode_op({"op": "track"}) is None  # no stream
+    assert decode_op({"op": "hb", "v": "not a number"}) is None

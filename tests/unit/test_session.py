@@ -498,23 +498,22 @@ def test_oversize_binary_push_with_ack() -> None:
 def test_track_replies_ok_then_tracks_under_given_key() -> None:
     s = joined(presence={"key": "user-42", "enabled": True})
     effects = s.receive(presence(payload={"user": "alice"}), T0)
-    assert effects == [Send(reply(TOPIC, OK, "4", "1")), Track(STREAM, TOPIC, "user-42", {"user": "alice"})]
+    assert effects == [Track(STREAM, TOPIC, "user-42", {"user": "alice"}), Send(reply(TOPIC, OK, "4", "1"))]
 
 
 def test_track_without_key_uses_generated_key_per_join() -> None:
     s = joined(presence={"key": ""})
-    assert s.receive(presence(payload={"a": 1}), T0)[1] == Track(STREAM, TOPIC, "generated-1", {"a": 1})
+    assert s.receive(presence(payload={"a": 1}), T0)[0] == Track(STREAM, TOPIC, "generated-1", {"a": 1})
     s.receive(join_msg(ref="2", join_ref="2"), T0)
     effects = s.receive(presence(payload={"a": 1}, ref="5"), T0)
     # A rejoin without a key gets a fresh key (§5.3).
-    assert effects[1] == Track(STREAM, TOPIC, "generated-2", {"a": 1})
-    assert effects[0] == Send(reply(TOPIC, OK, "5", "2"))
+    assert effects == [Track(STREAM, TOPIC, "generated-2", {"a": 1}), Send(reply(TOPIC, OK, "5", "2"))]
 
 
 def test_track_on_presence_disabled_channel_tracks_without_state_push() -> None:
     s = joined()
     effects = s.receive(presence(payload={"a": 1}), T0)
-    assert effects == [Send(reply(TOPIC, OK, "4", "1")), Track(STREAM, TOPIC, "generated-1", {"a": 1})]
+    assert effects == [Track(STREAM, TOPIC, "generated-1", {"a": 1}), Send(reply(TOPIC, OK, "4", "1"))]
 
 
 @pytest.mark.parametrize("payload", [None, {}])
@@ -524,27 +523,27 @@ def test_track_without_payload_tracks_empty_map(payload: Any) -> None:
     if payload is not None:
         body["payload"] = payload
     effects = s.receive(Message(TOPIC, "presence", body, ref="4", join_ref="1"), T0)
-    assert effects == [Send(reply(TOPIC, OK, "4", "1")), Track(STREAM, TOPIC, "k", {})]
+    assert effects == [Track(STREAM, TOPIC, "k", {}), Send(reply(TOPIC, OK, "4", "1"))]
 
 
 def test_track_with_null_payload_tracks_empty_map() -> None:
     s = joined(presence={"key": "k"})
     body = {"type": "presence", "event": "track", "payload": None}
     effects = s.receive(Message(TOPIC, "presence", body, ref="4", join_ref="1"), T0)
-    assert effects == [Send(reply(TOPIC, OK, "4", "1")), Track(STREAM, TOPIC, "k", {})]
+    assert effects == [Track(STREAM, TOPIC, "k", {}), Send(reply(TOPIC, OK, "4", "1"))]
 
 
 def test_upper_case_track_is_accepted() -> None:
     s = joined(presence={"key": "k"})
     effects = s.receive(presence("TRACK", payload={"u": 1}), T0)
-    assert effects == [Send(reply(TOPIC, OK, "4", "1")), Track(STREAM, TOPIC, "k", {"u": 1})]
+    assert effects == [Track(STREAM, TOPIC, "k", {"u": 1}), Send(reply(TOPIC, OK, "4", "1"))]
 
 
 def test_untrack_after_track_untracks() -> None:
     s = joined(presence={"key": "k"})
     s.receive(presence(payload={"u": 1}), T0)
     effects = s.receive(presence("untrack", ref="5"), T0)
-    assert effects == [Send(reply(TOPIC, OK, "5", "1")), Untrack(STREAM, TOPIC)]
+    assert effects == [Untrack(STREAM, TOPIC), Send(reply(TOPIC, OK, "5", "1"))]
     # Nothing tracked any more: a second untrack is ok but untracks nothing.
     assert s.receive(presence("untrack", ref="6"), T0) == [Send(reply(TOPIC, OK, "6", "1"))]
 
@@ -602,7 +601,7 @@ def test_presence_window_resets_after_30_seconds() -> None:
     # The window opened at T0; at T0+30 a new window with a fresh budget begins.
     for i in range(5):
         effects = s.receive(presence(payload={"j": i}, ref="9"), T0 + 30 + i)
-        assert effects == [Send(reply(TOPIC, OK, "9", "1")), Track(STREAM, TOPIC, "k", {"j": i})]
+        assert effects == [Track(STREAM, TOPIC, "k", {"j": i}), Send(reply(TOPIC, OK, "9", "1"))]
     assert sends(s.receive(presence(payload={}), T0 + 59))[0].event == "system"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import orjson
 import pytest
 
 from realtime_channels.auth import JwtVerifier, mint_token
@@ -29,7 +30,8 @@ from realtime_channels.protocol.session import (
     PushPresenceState,
     ReplayedMessage,
     Send,
-    SendReplayed,
+    SendBinary,
+    AwaitReplication,
     Session,
     SessionConfig,
     Subscribe,
@@ -271,8 +273,8 @@ def test_presence_write_granted_tracks_on_the_private_presence_stream() -> None:
     s = joined({BROADCAST_READ: False, PRESENCE_READ: True}, presence={"enabled": True, "key": "k"})
     s.receive(presence(payload={"a": 1}), T0)
     effects = s.authorized(TOPIC, "1", "write", granted(presence_write=True), T0)
-    assert effects == [reply(OK, "4"), Track(PRIVP, TOPIC, "k", {"a": 1})]
-    assert s.receive(presence("untrack", "5"), T0) == [reply(OK, "5"), Untrack(PRIVP, TOPIC)]
+    assert effects == [Track(PRIVP, TOPIC, "k", {"a": 1}), reply(OK, "4")]
+    assert s.receive(presence("untrack", "5"), T0) == [Untrack(PRIVP, TOPIC), reply(OK, "5")]
 
 
 def test_first_track_on_presence_disabled_join_asks_presence_write_and_read() -> None:
@@ -280,7 +282,7 @@ def test_first_track_on_presence_disabled_join_asks_presence_write_and_read() ->
     assert s.receive(presence(payload={"a": 1}), T0) == [authorize("write", (PRESENCE_WRITE, PRESENCE_READ))]
     effects = s.authorized(TOPIC, "1", "write", granted(presence_write=True, presence_read=True), T0)
     # presence-read granted: the presence stream is subscribed, but no presence_state (§5.1)
-    assert effects == [Subscribe(PRIVP, TOPIC), reply(OK, "4"), Track(PRIVP, TOPIC, "k", {"a": 1})]
+    assert effects == [Subscribe(PRIVP, TOPIC), Track(PRIVP, TOPIC, "k", {"a": 1}), reply(OK, "4")]
 
 
 def test_untrack_needs_no_write_check() -> None:
@@ -381,7 +383,29 @@ def test_replayed_messages_follow_the_reply_and_their_ids_are_skipped_live() -> 
     s.receive(join(broadcast={"replay": {"since": 1, "limit": 2}}), T0)
     rows = (ReplayedMessage("id-1", "e", b'{"a":1}', None), ReplayedMessage("id-2", "b", None, b"\x00"))
     effects = s.authorized(TOPIC, "1", "join", AuthResult({BROADCAST_READ: True}, replayed=rows), T0)
-    assert effects == [join_ok(), Subscribe(PRIV, TOPIC, frozenset({"id-1", "id-2"})), SendReplayed(TOPIC, "1", rows)]
+    assert effects[:2] == [join_ok(), Subscribe(PRIV, TOPIC, frozenset({"id-1", "id-2"}))]
+    # §4.8: a JSON row is a text push with the join_ref; a binary row a kind-4 frame (V2 only)
+    text, binary = effects[2:]
+    assert isinstance(text, Send) and text.message.event == "broadcast" and text.message.join_ref == "1"
+    payload = text.message.payload
+    assert orjson.loads(orjson.dumps(payload)) == {
+        "type": "broadcast", "event": "e", "payload": {"a": 1}, "meta": {"replayed": True, "id": "id-1"}}
+    assert binary == SendBinary(TOPIC, "b", {"replayed": True, "id": "id-2"}, b"\x00")
+
+
+def test_replication_ready_is_awaited_and_answered() -> None:
+    s = session()
+    effects = s.receive(join(broadcast={"replication_ready": True}), T0)
+    effects = s.authorized(TOPIC, "1", "join", granted(broadcast_read=True), T0)
+    assert effects[-1] == AwaitReplication(TOPIC, "1")
+    assert s.replication(TOPIC, "other-join", True) == []  # a stale answer is ignored
+    [notice] = s.replication(TOPIC, "1", True)
+    assert isinstance(notice, Send) and notice.message.event == "system"
+    assert notice.message.payload == {"extension": "system", "status": "ok",
+                                      "message": "Replication connection established", "channel": "room1"}
+    shut = s.replication(TOPIC, "1", False)
+    assert [e.message.event for e in shut if isinstance(e, Send)] == ["system", "phx_close"]
+    assert TOPIC not in s.channels
 
 
 # --- private presence streams (§5.2, §5.5) -----------------------------------------------------
@@ -391,7 +415,7 @@ def test_private_topic_presence_uses_its_own_stream_and_teardown_releases_both()
     s = joined({BROADCAST_READ: True, PRESENCE_READ: True}, presence={"enabled": True, "key": "k"})
     s.receive(presence(payload={"p": 1}), T0)
     assert s.authorized(TOPIC, "1", "write", granted(presence_write=True), T0) == [
-        reply(OK, "4"), Track(PRIVP, TOPIC, "k", {"p": 1})]
+        Track(PRIVP, TOPIC, "k", {"p": 1}), reply(OK, "4")]
     assert s.closed() == [Unsubscribe(PRIV, TOPIC), Unsubscribe(PRIVP, TOPIC), Untrack(PRIVP, TOPIC)]
 
 
@@ -455,7 +479,7 @@ def test_tenant_presence_rate_shuts_the_channel_down() -> None:
     s.receive(Message(TOPIC, "phx_join", {"config": {"presence": {"key": "k"}}}, ref="1", join_ref="1"), T0)
     for i in range(5):
         assert s.receive(presence(ref=str(i), payload={"i": i}), T0) == [
-            reply(OK, str(i)), Track("pub:room1", TOPIC, "k", {"i": i})]
+            Track("pub:room1", TOPIC, "k", {"i": i}), reply(OK, str(i))]
     effects = s.receive(presence(ref="9", payload={"i": 9}), T0)
     assert effects == shutdown("Too many presence messages per second",
                                Unsubscribe("pub:room1", TOPIC), Untrack("pub:room1", TOPIC))

@@ -92,6 +92,7 @@ class PostgresChanges:
         self._tasks: list[asyncio.Task[None]] = []
         #: sends an op to every node (this one included); None = this node works alone
         self._share: Callable[[ShareOp], None] | None = None
+        self._state_listeners: list[Callable[[], None]] = []
         self._shared: asyncio.Queue[Transaction] = asyncio.Queue()
         self._echo: dict[int, asyncio.Future[None]] = {}
         #: end LSN of the newest transaction this node has routed (fail-over de-duplication)
@@ -124,6 +125,10 @@ class PostgresChanges:
         Ignored on a single node (nothing to share)."""
         if self._leadership is not None:
             self._share = share
+
+    def add_state_listener(self, listener: Callable[[], None]) -> None:
+        """``listener`` is called after every state change of this node's own reader."""
+        self._state_listeners.append(listener)
 
     def handle_shared(self, op: ShareOp) -> None:
         """An op from the leader (or from this node as leader); transactions routed in order."""
@@ -161,6 +166,8 @@ class PostgresChanges:
             self._share(StateShare(feed))
         if self._on_state is not None:
             self._on_state(feed, detail)
+        for listener in self._state_listeners:
+            listener()
 
     # one reader per slot in a cluster (leader.py) ----------------------------------------------
 

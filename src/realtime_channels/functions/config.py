@@ -41,7 +41,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import re
 import sys
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping
@@ -51,6 +50,7 @@ from urllib.parse import urlsplit
 
 from .. import errors
 from ..cdc.filters import Condition, FilterError, parse_filter
+from . import tomlcheck as tc
 
 __all__ = [
     "GATE_KINDS",
@@ -145,57 +145,6 @@ class FunctionsConfig:
     python_path: tuple[str, ...] = ()
 
 
-class _Lines:
-    """Line numbers of keys in the TOML text: ``[[trigger]]`` number *i*, key *k* → line."""
-
-    _HEADER = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.-]+)\s*\]\]")
-    _TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
-    _KEY = re.compile(r"^\s*([A-Za-z0-9_-]+|\"[^\"]*\")\s*=")
-
-    def __init__(self, text: str) -> None:
-        # (section, index) -> {"": header line, key: line}; top level is ("", 0)
-        self.keys: dict[tuple[str, int], dict[str, int]] = {("", 0): {"": 1}}
-        counts: dict[str, int] = {}
-        current = ("", 0)
-        in_multiline: str | None = None
-        for no, line in enumerate(text.splitlines(), start=1):
-            if in_multiline is not None:
-                if line.count(in_multiline) % 2 == 1:
-                    in_multiline = None
-                continue
-            if m := self._HEADER.match(line):
-                name = m.group(1)
-                idx = counts.get(name, 0)
-                counts[name] = idx + 1
-                current = (name, idx)
-                self.keys[current] = {"": no}
-            elif m := self._TABLE.match(line):
-                current = (m.group(1), 0)
-                self.keys.setdefault(current, {"": no})
-            elif m := self._KEY.match(line):
-                self.keys.setdefault(current, {}).setdefault(m.group(1).strip('"'), no)
-                for quote in ('"""', "'''"):
-                    if line.count(quote) % 2 == 1:
-                        in_multiline = quote
-
-    def line(self, section: str, index: int = 0, key: str | None = None) -> int:
-        keys = self.keys.get((section, index), {})
-        if key is not None and key in keys:
-            return keys[key]
-        return keys.get("", 1)
-
-
-class _Checker:
-    """Validation of one file; every error names the file and the line."""
-
-    def __init__(self, path: str, text: str) -> None:
-        self.path = path
-        self.lines = _Lines(text)
-
-    def fail(self, line: int, message: str) -> errors.ConfigError:
-        return errors.ConfigError(f"{self.path}:{line}: {message}")
-
-
 def load_config(path: str) -> FunctionsConfig:
     """Read and validate a functions config file; raises ``errors.ConfigError`` naming the line."""
     try:
@@ -210,47 +159,37 @@ def load_config(path: str) -> FunctionsConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise errors.ConfigError(_toml_error(path, text, exc)) from exc
-    return _build(_Checker(path, text), data)
+        raise errors.ConfigError(tc.toml_error(path, text, exc)) from exc
+    return _build(tc.Checker(path, text), data)
 
 
-def _toml_error(path: str, text: str, exc: tomllib.TOMLDecodeError) -> str:
-    """``tomllib`` puts the position in its message: ``… (at line 3, column 7)``."""
-    msg = str(exc)
-    if m := re.search(r"\s*\(at line (\d+), column \d+\)$", msg):
-        return f"{path}:{m.group(1)}: invalid TOML: {msg[: m.start()]}"
-    if m := re.search(r"\s*\(at end of document\)$", msg):
-        return f"{path}:{max(1, len(text.splitlines()))}: invalid TOML: {msg[: m.start()]}"
-    return f"{path}: invalid TOML: {msg}"
-
-
-def _build(ck: _Checker, data: dict[str, Any]) -> FunctionsConfig:
+def _build(ck: tc.Checker, data: dict[str, Any]) -> FunctionsConfig:
     for key in data:
         if key not in _TOP_KEYS:
             raise ck.fail(ck.lines.line("", 0, key), f"unknown key `{key}`")
     python_path = _python_path(ck, data.get("python_path", ["."]))
-    defaults = _table(ck, data, "defaults", _DEFAULT_KEYS)
-    queue = _table(ck, data, "queue", _QUEUE_KEYS)
-    max_pending = _int(ck, queue, "max_pending", 10_000, ck.lines.line("queue", 0, "max_pending"), "queue")
-    dlq_max = _int(ck, queue, "dlq_max", 10_000, ck.lines.line("queue", 0, "dlq_max"), "queue")
-    poll = _number(ck, queue, "poll_interval", 2.0, ck.lines.line("queue", 0, "poll_interval"), "queue")
+    defaults = tc.table(ck, data, "defaults", _DEFAULT_KEYS)
+    queue = tc.table(ck, data, "queue", _QUEUE_KEYS)
+    max_pending = tc.integer(ck, queue, "max_pending", 10_000, ck.lines.line("queue", 0, "max_pending"), "queue")
+    dlq_max = tc.integer(ck, queue, "dlq_max", 10_000, ck.lines.line("queue", 0, "dlq_max"), "queue")
+    poll = tc.number(ck, queue, "poll_interval", 2.0, ck.lines.line("queue", 0, "poll_interval"), "queue")
     if poll <= 0:
         raise ck.fail(ck.lines.line("queue", 0, "poll_interval"), "queue: `poll_interval` must be > 0")
 
     triggers: list[Trigger] = []
     seen: dict[str, int] = {}
-    for i, item in enumerate(_array(ck, data, "trigger")):
+    for i, item in enumerate(tc.array(ck, data, "trigger")):
         trig = _trigger(ck, i, item, defaults, python_path)
         if trig.name in seen:
             raise ck.fail(ck.lines.line("trigger", i, "name"),
                           f"trigger '{trig.name}': duplicate name (first at line {seen[trig.name]})")
         seen[trig.name] = ck.lines.line("trigger", i, "name")
         triggers.append(trig)
-    gates = [_gate(ck, i, item, python_path) for i, item in enumerate(_array(ck, data, "gate"))]
+    gates = [_gate(ck, i, item, python_path) for i, item in enumerate(tc.array(ck, data, "gate"))]
     return FunctionsConfig(tuple(triggers), tuple(gates), ck.path, max_pending, dlq_max, poll, python_path)
 
 
-def _python_path(ck: _Checker, value: Any) -> tuple[str, ...]:
+def _python_path(ck: tc.Checker, value: Any) -> tuple[str, ...]:
     line = ck.lines.line("", 0, "python_path")
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         raise ck.fail(line, "`python_path` must be a list of directories")
@@ -262,49 +201,7 @@ def _python_path(ck: _Checker, value: Any) -> tuple[str, ...]:
     return out
 
 
-def _table(ck: _Checker, data: Mapping[str, Any], name: str, allowed: frozenset[str]) -> dict[str, Any]:
-    value = data.get(name, {})
-    if not isinstance(value, dict):
-        raise ck.fail(ck.lines.line("", 0, name), f"`{name}` must be a table")
-    for key in value:
-        if key not in allowed:
-            raise ck.fail(ck.lines.line(name, 0, key), f"{name}: unknown key `{key}`")
-    return value
-
-
-def _array(ck: _Checker, data: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
-    value = data.get(name, [])
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise ck.fail(ck.lines.line("", 0, name), f"`{name}` must be an array of tables ([[{name}]])")
-    return value
-
-
-def _number(ck: _Checker, table: Mapping[str, Any], key: str, default: float, line: int, who: str) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ck.fail(line, f"{who}: `{key}` must be a number, got {value!r}")
-    if value < 0:
-        raise ck.fail(line, f"{who}: `{key}` must not be negative")
-    return float(value)
-
-
-def _int(ck: _Checker, table: Mapping[str, Any], key: str, default: int, line: int, who: str) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ck.fail(line, f"{who}: `{key}` must be an integer >= 1, got {value!r}")
-    return value
-
-
-def _str(ck: _Checker, table: Mapping[str, Any], key: str, line: int, who: str) -> str | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ck.fail(line, f"{who}: `{key}` must be a non-empty string")
-    return value
-
-
-def _trigger(ck: _Checker, i: int, item: Mapping[str, Any], defaults: Mapping[str, Any],
+def _trigger(ck: tc.Checker, i: int, item: Mapping[str, Any], defaults: Mapping[str, Any],
              python_path: tuple[str, ...]) -> Trigger:
     def line(key: str | None = None) -> int:
         return ck.lines.line("trigger", i, key)
@@ -321,12 +218,12 @@ def _trigger(ck: _Checker, i: int, item: Mapping[str, Any], defaults: Mapping[st
         raise ck.fail(line(), f"{who}: `on` is required (one of {', '.join(ON_VALUES)})")
     if on not in ON_VALUES:
         raise ck.fail(line("on"), f"{who}: unknown `on` value {on!r} (expected one of {', '.join(ON_VALUES)})")
-    topic = _str(ck, item, "topic", line("topic"), who) or "*"
-    event = _str(ck, item, "event", line("event"), who)
+    topic = tc.string(ck, item, "topic", line("topic"), who) or "*"
+    event = tc.string(ck, item, "event", line("event"), who)
     if event is not None and on not in _EVENT_KINDS:
         raise ck.fail(line("event"), f"{who}: `event` applies only to broadcast and postgres triggers")
-    schema = _str(ck, item, "schema", line("schema"), who)
-    table = _str(ck, item, "table", line("table"), who)
+    schema = tc.string(ck, item, "schema", line("schema"), who)
+    table = tc.string(ck, item, "table", line("table"), who)
     filter_text = item.get("filter")
     conditions: tuple[Condition, ...] = ()
     if on == "postgres":
@@ -351,10 +248,10 @@ def _trigger(ck: _Checker, i: int, item: Mapping[str, Any], defaults: Mapping[st
     url, python, handler = _target(ck, item, line, who, python_path)
 
     def num(key: str, default: float) -> float:
-        return _number(ck, item, key, float(defaults.get(key, default)), line(key), who)
+        return tc.number(ck, item, key, float(defaults.get(key, default)), line(key), who)
 
     def integer(key: str, default: int) -> int:
-        return _int(ck, item, key, defaults.get(key, default), line(key), who)
+        return tc.integer(ck, item, key, defaults.get(key, default), line(key), who)
 
     timeout = num("timeout", DEFAULT_TIMEOUT)
     if timeout <= 0:
@@ -371,7 +268,7 @@ def _trigger(ck: _Checker, i: int, item: Mapping[str, Any], defaults: Mapping[st
     )  # fmt: skip
 
 
-def _gate(ck: _Checker, i: int, item: Mapping[str, Any], python_path: tuple[str, ...]) -> Gate:
+def _gate(ck: tc.Checker, i: int, item: Mapping[str, Any], python_path: tuple[str, ...]) -> Gate:
     def line(key: str | None = None) -> int:
         return ck.lines.line("gate", i, key)
 
@@ -385,13 +282,13 @@ def _gate(ck: _Checker, i: int, item: Mapping[str, Any], python_path: tuple[str,
     kind = item.get("kind")
     if kind not in GATE_KINDS:
         raise ck.fail(line("kind"), f"{who}: `kind` must be one of {', '.join(GATE_KINDS)}, got {kind!r}")
-    topic = _str(ck, item, "topic", line("topic"), who) or "*"
-    event = _str(ck, item, "event", line("event"), who)
+    topic = tc.string(ck, item, "topic", line("topic"), who) or "*"
+    event = tc.string(ck, item, "event", line("event"), who)
     if event is not None and kind != "authorize_send":
         raise ck.fail(line("event"), f"{who}: `event` applies only to authorize_send gates")
     url, python, handler = _target(ck, item, line, who, python_path)
     # Gates keep their own short default: [defaults].timeout is sized for background deliveries.
-    timeout = _number(ck, item, "timeout", DEFAULT_GATE_TIMEOUT, line("timeout"), who)
+    timeout = tc.number(ck, item, "timeout", DEFAULT_GATE_TIMEOUT, line("timeout"), who)
     if timeout <= 0:
         raise ck.fail(line("timeout"), f"{who}: `timeout` must be > 0")
     fail_open = item.get("fail_open", False)
@@ -401,7 +298,7 @@ def _gate(ck: _Checker, i: int, item: Mapping[str, Any], python_path: tuple[str,
                 name=name, event=event, handler=handler)
 
 
-def _target(ck: _Checker, item: Mapping[str, Any], line: Callable[[str | None], int], who: str,
+def _target(ck: tc.Checker, item: Mapping[str, Any], line: Callable[[str | None], int], who: str,
             python_path: tuple[str, ...]) -> tuple[str | None, str | None, Handler | None]:
     url = item.get("url")
     python = item.get("python")

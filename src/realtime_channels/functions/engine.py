@@ -26,8 +26,10 @@ Theory of operation
   one (store.py, "Ownership").
 * **Replies**: ``{"broadcast": {"event", "payload", "topic"?}}`` (or a list of those) from an HTTP
   body or a Python return value is published with ``publish``; anything else does nothing.
-* **Gates** (``gate_join`` / ``gate_send``) run inline with the gate's deadline; an error,
-  timeout or unreadable reply resolves to the gate's ``fail_open`` setting.
+* **Gates** (``gate_join`` / ``gate_send``, gates.py) run inline with the gate's deadline; an
+  error, timeout or unreadable reply resolves to the gate's ``fail_open`` setting.
+
+Matching and the event snapshot are matching.py; the event types are events.py.
 """
 
 from __future__ import annotations
@@ -39,72 +41,24 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from fnmatch import fnmatchcase
 from typing import Any
 
-import orjson
-
-from .. import errors
-from ..cdc.filters import FilterError, TypedCondition, matches, validate
-from .config import FunctionsConfig, Gate, Trigger
+from .config import FunctionsConfig, Trigger
+from .events import GateResult, RealtimeEvent, Stats, percentile
+from .gates import GateRunner
+from .matching import TypedCache, snapshot, trigger_matches
 from .signing import parse_secret
 from .store import Delivery, PgStore
-from .targets import Invoker, Outcome, Presence, dumps, strip_prefix
+from .targets import Invoker, Outcome, Presence, strip_prefix
 
 __all__ = ["FunctionsEngine", "GateResult", "RealtimeEvent"]
 
 log = logging.getLogger(__name__)
 
-_LATENCY_SAMPLES = 1024
 _WRITE_BATCH = 500
 #: How long ``stop`` waits for the writer to persist what ``observe`` accepted.
 _FLUSH_SECONDS = 5.0
 _STORE_RETRY_SECONDS = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class RealtimeEvent:
-    """Something that happened on the server, as the server reports it to ``observe``.
-
-    ``payload``: the broadcast payload, the presence meta, the postgres change's ``data``
-    object (schema, table, type, columns, record, old_record …) or the close reason.
-    """
-
-    type: str
-    topic: str
-    event: str | None
-    payload: Any
-    claims: Mapping[str, Any] | None
-    schema: str | None = None
-    table: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GateResult:
-    allow: bool
-    #: sent to the client (protocol error format) when denied; the function's text or ours
-    reason: str | None = None
-    #: authorize_send: the rewritten payload, or None for "unchanged"
-    payload: Any = None
-
-
-@dataclass(slots=True)
-class _Stats:
-    delivered: int = 0
-    retried: int = 0
-    failed: int = 0
-    errors: int = 0
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
-    lags: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
-
-
-def _percentile(samples: Sequence[float], q: float) -> float:
-    if not samples:
-        return 0.0
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class _TriggerState:
@@ -115,22 +69,14 @@ class _TriggerState:
         self.sem = asyncio.Semaphore(trigger.concurrency)
         self.lanes: dict[str, deque[Delivery]] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.stats = _Stats()
+        self.stats = Stats()
         self.writing = 0  # accepted by observe, not yet persisted (durable mode)
         #: postgres filters validated per column set: conditions, or None when they do not apply
-        self.typed: dict[tuple[tuple[str, str], ...], tuple[TypedCondition, ...] | None] = {}
+        self.typed: TypedCache = {}
 
     @property
     def queued(self) -> int:
         return sum(len(q) for q in self.lanes.values()) + self.writing
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _glob(pattern: str | None, value: str | None) -> bool:
-    return pattern is None or pattern == "*" or (value is not None and fnmatchcase(value, pattern))
 
 
 class FunctionsEngine:
@@ -148,10 +94,7 @@ class FunctionsEngine:
         self._by_on: dict[str, list[_TriggerState]] = {}
         for st in self.states.values():
             self._by_on.setdefault(st.trigger.on, []).append(st)
-        self._gates: dict[str, list[Gate]] = {}
-        for g in config.gates:
-            self._gates.setdefault(g.kind, []).append(g)
-        self._gate_stats: dict[str, _Stats] = {g.name: _Stats() for g in config.gates}
+        self.gates = GateRunner(config.gates, self.invoker)
         self._dlq: OrderedDict[str, Delivery] = OrderedDict()
         self._pending: list[tuple[_TriggerState, Delivery, bool]] = []  # (state, delivery, dead)
         self._wake = asyncio.Event()
@@ -211,73 +154,16 @@ class FunctionsEngine:
                 return
             base: dict[str, Any] | None = None
             for st in states:
-                if not self._matches(st, ev):
+                if not trigger_matches(st.trigger, st.typed, ev):
                     continue
                 if base is None:
-                    base = self._snapshot(ev)
+                    base = snapshot(ev)
                     if base is None:
                         st.stats.failed += 1
                         return
                 self._accept(st, self._delivery(st.trigger, base))
         except Exception:  # noqa: BLE001 - observe sits on the fan-out path; it must not raise
             log.exception("functions: could not queue %s event on %s", ev.type, ev.topic)
-
-    def _matches(self, st: _TriggerState, ev: RealtimeEvent) -> bool:
-        t = st.trigger
-        if not _glob(t.topic, ev.topic) or not _glob(t.event, ev.event):
-            return False
-        if t.on != "postgres":
-            return True
-        if not _glob(t.schema, ev.schema) or not _glob(t.table, ev.table):
-            return False
-        return not t.conditions or self._filter_matches(st, ev)
-
-    def _filter_matches(self, st: _TriggerState, ev: RealtimeEvent) -> bool:
-        """The postgres_changes filter grammar (protocol.md §6.2) against the change's row: the
-        new record, or the old one for DELETE, typed by the change's ``columns``."""
-        data = ev.payload if isinstance(ev.payload, Mapping) else {}
-        row = data.get("old_record" if ev.event == "DELETE" else "record")
-        if not isinstance(row, Mapping):
-            return False
-        cols = data.get("columns")
-        if isinstance(cols, list) and cols:
-            columns = {str(c.get("name")): str(c.get("type")) for c in cols if isinstance(c, Mapping)}
-        else:
-            columns = {str(k): "text" for k in row}
-        key = tuple(sorted(columns.items()))
-        if key not in st.typed:
-            if len(st.typed) > 64:
-                st.typed.clear()  # tables rarely change shape; bound the cache anyway
-            try:
-                st.typed[key] = validate(st.trigger.conditions, columns)
-            except FilterError as exc:
-                log.warning("functions: trigger %s: filter %r does not apply to %s.%s: %s", st.trigger.name,
-                            st.trigger.filter, ev.schema, ev.table, exc.message)
-                st.typed[key] = None
-        typed = st.typed[key]
-        return typed is not None and matches(typed, row)
-
-    @staticmethod
-    def _snapshot(ev: RealtimeEvent) -> dict[str, Any] | None:
-        """The event object without its id, as JSON values: the caller may reuse its payload
-        object after ``observe`` returns, and a durable row must hold exactly what is sent."""
-        event: dict[str, Any] = {
-            "type": ev.type,
-            "topic": ev.topic,
-            "event": ev.event,
-            "payload": ev.payload,
-            "claims": ev.claims,
-            "timestamp": _now_iso(),
-        }
-        if ev.type == "postgres":
-            event["schema"] = ev.schema
-            event["table"] = ev.table
-        try:
-            snapshot: dict[str, Any] = orjson.loads(dumps(event))
-        except TypeError as exc:
-            log.error("functions: dropping a %s event on %s: its payload is not JSON (%s)", ev.type, ev.topic, exc)
-            return None
-        return snapshot
 
     def _delivery(self, t: Trigger, base: Mapping[str, Any]) -> Delivery:
         msg_id = str(uuid.uuid4())
@@ -478,69 +364,17 @@ class FunctionsEngine:
             except Exception:  # noqa: BLE001 - the delivery itself succeeded
                 log.exception("functions: trigger %s: event %s: publishing the reply failed", trigger, msg_id)
 
-    # gates -----------------------------------------------------------------------------------
+    # gates (gates.py) ------------------------------------------------------------------------
 
     def has_gate(self, kind: str, sub_topic: str, event: str | None = None) -> bool:
         """True when a gate of ``kind`` applies (lets the caller skip an await on the hot path)."""
-        return any(_glob(g.topic, sub_topic) and _glob(g.event, event) for g in self._gates.get(kind, ()))
+        return self.gates.has_gate(kind, sub_topic, event)
 
     async def gate_join(self, sub_topic: str, claims: Mapping[str, Any], config: Mapping[str, Any]) -> GateResult:
-        for g in self._gates.get("authorize_join", ()):
-            if _glob(g.topic, sub_topic):
-                res = await self._run_gate(g, sub_topic, None, dict(config), claims)
-                if not res.allow:
-                    return res
-        return GateResult(True)
+        return await self.gates.gate_join(sub_topic, claims, config)
 
     async def gate_send(self, sub_topic: str, event: str, payload: Any, claims: Mapping[str, Any]) -> GateResult:
-        """Gates run in config order; each sees the payload as the previous one rewrote it."""
-        rewritten: Any = None
-        for g in self._gates.get("authorize_send", ()):
-            if _glob(g.topic, sub_topic) and _glob(g.event, event):
-                current = payload if rewritten is None else rewritten
-                res = await self._run_gate(g, sub_topic, event, current, claims)
-                if not res.allow:
-                    return res
-                if res.payload is not None:
-                    rewritten = res.payload
-        return GateResult(True, payload=rewritten)
-
-    async def _run_gate(self, g: Gate, sub_topic: str, event: str | None, payload: Any,
-                        claims: Mapping[str, Any]) -> GateResult:
-        msg_id = str(uuid.uuid4())
-        body = {"id": msg_id, "type": g.kind, "gate": g.name, "topic": sub_topic, "event": event,
-                "payload": payload, "claims": dict(claims), "timestamp": _now_iso()}
-        stats = self._gate_stats[g.name]
-        started = time.monotonic()
-        try:
-            # The Python target enforces the timeout itself; the outer bound also covers the HTTP
-            # session's connection set-up.
-            outcome = await asyncio.wait_for(
-                self.invoker.call(trigger=g.name, url=g.url, handler=g.handler, event=body, timeout=g.timeout),
-                g.timeout + 0.05)
-        except TimeoutError:
-            outcome = Outcome(False, error=f"timed out after {g.timeout:g}s")
-        except Exception as exc:  # noqa: BLE001 - resolved by fail_open below
-            outcome = Outcome(False, error=f"{type(exc).__name__}: {exc}")
-        stats.latencies.append((time.monotonic() - started) * 1000)
-        reply = outcome.reply if outcome.ok else None
-        if isinstance(reply, Mapping) and isinstance(reply.get("allow"), bool):
-            if not reply["allow"]:
-                stats.failed += 1
-                reason = reply.get("reason")
-                return GateResult(False, reason=reason if isinstance(reason, str) and reason else errors.FunctionDenied.message)
-            stats.delivered += 1
-            rewritten = reply.get("payload") if g.kind == "authorize_send" else None
-            return GateResult(True, payload=rewritten)
-        stats.errors += 1
-        error = outcome.error if not outcome.ok else "reply without a boolean `allow`"
-        log.warning("functions: gate %s (%s on %s), request %s: %s; failing %s", g.name, g.kind, sub_topic,
-                    msg_id, error, "open" if g.fail_open else "closed")
-        if g.fail_open:
-            stats.delivered += 1
-            return GateResult(True)
-        stats.failed += 1
-        return GateResult(False, reason=errors.FunctionUnavailable.message)
+        return await self.gates.gate_send(sub_topic, event, payload, claims)
 
     # inspection ------------------------------------------------------------------------------
 
@@ -557,14 +391,10 @@ class FunctionsEngine:
             out[name] = {
                 "delivered": s.delivered, "retried": s.retried, "failed": s.failed, "errors": s.errors,
                 "queued": st.queued,
-                "latency_p50_ms": _percentile(s.latencies, 0.5), "latency_p99_ms": _percentile(s.latencies, 0.99),
-                "lag_p50_ms": _percentile(s.lags, 0.5), "lag_p99_ms": _percentile(s.lags, 0.99),
+                "latency_p50_ms": percentile(s.latencies, 0.5), "latency_p99_ms": percentile(s.latencies, 0.99),
+                "lag_p50_ms": percentile(s.lags, 0.5), "lag_p99_ms": percentile(s.lags, 0.99),
             }  # fmt: skip
-        for name, s in self._gate_stats.items():
-            out[f"gate:{name}"] = {
-                "delivered": s.delivered, "failed": s.failed, "errors": s.errors,
-                "latency_p50_ms": _percentile(s.latencies, 0.5), "latency_p99_ms": _percentile(s.latencies, 0.99),
-            }  # fmt: skip
+        out.update(self.gates.metrics())
         return out
 
     async def dlq_list(self) -> list[dict[str, Any]]:

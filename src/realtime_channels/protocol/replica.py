@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 Every node keeps the full presence state of every topic: its own members and a replica of the
 other nodes'.  A node never changes its replica of another node directly: it publishes *ops*
-on one control stream that every node (itself included) applies in order —
+on one control stream that every other node applies in order (the origin applies its own
+member ops when it makes them, so its diff precedes the push's reply) —
 
 * ``track`` / ``untrack`` carry the owner ``(node, conn, topic)``, key, payload and ``phx_ref``
   (so the ref is identical everywhere) and the origin's op version ``v`` (1, 2, 3, …);
@@ -30,14 +31,102 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .keys import StreamKey
 from .presence import PresenceDiff, TopicPresence
 
 HEARTBEAT_S = 2.0
 NODE_TTL_S = 6.0
 
 Owner = tuple[Any, ...]  # (node_id, conn_id, topic)
-Op = dict[str, Any]
-Diffs = list[tuple[str, PresenceDiff]]
+Diffs = list[tuple[StreamKey, PresenceDiff]]
+
+
+# --- the control messages, and their JSON form on the control stream ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TrackOp:
+    stream: StreamKey
+    owner: Owner
+    key: str
+    payload: Mapping[str, Any]
+    ref: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class UntrackOp:
+    stream: StreamKey
+    owner: Owner
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The origin's op version and counters (users, events/s, joins/s, presence/s)."""
+
+    version: int
+    users: int = 0
+    events: float = 0.0
+    joins: float = 0.0
+    presence: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """Ask node ``to`` (every node when ``None``) for its members."""
+
+    to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateAnswer:
+    """All of the origin's members: ``(stream, owner, key, meta)`` each."""
+
+    version: int
+    entries: tuple[tuple[StreamKey, Owner, str, Mapping[str, Any]], ...] = ()
+
+
+Op = TrackOp | UntrackOp | Heartbeat | SyncRequest | StateAnswer
+MemberOp = TrackOp | UntrackOp
+
+
+def encode_op(op: Op) -> dict[str, Any]:
+    """The JSON object an op travels as (short keys: it crosses the backbone often)."""
+    if isinstance(op, TrackOp):
+        return {"op": "track", "s": op.stream, "o": list(op.owner), "k": op.key, "p": dict(op.payload),
+                "r": op.ref, "v": op.version}
+    if isinstance(op, UntrackOp):
+        return {"op": "untrack", "s": op.stream, "o": list(op.owner), "v": op.version}
+    if isinstance(op, Heartbeat):
+        return {"op": "hb", "v": op.version, "u": op.users, "e": op.events, "j": op.joins, "p": op.presence}
+    if isinstance(op, SyncRequest):
+        return {"op": "sync", "to": op.to}
+    return {"op": "state", "v": op.version,
+            "entries": [[s, list(o), k, dict(m)] for s, o, k, m in op.entries]}
+
+
+def decode_op(raw: Mapping[str, Any]) -> Op | None:
+    """The op of a control message; ``None`` for one this node does not know or cannot read."""
+    try:
+        kind = raw.get("op")
+        if kind == "track":
+            return TrackOp(StreamKey(str(raw["s"])), tuple(raw.get("o", ())), str(raw.get("k")), raw.get("p") or {},
+                           str(raw.get("r")), int(raw.get("v", 0)))
+        if kind == "untrack":
+            return UntrackOp(StreamKey(str(raw["s"])), tuple(raw.get("o", ())), int(raw.get("v", 0)))
+        if kind == "hb":
+            return Heartbeat(int(raw.get("v", 0)), int(raw.get("u", 0)), float(raw.get("e", 0.0)),
+                             float(raw.get("j", 0.0)), float(raw.get("p", 0.0)))
+        if kind == "sync":
+            to = raw.get("to")
+            return SyncRequest(to if isinstance(to, str) else None)
+        if kind == "state":
+            entries = tuple((StreamKey(str(s)), tuple(o), str(k), dict(m)) for s, o, k, m in raw.get("entries", []))
+            return StateAnswer(int(raw.get("v", 0)), entries)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
 
 
 @dataclass(slots=True)
@@ -53,30 +142,29 @@ class PeerState:
 @dataclass
 class PresenceReplica:
     node_id: str
-    topics: dict[str, TopicPresence] = field(default_factory=dict)
+    topics: dict[StreamKey, TopicPresence] = field(default_factory=dict)
     peers: dict[str, PeerState] = field(default_factory=dict)
     version: int = 0
 
     # ops this node publishes -----------------------------------------------------------------
 
-    def track_op(self, stream: str, local_owner: Hashable, key: str, payload: Mapping[str, Any],
-                 ref: str) -> Op:
+    def track_op(self, stream: StreamKey, local_owner: Hashable, key: str, payload: Mapping[str, Any],
+                 ref: str) -> TrackOp:
         self.version += 1
-        return {"op": "track", "s": stream, "o": [self.node_id, *_parts(local_owner)], "k": key,
-                "p": dict(payload), "r": ref, "v": self.version}
+        return TrackOp(stream, (self.node_id, *_parts(local_owner)), key, dict(payload), ref, self.version)
 
-    def untrack_op(self, stream: str, local_owner: Hashable) -> Op | None:
+    def untrack_op(self, stream: StreamKey, local_owner: Hashable) -> UntrackOp | None:
         owner = (self.node_id, *_parts(local_owner))
         state = self.topics.get(stream)
         if state is None or state.tracked(owner) is None:
             return None
         self.version += 1
-        return {"op": "untrack", "s": stream, "o": list(owner), "v": self.version}
+        return UntrackOp(stream, owner, self.version)
 
-    def heartbeat_op(self, users: int, events: float, joins: float, presence: float) -> Op:
-        return {"op": "hb", "v": self.version, "u": users, "e": events, "j": joins, "p": presence}
+    def heartbeat_op(self, users: int, events: float, joins: float, presence: float) -> Heartbeat:
+        return Heartbeat(self.version, users, events, joins, presence)
 
-    def state_op(self) -> Op:
+    def state_op(self) -> StateAnswer:
         entries = []
         for stream, state in self.topics.items():
             for owner in state.owners():
@@ -84,48 +172,44 @@ class PresenceReplica:
                     continue
                 tracked = state.tracked(owner)
                 if tracked is not None:
-                    entries.append([stream, list(owner), tracked[0], tracked[1]])
-        return {"op": "state", "v": self.version, "entries": entries}
+                    entries.append((stream, owner, tracked[0], tracked[1]))
+        return StateAnswer(self.version, tuple(entries))
 
     @staticmethod
-    def sync_op(to: str | None = None) -> Op:
-        return {"op": "sync", "to": to}
+    def sync_op(to: str | None = None) -> SyncRequest:
+        return SyncRequest(to)
 
     # applying ops ----------------------------------------------------------------------------
 
     def apply(self, origin: str, op: Op, now: float) -> tuple[Diffs, list[Op]]:
         """Apply one op from ``origin``; returns the diffs to fan out locally and the ops this
         node must publish in response (a ``sync`` request or a ``state`` answer)."""
-        kind = op.get("op")
         replies: list[Op] = []
+        member = isinstance(op, TrackOp | UntrackOp)
         if origin == self.node_id:  # our own ops come back through the PubSub like everyone's
-            return (self._apply_member_op(op) if kind in ("track", "untrack") else []), replies
+            return (self._apply_member_op(op) if isinstance(op, TrackOp | UntrackOp) else []), replies
         peer = self.peers.get(origin)
         if peer is None:
             peer = self.peers[origin] = PeerState(last_seen=now)
-            if not (kind in ("track", "untrack") and op.get("v") == 1) and kind != "state":
+            if not (member and getattr(op, "version", 0) == 1) and not isinstance(op, StateAnswer):
                 replies.append(self.sync_op(origin))  # a node we have not heard from since it started
         peer.last_seen = now
         diffs: Diffs = []
-        if kind in ("track", "untrack"):
-            version = int(op.get("v", 0))
-            if version != peer.applied + 1 and not replies:
+        if isinstance(op, TrackOp | UntrackOp):
+            if op.version != peer.applied + 1 and not replies:
                 replies.append(self.sync_op(origin))
-            peer.applied = max(peer.applied, version)
+            peer.applied = max(peer.applied, op.version)
             diffs = self._apply_member_op(op)
-        elif kind == "hb":
-            peer.users = int(op.get("u", 0))
-            peer.events = float(op.get("e", 0.0))
-            peer.joins = float(op.get("j", 0.0))
-            peer.presence = float(op.get("p", 0.0))
-            if int(op.get("v", 0)) != peer.applied and not replies:
+        elif isinstance(op, Heartbeat):
+            peer.users, peer.events, peer.joins, peer.presence = op.users, op.events, op.joins, op.presence
+            if op.version != peer.applied and not replies:
                 replies.append(self.sync_op(origin))
-        elif kind == "sync":
-            if op.get("to") in (None, self.node_id):
+        elif isinstance(op, SyncRequest):
+            if op.to in (None, self.node_id):
                 replies.append(self.state_op())
-        elif kind == "state":
-            diffs = self._replace_node(origin, op.get("entries", []))
-            peer.applied = int(op.get("v", 0))
+        else:
+            diffs = self._replace_node(origin, op.entries)
+            peer.applied = op.version
         return diffs, replies
 
     def expire(self, now: float) -> Diffs:
@@ -142,26 +226,24 @@ class PresenceReplica:
         return (sum(p.users for p in peers), sum(p.events for p in peers),
                 sum(p.joins for p in peers), sum(p.presence for p in peers))
 
-    def state_payload(self, stream: str) -> dict[str, Any]:
+    def state_payload(self, stream: StreamKey) -> dict[str, Any]:
         state = self.topics.get(stream)
         return state.state_payload() if state is not None else {}
 
     # internals -------------------------------------------------------------------------------
 
-    def _apply_member_op(self, op: Op) -> Diffs:
-        stream = str(op.get("s"))
-        owner = tuple(op.get("o", ()))
-        if op.get("op") == "track":
-            state = self.topics.setdefault(stream, TopicPresence())
-            diff = state.track(owner, str(op.get("k")), op.get("p") or {}, str(op.get("r")))
+    def _apply_member_op(self, op: MemberOp) -> Diffs:
+        if isinstance(op, TrackOp):
+            state = self.topics.setdefault(op.stream, TopicPresence())
+            diff = state.track(op.owner, op.key, op.payload or {}, op.ref)
         else:
-            state = self.topics.get(stream)  # type: ignore[assignment]
-            if state is None:
+            existing = self.topics.get(op.stream)
+            if existing is None:
                 return []
-            diff = state.untrack(owner)
-            if not state:
-                del self.topics[stream]
-        return [(stream, diff)] if diff is not None else []
+            diff = existing.untrack(op.owner)
+            if not existing:
+                del self.topics[op.stream]
+        return [(op.stream, diff)] if diff is not None else []
 
     def _remove_node(self, node: str) -> Diffs:
         diffs: Diffs = []
@@ -173,11 +255,11 @@ class PresenceReplica:
                 del self.topics[stream]
         return diffs
 
-    def _replace_node(self, node: str, entries: list[Any]) -> Diffs:
+    def _replace_node(self, node: str, entries: tuple[tuple[StreamKey, Owner, str, Mapping[str, Any]], ...]) -> Diffs:
         """Make the replica of ``node`` equal its ``state`` answer, with diffs only for changes."""
-        wanted: dict[tuple[str, Owner], tuple[str, dict[str, Any]]] = {}
-        for stream, owner, key, meta in entries:
-            wanted[(stream, tuple(owner))] = (key, meta)
+        wanted: dict[tuple[StreamKey, Owner], tuple[str, dict[str, Any]]] = {}
+        for entry_stream, entry_owner, key, meta in entries:
+            wanted[(entry_stream, tuple(entry_owner))] = (key, dict(meta))
         diffs: Diffs = []
         for stream, state in list(self.topics.items()):
             for owner in state.owners():

@@ -21,6 +21,9 @@ private join waits in ``joining`` for its read check; pushes that arrive meanwhi
 that wait for a lazy write check (first broadcast, first track), queue on the channel and are
 processed in order once the answer comes.  A private topic has two streams: broadcasts go to
 members with broadcast-read, presence diffs to members with presence-read (§4.4, §5.2).
+
+Function gates work the same way: a gated join or broadcast is parked, ``GateJoin`` /
+``GateSend`` ask for the verdict and ``gated(...)`` answers.  The effect types are effects.py.
 """
 
 from __future__ import annotations
@@ -29,165 +32,47 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+from orjson import Fragment
+
 from .. import errors
 from .codec import BinaryBroadcastPush, Broadcast, Message
+from .effects import (  # re-exported: the effects are part of the session's interface
+    BROADCAST_READ as BROADCAST_READ,
+    BROADCAST_WRITE as BROADCAST_WRITE,
+    GATE as GATE,
+    GATE_JOIN as GATE_JOIN,
+    GATE_SEND as GATE_SEND,
+    PRESENCE_READ as PRESENCE_READ,
+    PRESENCE_WRITE as PRESENCE_WRITE,
+    AuthResult as AuthResult,
+    Authorize as Authorize,
+    AwaitReplication as AwaitReplication,
+    Close as Close,
+    Effect as Effect,
+    GateCheck as GateCheck,
+    GateJoin as GateJoin,
+    GateSend as GateSend,
+    GateVerdict as GateVerdict,
+    Publish as Publish,
+    PushPresenceState as PushPresenceState,
+    ReplayedMessage as ReplayedMessage,
+    Send as Send,
+    SendBinary as SendBinary,
+    Subscribe as Subscribe,
+    SubscribePostgres as SubscribePostgres,
+    Track as Track,
+    Unsubscribe as Unsubscribe,
+    UnsubscribePostgres as UnsubscribePostgres,
+    Untrack as Untrack,
+)
 from .join import JoinParams, echo_bindings, parse_join
+from .keys import TOPIC_PREFIX as TOPIC_PREFIX  # re-exported: the names callers know
+from .keys import StreamKey, presence_stream_key
+from .keys import stream_key as stream_key
 from .limits import FixedWindow, TenantLimits
 
-TOPIC_PREFIX = "realtime:"
-
 Verifier = Callable[[str, float], dict[str, Any]]
-
-
-# --- effects --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Write ``message`` to this socket, after ``delay`` seconds (join-error back-off §3.3)."""
-
-    message: Message
-    delay: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribe:
-    """Start delivering ``stream`` to this socket's channel ``topic``; broadcasts whose
-    ``meta.id`` is in ``skip_ids`` were already delivered by replay (§4.8)."""
-
-    stream: str
-    topic: str
-    skip_ids: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class Unsubscribe:
-    stream: str
-    topic: str
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    """Fan ``broadcast`` out to every subscriber of ``stream``; ``exclude`` is the sending
-    channel's topic on this socket when ``self`` is off (§4.2)."""
-
-    stream: str
-    broadcast: Broadcast
-    exclude: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Track:
-    stream: str
-    topic: str
-    key: str
-    payload: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Untrack:
-    stream: str
-    topic: str
-
-
-@dataclass(frozen=True, slots=True)
-class PushPresenceState:
-    """Send the stream's current ``presence_state`` to this channel (§5.2)."""
-
-    stream: str
-    topic: str
-    join_ref: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SubscribePostgres:
-    """Create the channel's postgres_changes subscriptions with these claims (§6.3)."""
-
-    topic: str
-    join_ref: str | None
-    bindings: tuple[dict[str, Any], ...]
-    claims: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class UnsubscribePostgres:
-    topic: str
-
-
-BROADCAST_READ = "broadcast_read"
-PRESENCE_READ = "presence_read"
-BROADCAST_WRITE = "broadcast_write"
-PRESENCE_WRITE = "presence_write"
-
-
-@dataclass(frozen=True, slots=True)
-class Authorize:
-    """Evaluate the RLS policies on ``realtime.messages`` for a private channel (§7.3) and
-    answer with ``Session.authorized(topic, join_ref, purpose, result, now)``.
-
-    ``purpose`` is ``"join"``, ``"refresh"`` (after ``access_token``) or ``"write"``;
-    ``replay`` = (since_ms, limit) asks for the stored messages too (§4.8).
-    """
-
-    topic: str
-    join_ref: str | None
-    purpose: str
-    sub_topic: str
-    claims: Mapping[str, Any]
-    checks: tuple[str, ...]
-    replay: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayedMessage:
-    id: str
-    event: str
-    payload_json: bytes | None
-    binary: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class AuthResult:
-    """The adapter's answer to ``Authorize``; ``error`` when the policies could not be run."""
-
-    granted: Mapping[str, bool]
-    replayed: tuple[ReplayedMessage, ...] = ()
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SendReplayed:
-    """Push replayed messages (§4.8): JSON as text pushes with ``join_ref``, binary as kind-4
-    frames to V2 sockets only, each with ``meta: {"replayed": true, "id": …}``."""
-
-    topic: str
-    join_ref: str | None
-    messages: tuple[ReplayedMessage, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Close the socket with ``code`` after ``delay`` seconds (e.g. 1001 after a join-rate refusal)."""
-
-    code: int
-    reason: str
-    delay: float = 0.0
-
-
-Effect = (
-    Send
-    | Authorize
-    | SendReplayed
-    | Close
-    | Subscribe
-    | Unsubscribe
-    | Publish
-    | Track
-    | Untrack
-    | PushPresenceState
-    | SubscribePostgres
-    | UnsubscribePostgres
-)
 
 
 # --- configuration and per-channel state ----------------------------------------------------
@@ -211,24 +96,13 @@ class SessionConfig:
     replay_max: int = 25
 
 
-def stream_key(private: bool, sub_topic: str) -> str:
-    """Public and private channels of one sub-topic are separate streams (§3.1, §4.4)."""
-    return ("priv:" if private else "pub:") + sub_topic
-
-
-def presence_stream_key(private: bool, sub_topic: str) -> str:
-    """Presence diffs of a private topic reach only members with presence-read (§5.2), so they
-    travel on a stream of their own; a public topic's diffs go to every member."""
-    return ("privp:" if private else "pub:") + sub_topic
-
-
 @dataclass(slots=True)
 class Channel:
     topic: str
     sub_topic: str
     join_ref: str | None
     params: JoinParams
-    stream: str
+    stream: StreamKey
     token: str
     claims: dict[str, Any]
     deadline: float
@@ -237,7 +111,7 @@ class Channel:
     bindings: tuple[dict[str, Any], ...] = ()
     tracked: bool = False
     private: bool = False
-    presence_stream: str = ""
+    presence_stream: StreamKey = StreamKey("")
     replay: tuple[int, int] | None = None
     #: private rights: None = not evaluated yet (§7.3 caches them until the next refresh)
     rights: dict[str, bool | None] = field(default_factory=dict)
@@ -293,6 +167,8 @@ class Session:
     new_presence_key: Callable[[], str]
     config: SessionConfig = field(default_factory=SessionConfig)
     limits: TenantLimits | None = None
+    #: function gates (README "Functions"), when any are configured
+    gates: GateCheck | None = None
     channels: dict[str, Channel] = field(default_factory=dict)
     #: private joins waiting for their read check (§3.3 step 6)
     joining: dict[str, Channel] = field(default_factory=dict)
@@ -324,13 +200,11 @@ class Session:
 
     def _dispatch(self, ch: Channel, msg: Message | BinaryBroadcastPush, now: float, size: int) -> list[Effect]:
         if isinstance(msg, BinaryBroadcastPush):
-            # §4.3: kind-3 metadata (only ``persist``) is not forwarded; receivers get none.
-            b = Broadcast(ch.topic, event=msg.event, data=msg.data, binary=msg.binary)
-            return self._publish(ch, msg, b, now, size)
+            return self._publish(ch, msg, _broadcast_of(ch, msg), now, size)
         if msg.event == "broadcast":
             if not isinstance(msg.payload, dict):
                 return []  # §4.1: the payload is an object; anything else cannot be relayed
-            return self._publish(ch, msg, Broadcast(ch.topic, payload=msg.payload), now, size)
+            return self._publish(ch, msg, _broadcast_of(ch, msg), now, size)
         if msg.event == "presence":
             return self._presence(ch, msg, now, size)
         if msg.event == "access_token" and isinstance(msg.payload, dict) and "access_token" in msg.payload:
@@ -381,13 +255,23 @@ class Session:
         except errors.RealtimeError as err:
             return effects + self._join_error(msg, err, old)
         ch.replaces = old
+        if self.gates is not None and self.gates("authorize_join", ch.sub_topic, None):
+            self.joining[msg.topic] = ch  # pushes for the topic wait behind the gates' answer
+            ch.pending.add(GATE)
+            config = msg.payload.get("config") if isinstance(msg.payload, dict) else None
+            effects.append(GateJoin(ch.topic, ch.join_ref, ch.sub_topic, ch.claims,
+                                    config if isinstance(config, dict) else {}))
+            return effects
+        return effects + self._admit(ch, now)
+
+    def _admit(self, ch: Channel, now: float) -> list[Effect]:
+        """A join that passed its checks: private ones wait for their read check (§7.3)."""
         if ch.private:
-            self.joining[msg.topic] = ch
+            self.joining[ch.topic] = ch
             checks = (BROADCAST_READ, PRESENCE_READ) if self._presence_enabled(ch) else (BROADCAST_READ,)
             ch.pending.update(checks)
-            effects.append(Authorize(ch.topic, ch.join_ref, "join", ch.sub_topic, ch.claims, checks, ch.replay))
-            return effects
-        return effects + self._activate(ch, (), now)
+            return [Authorize(ch.topic, ch.join_ref, "join", ch.sub_topic, ch.claims, checks, ch.replay)]
+        return self._activate(ch, (), now)
 
     def _join_error(self, msg: Message, err: errors.RealtimeError, old: Channel | None) -> list[Effect]:
         effects: list[Effect] = []
@@ -466,14 +350,15 @@ class Session:
         if ch.replaces is not None:
             effects.append(Send(phx_close(ch.replaces)))  # right after the new join's reply (§2.5)
             ch.replaces = None
-        if replayed:
-            effects.append(SendReplayed(ch.topic, ch.join_ref, replayed))
+        effects += _replay(ch, replayed)
         if self._presence_enabled(ch) and ch.can(PRESENCE_READ):
             if self.limits is not None:
                 self.limits.presence.add(now)
             effects.append(PushPresenceState(ch.presence_stream, ch.topic, ch.join_ref))
         if ch.bindings:
             effects.append(SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, ch.claims))
+        if ch.params.replication_ready:
+            effects.append(AwaitReplication(ch.topic, ch.join_ref))
         return effects + self._drain(ch, now)
 
     def _subscriptions(self, ch: Channel, skip_ids: frozenset[str] = frozenset()) -> list[Effect]:
@@ -544,6 +429,47 @@ class Session:
         if ch is None or ch.join_ref != join_ref:
             return []
         return self._shutdown(ch, error if isinstance(error, errors.RealtimeError) else errors.RealtimeError(error))
+
+    def replication(self, topic: str, join_ref: str | None, ready: bool) -> list[Effect]:
+        """The adapter's answer to ``AwaitReplication`` (§3.7)."""
+        ch = self.channels.get(topic)
+        if ch is None or ch.join_ref != join_ref:
+            return []
+        if not ready:
+            return self._shutdown(ch, errors.ReplicationNotReady())
+        return [Send(system_message(ch, "ok", errors.Notice.REPLICATION_READY))]
+
+    # function gates --------------------------------------------------------------------------
+
+    def gated(self, topic: str, join_ref: str | None, purpose: str, verdict: GateVerdict,
+              now: float) -> list[Effect]:
+        """The adapter's answer to ``GateJoin`` / ``GateSend``; a denial is answered at once
+        (no join-error back-off) with the gate's reason."""
+        if purpose == GATE_JOIN:
+            ch = self.joining.get(topic)
+            if ch is None or ch.join_ref != join_ref or GATE not in ch.pending:
+                return []  # left or superseded meanwhile
+            ch.pending.discard(GATE)
+            del self.joining[topic]
+            if verdict.allow:
+                return self._admit(ch, now)
+            effects: list[Effect] = [Send(phx_close(ch.replaces))] if ch.replaces is not None else []
+            reason = verdict.reason or errors.JoinDenied().message
+            effects.append(Send(reply(_join_message(ch), error_payload({"reason": reason}), ch.join_ref)))
+            return effects + [Send(unmatched(m)) for m, _ in ch.queue]
+        ch = self.channels.get(topic)
+        if ch is None or ch.join_ref != join_ref or GATE not in ch.pending or not ch.queue:
+            return []
+        ch.pending.discard(GATE)
+        msg, size = ch.queue.pop(0)
+        if not verdict.allow:
+            reason = verdict.reason or errors.SendDenied().message
+            effects = [Send(reply(msg, error_payload({"reason": reason}), ch.join_ref))]
+        else:
+            if verdict.payload is not None:
+                msg = _rewritten(msg, verdict.payload)
+            effects = self._publish(ch, msg, _broadcast_of(ch, msg), now, size, gated=True)
+        return effects + self._drain(ch, now)
 
     # authorization answers (§7.3) --------------------------------------------------------------
 
@@ -618,13 +544,19 @@ class Session:
     # broadcast -------------------------------------------------------------------------------
 
     def _publish(self, ch: Channel, msg: Message | BinaryBroadcastPush, b: Broadcast, now: float,
-                 size: int) -> list[Effect]:
+                 size: int, gated: bool = False) -> list[Effect]:
         if ch.private:
             allowed = ch.can(BROADCAST_WRITE)
             if allowed is None:
                 return self._need(ch, msg, size, (BROADCAST_WRITE,))
             if not allowed:
                 return []  # §4.2: unauthorized sends are dropped silently, even with ack
+        if not gated and self.gates is not None:
+            event, data = _gate_subject(msg)
+            if event is not None and self.gates("authorize_send", ch.sub_topic, event):
+                ch.queue.insert(0, (msg, size))  # later pushes wait behind the gates' answer
+                ch.pending.add(GATE)
+                return [GateSend(ch.topic, ch.join_ref, ch.sub_topic, event, data, ch.claims)]
         ack = ch.params.broadcast_ack
         if size > self.config.max_payload_bytes:  # §4.5
             return [Send(reply(msg, error_payload(errors.PayloadSizeExceeded().response), ch.join_ref))] if ack else []
@@ -658,10 +590,12 @@ class Session:
         if not ch.presence_window.hit(now):  # §5.7 per-channel window
             return self._shutdown(ch, errors.ClientPresenceRateLimitReached())
         if event == "untrack":
-            effects: list[Effect] = [Send(reply(msg, ok_payload(), ch.join_ref))]
+            # §5.1: the diff a presence push causes reaches the channel before its reply
+            effects: list[Effect] = []
             if ch.tracked:
                 ch.tracked = False
                 effects.append(Untrack(ch.presence_stream, ch.topic))
+            effects.append(Send(reply(msg, ok_payload(), ch.join_ref)))
             return effects
         payload = body.get("payload", {})
         if payload is None:
@@ -676,8 +610,8 @@ class Session:
             self.limits.presence.add(now)
         ch.tracked = True
         return [
-            Send(reply(msg, ok_payload(), ch.join_ref)),
             Track(ch.presence_stream, ch.topic, ch.presence_key, payload),
+            Send(reply(msg, ok_payload(), ch.join_ref)),
         ]
 
     # token refresh ---------------------------------------------------------------------------
@@ -703,6 +637,42 @@ class Session:
         if ch.bindings:
             effects.append(SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, claims))
         return effects
+
+
+def _replay(ch: Channel, replayed: tuple[ReplayedMessage, ...]) -> list[Effect]:
+    """§4.8: JSON rows as text pushes carrying the join_ref, binary rows as kind-4 frames; each
+    with ``meta: {"replayed": true, "id": …}``."""
+    effects: list[Effect] = []
+    for m in replayed:
+        meta = {"replayed": True, "id": m.id}
+        if m.binary is not None:
+            effects.append(SendBinary(ch.topic, m.event, meta, m.binary))
+            continue
+        payload = {"type": "broadcast", "event": m.event, "payload": Fragment(m.payload_json or b"{}"), "meta": meta}
+        effects.append(Send(Message(ch.topic, "broadcast", payload, ref=None, join_ref=ch.join_ref)))
+    return effects
+
+
+def _broadcast_of(ch: Channel, msg: Message | BinaryBroadcastPush) -> Broadcast:
+    if isinstance(msg, BinaryBroadcastPush):
+        # §4.3: kind-3 metadata (only ``persist``) is not forwarded; receivers get none.
+        return Broadcast(ch.topic, event=msg.event, data=msg.data, binary=msg.binary)
+    return Broadcast(ch.topic, payload=msg.payload)
+
+
+def _gate_subject(msg: Message | BinaryBroadcastPush) -> tuple[str | None, Any]:
+    """(user event, payload) of a client broadcast, as a send gate sees it."""
+    if isinstance(msg, BinaryBroadcastPush):
+        return msg.event, (msg.data if msg.binary else orjson.loads(msg.data))
+    event = msg.payload.get("event") if isinstance(msg.payload, dict) else None
+    return (event if isinstance(event, str) else None), msg.payload.get("payload")
+
+
+def _rewritten(msg: Message | BinaryBroadcastPush, payload: Any) -> Message | BinaryBroadcastPush:
+    """A broadcast whose user payload a send gate replaced (a binary one becomes JSON)."""
+    if isinstance(msg, BinaryBroadcastPush):
+        return BinaryBroadcastPush(msg.join_ref, msg.ref, msg.topic, msg.event, None, orjson.dumps(payload), False)
+    return Message(msg.topic, msg.event, {**msg.payload, "payload": payload}, ref=msg.ref, join_ref=msg.join_ref)
 
 
 def _join_message(ch: Channel) -> Message:

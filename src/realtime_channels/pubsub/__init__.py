@@ -5,11 +5,20 @@ Every backend (memory, Redis) implements :class:`PubSub` and passes the same con
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..protocol.codec import Broadcast
+from ..protocol.keys import StreamKey
+
+
+class Health(enum.Enum):
+    """A backbone's state, for /health: ``degraded`` means local delivery only."""
+
+    CONNECTED = "connected"
+    DEGRADED = "degraded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +32,7 @@ class Envelope:
     nodes ignore it.
     """
 
-    stream: str
+    stream: StreamKey
     origin: str
     broadcast: Broadcast | None = None
     control: dict[str, Any] | None = None
@@ -45,19 +54,23 @@ class PubSub(Protocol):
     * ``publish`` never blocks the caller: it returns immediately and any I/O happens later.
     """
 
+    @property
+    def health(self) -> Health:
+        """Whether envelopes reach the other nodes right now."""
+
     async def start(self, deliver: Deliver) -> None:
         """Begin delivering envelopes of subscribed streams to ``deliver``."""
 
     async def close(self) -> None:
         """Stop delivering and release resources."""
 
-    def subscribe(self, stream: str) -> None:
+    def subscribe(self, stream: StreamKey) -> None:
         """Start receiving ``stream`` (idempotent)."""
 
-    def unsubscribe(self, stream: str) -> None:
+    def unsubscribe(self, stream: StreamKey) -> None:
         """Stop receiving ``stream`` (idempotent)."""
 
-    def confirmed(self, stream: str) -> Awaitable[None] | None:
+    def confirmed(self, stream: StreamKey) -> Awaitable[None] | None:
         """After ``subscribe(stream)``: ``None`` when envelopes published from now on (by any
         node) are sure to arrive here, otherwise an awaitable that resolves once they are (a
         networked backend waits for the broker to confirm the subscription).  Never raises."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import Deliver, Envelope
+from . import Deliver, Envelope, Health
 
 
 class MemoryBroker:
@@ -20,6 +20,10 @@ class MemoryPubSub:
         self._broker = broker if broker is not None else MemoryBroker()
         self._deliver: Deliver | None = None
         self._streams: set[str] = set()
+
+    @property
+    def health(self) -> Health:
+        return Health.CONNECTED  # nothing between the nodes of one process can fail
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver

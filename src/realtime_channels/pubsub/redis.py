@@ -48,15 +48,11 @@ import os
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub as RedisPubSubConn
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from . import Deliver, Envelope
+from . import Deliver, Envelope, Health
+from .redis_session import Session, SessionLost, client, describe, heartbeat, redact, stop_tasks
 from .wire import SENDER_LEN, WireError, decode_envelope, encode_envelope, read_header
 
 log = logging.getLogger(__name__)
@@ -70,61 +66,11 @@ PIPELINE_MAX = 256
 SUBSCRIBE_BATCH_MAX = 512
 OUTBOX_MAX = 100_000
 UNECHOED_MAX = 65_536
-HEARTBEAT_S = 1.0
-DEAD_AFTER_S = 3.0
 START_WAIT_S = 10.0
-SOCKET_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_S = 2.0
 
 # outbox operations: (kind, channel, frame)
 _PUB, _SUB, _UNSUB, _READY = range(4)
 _Op = tuple[int, str, bytes]
-
-
-class _SessionLost(Exception):
-    """Ends a session from inside (heartbeat silence, outbox overflow)."""
-
-
-class _Session:
-    """The two connections of one attempt and what the tasks share about them."""
-
-    def __init__(self, pub: Redis, sub: Redis, ps: RedisPubSubConn, now: float) -> None:
-        self.pub = pub
-        self.sub = sub
-        self.ps = ps
-        self.last_rx = now
-        self.unconfirmed = 0  # (UN)SUBSCRIBE replies still expected from Redis
-        self.all_confirmed = asyncio.Event()
-        self.all_confirmed.set()
-        self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    def abort(self, reason: str) -> None:
-        if not self.lost.done():
-            self.lost.set_result(reason)
-
-
-async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks)
-    for task in tasks:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: the session already reported why it ended
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class RedisPubSub:
@@ -149,7 +95,7 @@ class RedisPubSub:
         self._ops: deque[_Op] = deque()
         self._ops_ready = asyncio.Event()
         self._unechoed: deque[tuple[int, Envelope]] = deque()
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()
         self._went_live = False  # the current session reached "connected"
@@ -158,6 +104,10 @@ class RedisPubSub:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def health(self) -> Health:
+        return Health(self._state)
 
     # --- PubSub protocol ------------------------------------------------------------------
 
@@ -330,11 +280,11 @@ class RedisPubSub:
             self._went_live = False
             try:
                 reason = await self._run_session()
-            except (RedisError, OSError, WireError, _SessionLost) as exc:
-                reason = _describe(exc)
+            except (RedisError, OSError, WireError, SessionLost) as exc:
+                reason = describe(exc)
             except Exception as exc:  # a client-library surprise must not end reconnection
                 log.exception("redis pubsub %s: unexpected error in the Redis session", self.node_id)
-                reason = _describe(exc)
+                reason = describe(exc)
             if self._went_live:
                 delay = BACKOFF_MIN_S  # it worked until now: retry promptly
             self._enter_degraded(reason)
@@ -343,27 +293,15 @@ class RedisPubSub:
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
 
-    def _client(self, role: str) -> Redis:
-        # No client-side retries: a failed command ends the session and the supervisor owns
-        # reconnection (and re-subscription), so the state it reports is the truth.
-        return Redis.from_url(
-            self.url,
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            socket_keepalive=True,
-            client_name=f"realtime-channels-{self.node_id}-{role}",
-        )
-
     async def _run_session(self) -> str:
         """One connection attempt; returns (or raises) the reason it ended."""
-        pub, sub = self._client("pub"), self._client("sub")
+        pub, sub = client(self.url, self.node_id, "pub"), client(self.url, self.node_id, "sub")
         ps = sub.pubsub()
         tasks: list[asyncio.Task[None]] = []
         try:
             await pub.ping()
             await ps.ping()  # opens the subscribe connection; the reader consumes the PONG
-            session = _Session(pub, sub, ps, asyncio.get_running_loop().time())
+            session = Session(pub, sub, ps, asyncio.get_running_loop().time())
             # Re-subscribe the whole set, then go live once Redis confirmed it (_READY).
             # No await between the snapshot and setting _session: later (un)subscribes queue.
             self._ops.clear()
@@ -376,7 +314,7 @@ class RedisPubSub:
             tasks = [
                 asyncio.create_task(self._read_loop(session)),
                 asyncio.create_task(self._write_loop(session)),
-                asyncio.create_task(self._heartbeat(session)),
+                asyncio.create_task(heartbeat(session)),
             ]
             watched: list[asyncio.Future[Any]] = [*tasks, session.lost]
             done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
@@ -388,13 +326,13 @@ class RedisPubSub:
         finally:
             self._session = None
             try:
-                await _stop_tasks(tasks)  # a CancelledError from close() still propagates
+                await stop_tasks(tasks)  # a CancelledError from close() still propagates
             finally:
                 for closer in (ps.aclose, pub.aclose, sub.aclose):
                     with contextlib.suppress(Exception):
                         await closer()
 
-    async def _read_loop(self, s: _Session) -> None:
+    async def _read_loop(self, s: Session) -> None:
         loop = asyncio.get_running_loop()
         while True:
             msg: dict[str, Any] | None = await s.ps.get_message(timeout=None)
@@ -416,7 +354,7 @@ class RedisPubSub:
                     s.unconfirmed = 0
                     s.all_confirmed.set()
 
-    async def _write_loop(self, s: _Session) -> None:
+    async def _write_loop(self, s: Session) -> None:
         ops = self._ops
         while True:
             if not ops:
@@ -444,7 +382,7 @@ class RedisPubSub:
                     pipe.publish(channel, frame)
                 await pipe.execute()
 
-    async def _send_subscriptions(self, s: _Session, kind: int) -> None:
+    async def _send_subscriptions(self, s: Session, kind: int) -> None:
         ops = self._ops
         names: dict[str, None] = {}  # one reply per distinct channel
         while ops and ops[0][0] == kind and len(names) < SUBSCRIBE_BATCH_MAX:
@@ -455,14 +393,3 @@ class RedisPubSub:
             await s.ps.subscribe(*names)
         else:
             await s.ps.unsubscribe(*names)
-
-    async def _heartbeat(self, s: _Session) -> None:
-        """A silent subscribe connection (half-open TCP) is found by PINGing it when idle."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            idle = loop.time() - s.last_rx
-            if idle > DEAD_AFTER_S:
-                raise _SessionLost(f"no reply from Redis for {idle:.1f}s")
-            if idle >= HEARTBEAT_S:
-                await s.ps.ping()

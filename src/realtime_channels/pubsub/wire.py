@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from ..protocol.codec import Broadcast
+from ..protocol.keys import StreamKey
 from . import Envelope
 
 VERSION = 1
@@ -165,7 +166,7 @@ def decode_envelope(data: bytes) -> Envelope:
         raise WireError(f"malformed envelope: {exc}") from exc
     if r.pos != len(data):
         raise WireError("trailing bytes after envelope")
-    return Envelope(stream, origin, broadcast=broadcast, control=control, exclude=exclude)
+    return Envelope(StreamKey(stream), origin, broadcast=broadcast, control=control, exclude=exclude)
 
 
 class _Reader:

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from . import errors
-from .functions.engine import RealtimeEvent
-from .protocol.codec import Broadcast
-from .protocol.session import TOPIC_PREFIX, stream_key
-
-if TYPE_CHECKING:
-    from .server import AppState
+from .. import errors
+from ..protocol.codec import Broadcast
+from ..protocol.keys import TOPIC_PREFIX, stream_key
+from .state import AppState
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -24,10 +21,9 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "authorization, apikey, content-type, x-client-info",
     "Access-Control-Max-Age": "86400",
 }
-UNSUPPORTED_MEDIA = "Unsupported Media Type. Use application/json or application/octet-stream"
-BLANK = ["can't be blank"]
-INVALID = ["is invalid"]
-TOO_BIG = ["Payload size exceeds tenant limit"]
+BLANK = [errors.RestFieldError.BLANK]
+INVALID = [errors.RestFieldError.INVALID]
+TOO_BIG = [errors.RestFieldError.TOO_BIG]
 
 
 class Rest:
@@ -50,6 +46,9 @@ class Rest:
             return web.Response(status=status, headers=headers)
         return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
                             headers=headers)
+
+    def _refuse(self, err: errors.RestError) -> web.Response:
+        return self._respond(err.http_status, {"message": err.message})
 
     async def _can_write(self, request: web.Request, sub_topic: str, claims: dict[str, Any]) -> bool:
         """§7.3 broadcast write policy for a private REST broadcast (request headers exposed)."""
@@ -80,11 +79,11 @@ class Rest:
     async def batch(self, request: web.Request) -> web.Response:
         claims = await self._authorize(request)
         if claims is None:
-            return self._respond(401, {"message": "Unauthorized"})
+            return self._refuse(errors.RestUnauthorized())
         try:
             body = orjson.loads(await request.read() or b"{}")
         except orjson.JSONDecodeError:
-            return self._respond(400, {"message": "Request body is not valid JSON"})
+            return self._refuse(errors.RestInvalidJson())
         messages = body.get("messages") if isinstance(body, dict) else None
         if messages is None:
             return self._respond(422, {"errors": {"messages": BLANK}})
@@ -95,9 +94,9 @@ class Rest:
             return self._respond(422, {"errors": {"messages": problems}})
         now = time.time()
         if self.limits.events_exceeded(now):
-            return self._respond(429, {"message": "You have exceeded your rate limit"})
+            return self._refuse(errors.RestRateLimited())
         if self.limits.events_remaining(now) < len(messages):
-            return self._respond(429, {"message": "Too many messages to broadcast, please reduce the batch size"})
+            return self._refuse(errors.RestBatchTooLarge())
         allowed: dict[str, bool] = {}
         for m in messages:
             private = m.get("private") is True or m.get("private") == "true"
@@ -118,8 +117,7 @@ class Rest:
             topic = TOPIC_PREFIX + m["topic"]
             # meta is also set on the Broadcast so a channel that replayed this id skips it (§4.8)
             b = Broadcast(topic, payload=payload, meta=meta)
-            self.state.node.publish(stream_key(private, m["topic"]), b)
-            self._observe(m["topic"], m["event"], m["payload"], claims)
+            self.state.node.publish(stream_key(private, m["topic"]), b, claims=claims)
         return self._respond(202)
 
     def _validate(self, m: Any) -> dict[str, list[str]]:
@@ -146,7 +144,7 @@ class Rest:
     async def single(self, request: web.Request) -> web.Response:
         claims = await self._authorize(request)
         if claims is None:
-            return self._respond(401, {"message": "Unauthorized"})
+            return self._refuse(errors.RestUnauthorized())
         sub_topic = request.match_info["topic"]
         event = request.match_info["event"]
         raw = await request.read()
@@ -157,7 +155,7 @@ class Rest:
                 try:
                     orjson.loads(raw)
                 except orjson.JSONDecodeError:
-                    return self._respond(400, {"message": "Request body is not valid JSON"})
+                    return self._refuse(errors.RestInvalidJson())
                 data, binary = raw, False
             else:
                 data, binary = b"{}", False
@@ -166,31 +164,23 @@ class Rest:
         elif media is None:
             data, binary = b"{}", False  # §1.8: accepted, body not parsed, payload {}
         else:
-            return self._respond(415, {"error": UNSUPPORTED_MEDIA})
+            return self._respond(415, {"error": errors.RestUnsupportedMedia().message})
         if len(data) > self.state.settings.max_payload_bytes:
             return self._respond(422, {"errors": {"payload": TOO_BIG}})
         now = time.time()
         if self.limits.events_exceeded(now):
-            return self._respond(429, {"message": "You have exceeded your rate limit"})
+            return self._refuse(errors.RestRateLimited())
         private = request.query.get("private") == "true"
         if private:
             try:
                 if not await self._can_write(request, sub_topic, claims):
-                    return self._respond(403, {"message": "Unauthorized"})  # §1.8
+                    return self._refuse(errors.RestForbidden())  # §1.8
             except Exception:  # noqa: BLE001 - the database could not evaluate the policy
-                return self._respond(500, {"message": "Unable to authorize broadcast"})
+                return self._refuse(errors.RestAuthorizationFailed())
         self.limits.events.add(now)
         b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=data, binary=binary)
-        self.state.node.publish(stream_key(private, sub_topic), b)
-        if self.state.node.functions is not None:  # decoded only when a function may want it
-            self._observe(sub_topic, event, data if binary else orjson.loads(data), claims)
+        self.state.node.publish(stream_key(private, sub_topic), b, claims=claims)
         return self._respond(202)
-
-    def _observe(self, sub_topic: str, event: str, payload: Any, claims: dict[str, Any]) -> None:
-        """A REST broadcast is a ``broadcast`` event for functions (README "Functions")."""
-        functions = self.state.node.functions
-        if functions is not None:
-            functions.observe(RealtimeEvent("broadcast", sub_topic, event, payload, claims))
 
     async def preflight(self, request: web.Request) -> web.Response:
         return web.Response(status=204, headers=CORS_HEADERS)

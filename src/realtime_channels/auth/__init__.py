@@ -10,8 +10,6 @@ checks are ours because their order and error mapping are part of the wire contr
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import urllib.parse
@@ -20,11 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from jwt.algorithms import Algorithm, ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
+from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import PyJWTError
 
 from realtime_channels import errors
 from realtime_channels.protocol import jsonexact
+
+from .jwks import _ED_CURVES, _b64url_decode, _index_jwks, _Jwk
+from .jwks import load_jwks_text as load_jwks_text  # re-exported: cli and users import them here
+from .jwks import parse_jwks_spec as parse_jwks_spec
 
 __all__ = [
     "JwksRefresher",
@@ -51,7 +53,6 @@ _ASYMMETRIC_KTY: Mapping[str, str] = {
     "Ed25519": "OKP",
     "Ed448": "OKP",
 }
-_ED_CURVES = frozenset({"Ed25519", "Ed448"})
 _PYJWT_ALGS: Mapping[str, Algorithm] = get_default_algorithms()
 
 
@@ -64,18 +65,6 @@ def normalize_token(token: str) -> str:
     Clients paste tokens with stray newlines or send them percent-encoded in the query string.
     """
     return "".join(urllib.parse.unquote(token).split())
-
-
-def _b64url_decode(segment: str) -> bytes:
-    """Strict base64url (padding optional). Python's default decoder silently skips junk."""
-    stripped = segment.rstrip("=")
-    if len(stripped) % 4 == 1:
-        raise ValueError("impossible base64 length")
-    padded = stripped + "=" * (-len(stripped) % 4)
-    try:
-        return base64.b64decode(padded, altchars=b"-_", validate=True)
-    except binascii.Error as exc:
-        raise ValueError(str(exc)) from exc
 
 
 def _decode_json_segment(segment: str) -> Any:
@@ -142,120 +131,6 @@ def token_kid(token: str) -> str | None:
     """The header ``kid`` without any verification; ``None`` if absent or undecodable."""
     parsed = _peek(token)
     return parsed.kid if parsed is not None else None
-
-
-# --- JWKS -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Jwk:
-    kty: str
-    crv: str | None
-    #: a cryptography public key for RSA/EC/OKP; the raw secret (or ``None`` when ``k`` does
-    #: not decode, which the reference reports as a signer error) for ``oct``.
-    key: Any
-
-
-def _build_jwk(jwk: Mapping[str, Any]) -> _Jwk | None:
-    """One JWK as a ready key, ``None`` for key types §7.1 never selects.
-
-    Raises ``ValueError``/``PyJWTError`` for a supported key type whose material is broken.
-    """
-    kty = jwk.get("kty")
-    data = dict(jwk)
-    if kty == "oct":
-        k = jwk.get("k")
-        if not isinstance(k, str):
-            return None  # the reference only matches oct keys that carry a string "k"
-        try:
-            return _Jwk("oct", None, _b64url_decode(k))
-        except ValueError:
-            return _Jwk("oct", None, None)
-    key: Any
-    if kty == "RSA":
-        key = RSAAlgorithm.from_jwk(data)
-    elif kty == "EC":
-        key = ECAlgorithm.from_jwk(data)
-    elif kty == "OKP":
-        crv = jwk.get("crv")
-        if crv not in _ED_CURVES:
-            return None  # e.g. X25519: an encryption curve, never a JWT signer
-        key = OKPAlgorithm.from_jwk(data)
-    else:
-        return None
-    # JWKS sometimes publish private members; verification only needs the public half.
-    if hasattr(key, "public_key"):
-        key = key.public_key()
-    crv_value = jwk.get("crv")
-    return _Jwk(kty, crv_value if isinstance(crv_value, str) else None, key)
-
-
-def _jwks_entries(jwks: Mapping[str, Any]) -> list[Any]:
-    keys = jwks.get("keys")
-    if not isinstance(keys, list):
-        raise errors.ConfigError('JWKS must be a JSON object with a "keys" array')
-    return keys
-
-
-def _index_jwks(jwks: Mapping[str, Any] | None) -> dict[tuple[str, str], _Jwk]:
-    """Keys by ``(kid, kty)``; the first match wins, as in the reference's ``Enum.find``.
-
-    Lenient on purpose: a refreshed JWKS with one broken or exotic key must not disable the
-    others. ``load_jwks_text`` is the strict, start-up-time check.
-    """
-    index: dict[tuple[str, str], _Jwk] = {}
-    if jwks is None:
-        return index
-    for entry in _jwks_entries(jwks):
-        if not isinstance(entry, Mapping):
-            continue
-        kid = entry.get("kid")
-        if not isinstance(kid, str):
-            continue  # §7.1: keys are selected by kid only
-        try:
-            built = _build_jwk(entry)
-        except (ValueError, TypeError, KeyError, PyJWTError):
-            continue
-        if built is not None:
-            index.setdefault((kid, built.kty), built)
-    return index
-
-
-def parse_jwks_spec(spec: str) -> tuple[str, str]:
-    """Classify ``REALTIME_JWT_JWKS``: inline JSON, an http(s) URL, or a file path."""
-    value = spec.strip()
-    if not value:
-        raise errors.ConfigError("REALTIME_JWT_JWKS is empty")
-    if value.startswith("{"):
-        return ("json", value)
-    lowered = value.lower()
-    if lowered.startswith("http://") or lowered.startswith("https://"):
-        return ("url", value)
-    return ("file", value)
-
-
-def load_jwks_text(text: str) -> dict[str, Any]:
-    """Parse and validate a JWKS document; ``ConfigError`` names what is wrong."""
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise errors.ConfigError(f"JWKS is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise errors.ConfigError('JWKS must be a JSON object with a "keys" array')
-    for position, entry in enumerate(_jwks_entries(data)):
-        if not isinstance(entry, dict):
-            raise errors.ConfigError(f"JWKS key #{position} is not a JSON object")
-        kty = entry.get("kty")
-        if not isinstance(kty, str):
-            raise errors.ConfigError(f'JWKS key #{position} has no string "kty"')
-        label = f'JWKS key #{position} (kid {entry.get("kid")!r}, kty "{kty}")'
-        try:
-            built = _build_jwk(entry)
-        except (ValueError, TypeError, KeyError, PyJWTError) as exc:
-            raise errors.ConfigError(f"{label} is not a usable key: {exc}") from exc
-        if built is not None and built.kty == "oct" and built.key is None:
-            raise errors.ConfigError(f'{label} has a "k" that is not base64url')
-    return data
 
 
 # --- verification -----------------------------------------------------------------------

@@ -1,0 +1,221 @@
+"""What a session asks its adapter to do (its *effects*) and the answers it is given (sans-I/O).
+
+The adapter executes effects in order; those that need I/O (policy checks, function gates, the
+replication-ready wait) are answered by calling the session back (``Session.authorized``,
+``Session.gated``, ``Session.replication``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .codec import Broadcast, Message
+from .keys import StreamKey
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write ``message`` to this socket, after ``delay`` seconds (join-error back-off §3.3)."""
+
+    message: Message
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Start delivering ``stream`` to this socket's channel ``topic``; broadcasts whose
+    ``meta.id`` is in ``skip_ids`` were already delivered by replay (§4.8)."""
+
+    stream: StreamKey
+    topic: str
+    skip_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    stream: StreamKey
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Fan ``broadcast`` out to every subscriber of ``stream``; ``exclude`` is the sending
+    channel's topic on this socket when ``self`` is off (§4.2)."""
+
+    stream: StreamKey
+    broadcast: Broadcast
+    exclude: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    stream: StreamKey
+    topic: str
+    key: str
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Untrack:
+    stream: StreamKey
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class PushPresenceState:
+    """Send the stream's current ``presence_state`` to this channel (§5.2)."""
+
+    stream: StreamKey
+    topic: str
+    join_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribePostgres:
+    """Create the channel's postgres_changes subscriptions with these claims (§6.3)."""
+
+    topic: str
+    join_ref: str | None
+    bindings: tuple[dict[str, Any], ...]
+    claims: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribePostgres:
+    topic: str
+
+
+BROADCAST_READ = "broadcast_read"
+PRESENCE_READ = "presence_read"
+BROADCAST_WRITE = "broadcast_write"
+PRESENCE_WRITE = "presence_write"
+
+
+@dataclass(frozen=True, slots=True)
+class Authorize:
+    """Evaluate the RLS policies on ``realtime.messages`` for a private channel (§7.3) and
+    answer with ``Session.authorized(topic, join_ref, purpose, result, now)``.
+
+    ``purpose`` is ``"join"``, ``"refresh"`` (after ``access_token``) or ``"write"``;
+    ``replay`` = (since_ms, limit) asks for the stored messages too (§4.8).
+    """
+
+    topic: str
+    join_ref: str | None
+    purpose: str
+    sub_topic: str
+    claims: Mapping[str, Any]
+    checks: tuple[str, ...]
+    replay: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayedMessage:
+    id: str
+    event: str
+    payload_json: bytes | None
+    binary: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The adapter's answer to ``Authorize``; ``error`` when the policies could not be run."""
+
+    granted: Mapping[str, bool]
+    replayed: tuple[ReplayedMessage, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendBinary:
+    """Write a user broadcast with binary ``data`` as a kind-4 frame (§1.6), to a V2 socket
+    only: a V1 socket cannot carry bytes, and nothing is sent to it."""
+
+    topic: str
+    event: str
+    meta: Mapping[str, Any]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitReplication:
+    """§3.7 ``replication_ready``: answer with ``Session.replication(topic, join_ref, ready)``
+    once the database replication stream is up, or with ``ready=False`` when it did not come
+    up in time."""
+
+    topic: str
+    join_ref: str | None
+
+
+GATE = "gate"
+GATE_JOIN = "join"
+GATE_SEND = "send"
+
+
+@dataclass(frozen=True, slots=True)
+class GateJoin:
+    """Run the ``authorize_join`` function gates on a join whose token is already verified;
+    answer with ``Session.gated(topic, join_ref, GATE_JOIN, verdict, now)``."""
+
+    topic: str
+    join_ref: str | None
+    sub_topic: str
+    claims: Mapping[str, Any]
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GateSend:
+    """Run the ``authorize_send`` function gates on a client broadcast; answer with
+    ``Session.gated(topic, join_ref, GATE_SEND, verdict, now)``."""
+
+    topic: str
+    join_ref: str | None
+    sub_topic: str
+    event: str
+    payload: Any
+    claims: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GateVerdict:
+    """The gates' answer: deny (with the function's reason), or allow, ``payload`` being the
+    rewritten broadcast payload (``None``: unchanged)."""
+
+    allow: bool
+    reason: str | None = None
+    payload: Any = None
+
+
+#: ``(kind, sub_topic, event)`` → whether a function gate applies (checked without I/O)
+GateCheck = Callable[[str, str, str | None], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the socket with ``code`` after ``delay`` seconds (e.g. 1001 after a join-rate refusal)."""
+
+    code: int
+    reason: str
+    delay: float = 0.0
+
+
+Effect = (
+    Send
+    | Authorize
+    | SendBinary
+    | AwaitReplication
+    | GateJoin
+    | GateSend
+    | Close
+    | Subscribe
+    | Unsubscribe
+    | Publish
+    | Track
+    | Untrack
+    | PushPresenceState
+    | SubscribePostgres
+    | UnsubscribePostgres
+)

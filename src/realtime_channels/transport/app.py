@@ -1,0 +1,58 @@
+"""The aiohttp application: WebSocket paths, REST, operator endpoints, node lifecycle, drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .. import errors
+from ..auth import JwksRefresher, JwtVerifier
+from ..config import Settings
+from ..node import Node
+from ..protocol.codec import Message
+from .ops import add_ops_routes
+from .rest import add_rest_routes
+from .state import STATE, AppState
+from .ws import close_frame_of, websocket_handler
+
+WS_PATHS = ("/socket/websocket", "/realtime/v1/websocket", "/websocket")
+
+
+def build_app(settings: Settings, node: Node, verifier: JwtVerifier,
+              refresher: JwksRefresher | None = None,
+              on_startup: Callable[[web.Application], Awaitable[None]] | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.max_frame_bytes)
+    state = AppState(settings, node, verifier, refresher)
+    app[STATE] = state
+    for path in WS_PATHS:
+        app.router.add_route("*", path, websocket_handler)
+    add_ops_routes(app)
+    add_rest_routes(app, state)
+
+    async def start_node(_: web.Application) -> None:
+        await node.start()
+
+    async def stop_node(_: web.Application) -> None:
+        await node.stop()
+
+    app.on_startup.append(start_node)
+    if on_startup is not None:
+        app.on_startup.append(on_startup)
+    app.on_cleanup.append(stop_node)
+    return app
+
+
+async def shutdown_connections(app: web.Application) -> None:
+    """Drain (§2.3): each joined channel is told, then the socket is closed with 1012."""
+    state = app[STATE]
+    closing = []
+    for conn in list(state.connections):
+        for ch in conn.session.channels.values():
+            notice = {"extension": "system", "status": "ok", "message": errors.Notice.DISCONNECT}
+            conn.send(Message(ch.topic, "system", notice, ref=None, join_ref=ch.join_ref))
+        task = conn.close(*close_frame_of(errors.ServerRestart))
+        if task is not None:
+            closing.append(task)
+    await asyncio.gather(*closing, return_exceptions=True)

@@ -1,0 +1,66 @@
+"""What the handlers of one application share: settings, the node, verified claims, sockets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from ..auth import JwksRefresher, JwtVerifier
+from ..auth.claims import ClaimsCache
+from ..config import Settings
+from ..node import Node
+from ..protocol import session as s
+from ..protocol.codec import Message
+from ..protocol.limits import TokenBucket
+
+
+class Socket(Protocol):
+    """An open WebSocket as the application sees it (``transport.ws.Connection``)."""
+
+    @property
+    def session(self) -> s.Session: ...
+
+    def send(self, msg: Message) -> None: ...
+
+    def close(self, code: int, reason: str, abort_after: float | None = None) -> Awaitable[Any] | None: ...
+
+
+class AppState:
+    def __init__(self, settings: Settings, node: Node, verifier: JwtVerifier,
+                 refresher: JwksRefresher | None) -> None:
+        self.settings = settings
+        self.node = node
+        self.claims = ClaimsCache(verifier, refresher)
+        #: the open sockets (``transport.ws.Connection``), for /health, /metrics and drain
+        self.connections: set[Socket] = set()
+        self.session_config = s.SessionConfig(
+            max_channels=settings.max_channels_per_client,
+            max_payload_bytes=settings.max_payload_bytes,
+            presence_window_limit=settings.max_client_presence_events_per_window,
+            presence_window_s=settings.client_presence_window_ms / 1000,
+            token_recheck_s=settings.token_recheck_ms / 1000,
+            join_error_delay_s=settings.join_error_backoff_ms / 1000,
+            presence_forced=settings.presence_enabled,
+            private_allowed=node.authorizer is not None,
+            private_only=settings.private_only,
+        )
+
+    def frame_budget(self) -> TokenBucket:
+        """A socket's inbound frame budget (``REALTIME_MAX_CLIENT_FRAMES_PER_SECOND``)."""
+        rate = float(self.settings.max_client_frames_per_second)
+        return TokenBucket(rate, rate)
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        return await self.claims.verify(token, time.time())
+
+
+STATE: web.AppKey[AppState] = web.AppKey("state", AppState)
+
+
+def json_response(status: int, body: Any) -> web.Response:
+    """A JSON body with the exact ``Content-Type: application/json`` Supabase sends."""
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")

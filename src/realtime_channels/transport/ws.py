@@ -1,0 +1,268 @@
+"""One WebSocket: the upgrade, one reader, the writer, timers and every close.
+
+Frames leave through ``Connection.write``: pre-built RFC 6455 frames written straight to the
+socket's transport, with no await and no per-subscriber encoding (design.md §3).  The
+transport's buffer is the connection's outbox, bounded by ``outbox_max_bytes``: a consumer that
+falls further behind is closed with code 1008 ("slow consumer") and dropped — it never blocks
+fan-out and never grows memory without bound.  Every close (idle, join-rate offender, slow
+consumer, drain) goes through ``Connection.close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .. import errors
+from ..node import Node
+from ..protocol import handshake
+from ..protocol import session as s
+from ..protocol.codec import BinaryBroadcastPush, DecodeError, Message, Vsn, decode_binary, decode_text, encode
+from ..protocol.wsframe import build_frame
+from . import effects
+from .state import STATE, AppState, json_response
+
+log = logging.getLogger("realtime_channels.transport")
+
+#: A socket's reader yields to the others after this much uninterrupted work.
+READ_SLICE_S = 0.001
+#: After the slow-consumer close is queued, give the peer this long before aborting.
+SLOW_CONSUMER_GRACE_S = 1.0
+
+_conn_ids = itertools.count(1)
+
+
+def close_frame_of(err: type[errors.RealtimeError]) -> tuple[int, str]:
+    """The close code and reason an error class is sent with."""
+    assert err.close_code is not None and err.close_reason is not None, err
+    return err.close_code, err.close_reason
+
+
+def close_reason(ws: web.WebSocketResponse) -> str | None:
+    extra = ws.close_reason if hasattr(ws, "close_reason") else None
+    return str(extra) if extra else None
+
+
+class Connection:
+    """One WebSocket: owns its Session, hands its effects to ``effects.run``, writes frames."""
+
+    __slots__ = ("backlog", "claims", "close_due", "close_task", "closing", "conn_id", "headers",
+                 "joined", "last_rx", "loop", "session", "state", "timer", "timer_at", "transport",
+                 "vsn", "ws")
+
+    def __init__(self, state: AppState, ws: web.WebSocketResponse, transport: asyncio.BaseTransport,
+                 vsn: Vsn, session: s.Session, headers: dict[str, str] | None = None) -> None:
+        self.state = state
+        #: the upgrade request's ``x-*`` headers, exposed to policies as request.headers (§1.3)
+        self.headers = headers or {}
+        #: the API key's claims, and the topics joined (for function events)
+        self.claims: dict[str, Any] = {}
+        self.joined: set[str] = set()
+        self.ws = ws
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.vsn = vsn
+        self.session = session
+        self.conn_id = next(_conn_ids)
+        self.loop = asyncio.get_running_loop()
+        self.last_rx = self.loop.time()
+        self.closing = False
+        self.close_task: asyncio.Future[Any] | None = None
+        #: set when a Close effect condemned the socket; resolved when the close is sent
+        self.close_due: asyncio.Future[None] | None = None
+        #: effect batches waiting behind one that waits for the backbone (``effects.run``)
+        self.backlog: list[list[s.Effect]] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = float("inf")
+
+    @property
+    def node(self) -> Node:
+        return self.state.node
+
+    # output ----------------------------------------------------------------------------------
+
+    def write(self, frame: bytes) -> None:
+        """Hot path: queue one pre-built frame; drop the connection if its outbox overflows."""
+        if self.closing:
+            return
+        transport = self.transport
+        if transport.is_closing():
+            self.closing = True
+            return
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self.state.settings.outbox_max_bytes:
+            log.warning("closing slow consumer conn=%s (outbox over %d bytes)",
+                        self.conn_id, self.state.settings.outbox_max_bytes)
+            self.close(*close_frame_of(errors.SlowConsumer), abort_after=SLOW_CONSUMER_GRACE_S)
+
+    def send(self, msg: Message) -> None:
+        self.write(build_frame(encode(self.vsn, msg)))
+
+    def close(self, code: int, reason: str, abort_after: float | None = None) -> asyncio.Future[Any] | None:
+        """The one way a socket is closed: nothing more is written after the close frame;
+        ``abort_after`` seconds later the TCP connection is cut if the peer has not answered."""
+        if not self.closing:
+            self.closing = True
+            self.close_task = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
+            if abort_after is not None:
+                self.loop.call_later(abort_after, self.transport.abort)
+        return self.close_task
+
+    def close_later(self, code: int, reason: str, delay: float) -> None:
+        """Condemned (a ``Close`` effect): nothing more is read from this socket, and it is
+        closed after ``delay`` (a join-rate offender would otherwise pile up refusals)."""
+        if self.close_due is None:
+            self.close_due = self.loop.create_future()
+            self.loop.call_later(delay, self._close_due, code, reason)
+
+    def _close_due(self, code: int, reason: str) -> None:
+        self.close(code, reason)
+        if self.close_due is not None and not self.close_due.done():
+            self.close_due.set_result(None)
+
+    # effects and functions -------------------------------------------------------------------
+
+    def run(self, batch: list[s.Effect]) -> None:
+        effects.run(self, batch)
+
+    def observe(self, kind: str, topic: str, event: str | None, payload: Any) -> None:
+        effects.observe(self, kind, topic, event, payload)
+
+    # input -----------------------------------------------------------------------------------
+
+    def decode(self, data: str | bytes) -> tuple[Message | BinaryBroadcastPush, int] | None:
+        try:
+            if isinstance(data, str):
+                return decode_text(self.vsn, data), len(data)
+            push = decode_binary(self.vsn, data)
+            return push, len(push.data)
+        except DecodeError as exc:
+            log.debug("ignoring undecodable frame conn=%s: %s", self.conn_id, exc)  # §2.4
+            return None
+
+    def handle(self, msg: Message | BinaryBroadcastPush, size: int) -> None:
+        self.run(self.session.receive(msg, time.time(), size))
+
+    # timers: idle timeout (§2.2) and channel token expiry (§3.9) share one handle ------------
+
+    def arm_timer(self) -> None:
+        idle_at = self.last_rx + self.state.settings.idle_timeout_ms / 1000
+        at = idle_at
+        deadline = self.session.next_deadline()
+        if deadline is not None:
+            at = min(at, self.loop.time() + max(0.0, deadline - time.time()))
+        if self.timer is not None:
+            if at >= self.timer_at:
+                return  # the armed timer fires first and re-arms itself
+            self.timer.cancel()
+        self.timer_at = at
+        self.timer = self.loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.timer_at = float("inf")
+        if self.closing:
+            return
+        if self.loop.time() - self.last_rx >= self.state.settings.idle_timeout_ms / 1000:
+            log.info("closing idle connection conn=%s", self.conn_id)
+            self.close(*close_frame_of(errors.IdleTimeout))
+            return
+        self.run(self.session.tick(time.time()))
+        self.arm_timer()
+
+    def finish(self) -> None:
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.run(self.session.closed())
+
+
+async def refuse(state: AppState, request: web.Request, refusal: handshake.Refusal) -> web.Response:
+    """§1.4: refusals are logged and paced to slow reconnect storms."""
+    log.info("refused WebSocket upgrade from %s: %s", request.remote, refusal.reason)
+    if refusal.paced:
+        await asyncio.sleep(state.settings.connect_error_backoff_ms / 1000)
+    if refusal.body is None:
+        return web.Response(status=refusal.status, body=b"")
+    return json_response(refusal.status, dict(refusal.body))
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    checked = handshake.check_request(request.method, request.query.get("vsn"), request.headers, request.query)
+    if isinstance(checked, handshake.Refusal):
+        return await refuse(state, request, checked)
+    try:
+        claims = await state.verify(checked.api_key)
+    except errors.RealtimeError as err:
+        return await refuse(state, request, handshake.refusal(err))
+    over_limit = handshake.check_limits(state.node.limits, time.time())
+    if over_limit is not None:
+        return await refuse(state, request, over_limit)
+
+    ws = web.WebSocketResponse(compress=False, max_msg_size=state.settings.max_frame_bytes,
+                               autoping=True, autoclose=True)
+    await ws.prepare(request)
+    transport = request.transport
+    if transport is None:  # the peer vanished during the upgrade
+        return ws
+    keeper = state.node.gatekeeper
+    session = s.Session(verify=state.claims.verify_cached, conn_token=checked.api_key,
+                        new_presence_key=lambda: str(uuid.uuid1()), config=state.session_config,
+                        limits=state.node.limits, gates=keeper.has_gate if keeper is not None else None)
+    headers = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-")}
+    conn = Connection(state, ws, transport, checked.vsn, session, headers)
+    state.connections.add(conn)
+    conn.claims = claims
+    conn.observe("connection.open", "", None, None)
+    conn.arm_timer()
+    try:
+        await read_loop(conn, ws)
+    finally:
+        state.connections.discard(conn)
+        conn.finish()
+        conn.observe("connection.close", "", None, {"code": ws.close_code, "reason": close_reason(ws)})
+    return ws
+
+
+async def read_loop(conn: Connection, ws: web.WebSocketResponse) -> None:
+    """One socket's frames, in order.
+
+    Fairness: while a socket has frames buffered ``ws.receive()`` returns without yielding, so
+    a flooding client would hold the event loop for a whole socket read (thousands of frames)
+    while every other socket waits.  The loop therefore yields after ``READ_SLICE_S`` of work,
+    and a socket over its inbound budget (``REALTIME_MAX_CLIENT_FRAMES_PER_SECOND``) is simply
+    not read for a while: TCP back-pressure slows the sender, nobody else is delayed, and no
+    frame is dropped."""
+    loop = conn.loop
+    budget = conn.state.frame_budget()
+    slice_start = loop.time()
+    while True:
+        msg = await ws.receive()
+        now = loop.time()
+        conn.last_rx = now
+        if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+            decoded = conn.decode(msg.data)
+            if decoded is not None:
+                conn.handle(*decoded)
+        elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return
+        if conn.close_due is not None:  # condemned: read nothing more until the close is sent
+            await conn.close_due
+        if conn.closing:
+            if conn.close_task is not None:  # let our close (e.g. 1001) finish before returning
+                await asyncio.shield(conn.close_task)
+            return
+        conn.arm_timer()
+        if not budget.take(now):
+            await asyncio.sleep(budget.wait(now))  # pace this socket only (see docstring)
+            slice_start = loop.time()
+        elif loop.time() - slice_start > READ_SLICE_S:
+            await asyncio.sleep(0)  # let the other sockets have their turn
+            slice_start = loop.time()
