@@ -311,7 +311,7 @@ def test_node_rule_allows_the_interface() -> None:
 #: protocol ← hub, pubsub, cdc (and the other services) ← node ← transport ← cli.  A module may
 #: import its own layer and the layers below it, never one above.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "protocol", "cdc.filters", "cdc.patterns", "cdc.pgoutput"),
+    ("errors", "protocol", "cdc.filters", "cdc.patterns", "cdc.pgoutput", "cdc.values", "cdc.walstream"),
     ("hub", "pubsub", "cdc", "config", "auth", "messages", "functions"),
     ("node",),
     ("transport",),

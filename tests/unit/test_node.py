@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from realtime_channels.cdc.types import FeedState, ShareOp, StateShare
 from realtime_channels.config import Settings
 from realtime_channels.functions.engine import RealtimeEvent
 from realtime_channels.node import CDC_STREAM, CONTROL_STREAM, Node
@@ -62,11 +63,13 @@ class Sink:
 
 @dataclass
 class Feed:
-    """A change feed reduced to its state: the reading node shares it on the CDC stream."""
+    """A change feed reduced to its state: the reading node shares it on the CDC stream, and a
+    node reading the slot itself tells its listeners."""
 
-    state: str = "connecting"
-    shared: list[dict[str, Any]] = field(default_factory=list)
-    share: Callable[[dict[str, Any]], None] | None = None
+    state: FeedState = FeedState.CONNECTING
+    shared: list[ShareOp] = field(default_factory=list)
+    share: Callable[[ShareOp], None] | None = None
+    listeners: list[Callable[[], None]] = field(default_factory=list)
 
     async def start(self) -> None: ...
 
@@ -77,13 +80,22 @@ class Feed:
 
     def unsubscribe(self, conn_id: int, topic: str) -> None: ...
 
-    def attach(self, share: Callable[[dict[str, Any]], None]) -> None:
+    def attach(self, share: Callable[[ShareOp], None]) -> None:
         self.share = share
 
-    def handle_shared(self, op: dict[str, Any]) -> None:
+    def handle_shared(self, op: ShareOp) -> None:
         self.shared.append(op)
-        if op.get("op") == "state":
-            self.state = str(op["state"])
+        if isinstance(op, StateShare):
+            self.state = op.state
+
+    def add_state_listener(self, listener: Callable[[], None]) -> None:
+        self.listeners.append(listener)
+
+    def reader_state(self, state: FeedState) -> None:
+        """What this node's own reader does when its state changes."""
+        self.state = state
+        for listener in self.listeners:
+            listener()
 
 
 def settings() -> Settings:
@@ -181,14 +193,31 @@ def test_the_replication_wait_is_woken_by_the_shared_state(loop: asyncio.Abstrac
         loop.run_until_complete(asyncio.sleep(0))
         assert not waiter.done()
         assert feed.share is not None
-        feed.share({"op": "state", "state": "connecting"})
+        feed.share(StateShare(FeedState.CONNECTING))
         loop.run_until_complete(asyncio.sleep(0))
         assert not waiter.done()
-        feed.share({"op": "state", "state": "streaming"})  # what the reading node shares
+        feed.share(StateShare(FeedState.STREAMING))  # what the reading node shares
         loop.run_until_complete(asyncio.wait_for(waiter, 1))
-        assert feed.shared[-1] == {"op": "state", "state": "streaming"}
+        assert feed.shared[-1] == StateShare(FeedState.STREAMING)
         # once streaming, the wait returns at once
         loop.run_until_complete(asyncio.wait_for(node.replication_streaming(), 1))
+    finally:
+        stopped(loop, node)
+
+
+def test_the_replication_wait_is_woken_by_the_nodes_own_reader(loop: asyncio.AbstractEventLoop) -> None:
+    """A single node reads the slot itself and shares nothing: its reader's state wakes the wait."""
+    feed = Feed()
+    node = Node(settings(), MemoryPubSub(), "a", changes=feed)  # type: ignore[arg-type]
+    started(loop, node)
+    try:
+        waiter = loop.create_task(node.replication_streaming())
+        loop.run_until_complete(asyncio.sleep(0))
+        feed.reader_state(FeedState.CONNECTING)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert not waiter.done()
+        feed.reader_state(FeedState.STREAMING)
+        loop.run_until_complete(asyncio.wait_for(waiter, 1))
     finally:
         stopped(loop, node)
 
