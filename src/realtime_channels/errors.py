@@ -395,6 +395,21 @@ class DecodeError(PeerError, ValueError):
     where: ClassVar[Places] = (LOG,)
 
 
+class PayloadTooDeep(DecodeError):
+    """A push whose JSON nests objects and arrays more than 128 levels deep is not processed;
+    when its topic and ref can be read it is answered with this reason, otherwise ignored."""
+
+    code = ""
+    message = "payload nested more than 128 levels deep"
+    where: ClassVar[Places] = (PUSH_REPLY,)
+
+    def __init__(self, topic: str | None = None, ref: str | None = None, join_ref: str | None = None) -> None:
+        super().__init__()
+        self.topic = topic
+        self.ref = ref
+        self.join_ref = join_ref
+
+
 # --- configuration ----------------------------------------------------------------------
 
 
@@ -569,6 +584,12 @@ class RestInvalidJson(RestError):
 
     message = "Request body is not valid JSON"
     http_status = 400
+
+
+class RestJsonTooDeep(RestInvalidJson):
+    """The body nests objects and arrays deeper than the server accepts (128 levels)."""
+
+    message = "Request body nests JSON more than 128 levels deep"
 
 
 class RestRateLimited(RestError):

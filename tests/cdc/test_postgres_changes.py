@@ -870,7 +870,7 @@ async def test_database_down_gives_system_error_and_broadcast_keeps_working(serv
         assert frame.value == c.wire(jr, None, topic, "system", payload)
         assert without(payload, "message") == without(system_payload(topic, "error", ""), "message")
         assert "database" in payload["message"].lower(), payload
-        # broadcast is unaffected (issue 3 "Bad input and faults")
+        # broadcast is unaffected
         ref = await c.broadcast(topic, "ping", {"n": 1})
         ack = await c.expect(reply_to(ref, topic))
         assert ack.payload == {"status": "ok", "response": {}}

@@ -1,4 +1,4 @@
-"""ReplicationReader against a real private PostgreSQL (design.md §3, postgres-cdc.md, issue #3).
+"""ReplicationReader against a real private PostgreSQL (design.md §3, postgres-cdc.md).
 
 Each test gets its own slot, publication and table in a database of this module, so tests do
 not see each other's changes; slots are dropped afterwards (an abandoned slot pins WAL).  The

@@ -1,4 +1,4 @@
-"""postgres_changes on a cluster (issue #7 "Postgres changes with several nodes").
+"""postgres_changes on a cluster.
 
 Three ``realtime-channels serve`` processes share one database, publication, slot and a real
 ``redis-server``.  Exactly one of them (the holder of a PostgreSQL advisory lock) reads the
@@ -58,7 +58,7 @@ LEADER_LINE = "this node reads the replication stream"
 SUBSCRIBED = "Subscribed to PostgreSQL"
 #: start-up: publication, slot, lock, first state op to the followers
 READY_S = 30.0
-#: issue #7: another node reads the slot within this long after the reader died
+#: another node reads the slot within this long after the reader died
 TAKEOVER_S = 10.0
 #: a row committed while the cluster is healthy reaches every subscriber within this long
 CHANGE_S = 10.0

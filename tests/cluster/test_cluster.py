@@ -1,4 +1,4 @@
-"""Scale-out on Redis (issue #7): several server processes on one real ``redis-server``.
+"""Scale-out on Redis: several server processes on one real ``redis-server``.
 
 Each process is a node.  Raw clients on different nodes must see one channel: broadcasts (V1,
 V2, kind 3; self/ack unchanged; per-sender order), REST broadcasts, presence state and diffs.
@@ -34,7 +34,7 @@ from websockets.exceptions import InvalidStatus
 
 OK_REPLY = {"status": "ok", "response": {}}
 PRESENCE_ON = {"presence": {"enabled": True}}
-#: issue #7: a dead node's members leave everywhere within 10 s
+#: a dead node's members leave everywhere within 10 s
 NODE_DEATH_LEAVE_S = 10.0
 #: Redis reconnect back-off tops out at 5 s (pubsub/redis.py); resync follows within a heartbeat
 RECOVER_S = 20.0

@@ -1,4 +1,4 @@
-"""The official clients on different nodes of one Redis-backed cluster (issue #7).
+"""The official clients on different nodes of one Redis-backed cluster.
 
 supabase-js / realtime-js (through the Node peer, vsn 2.0.0 and 1.0.0) and the Python
 ``realtime`` client (vsn 1.0.0), each connected to a different server process, exchange

@@ -36,7 +36,7 @@ def _count(event: dict[str, Any]) -> int:
 
 
 async def respond(event: dict[str, Any], ctx: Any) -> Any:
-    """The seed's flow: answer `message` with `response` on the same topic."""
+    """The worked example: answer `message` with `response` on the same topic."""
     calls.append(event)
     return {"broadcast": {"event": "response", "payload": {"echo": event["payload"], "id": ctx.event_id}}}
 

@@ -1,4 +1,4 @@
-"""Config file validation: every mistake names the file and the exact line (issue #6)."""
+"""Config file validation: every mistake names the file and the exact line."""
 
 from __future__ import annotations
 

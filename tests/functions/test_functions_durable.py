@@ -1,6 +1,5 @@
 """Durable mode against a real PostgreSQL: a restart with queued events delivers each of them,
-with its idempotency key unchanged; the dead-letter list survives and is replayed from the CLI
-(issue #6)."""
+with its idempotency key unchanged; the dead-letter list survives and is replayed from the CLI"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""examples/functions: the seed's edge-function flow (a client broadcasts `message`, a function
+"""examples/functions: the edge-function example (a client broadcasts `message`, a function
 answers with `response`) with the example Python function and the example HTTP function."""
 
 from __future__ import annotations

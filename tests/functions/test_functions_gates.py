@@ -1,5 +1,5 @@
 """authorize_join / authorize_send gates: allow, deny with a reason, rewrite, deadlines and
-fail-open / fail-closed (issue #6)."""
+fail-open / fail-closed."""
 
 from __future__ import annotations
 

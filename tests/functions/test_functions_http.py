@@ -1,5 +1,5 @@
 """HTTP functions: signed deliveries, replies that broadcast, retries, dead letters, replay,
-order per topic and the per-trigger concurrency limit (issue #6)."""
+order per topic and the per-trigger concurrency limit."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """In-process Python functions, the other trigger kinds, postgres filters and the reply loop
-guard (issue #6)."""
+guard."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Functions wired into the real server (issue 6): the seed's flow end to end with supabase-js —
+"""Functions wired into the real server: the worked example end to end with supabase-js —
 a client broadcasts ``message`` and a function answers ``response`` — through the in-process
 Python function and through a signed HTTP function; gates deny a join and rewrite a send; a bad
 functions file refuses to start naming the line."""

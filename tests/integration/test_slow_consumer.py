@@ -1,4 +1,4 @@
-"""Slow consumers (issue #4, design.md habit 5): a subscriber that stops reading is disconnected
+"""Slow consumers (design.md habit 5): a subscriber that stops reading is disconnected
 with close code 1008 "slow consumer" once its unsent bytes exceed REALTIME_OUTBOX_MAX_BYTES, and
 the other subscribers of the room keep receiving every message, in order.
 

@@ -173,7 +173,7 @@ class ReplicationReader:
                     raise
                 except _Stopping:
                     break
-                except Exception as exc:  # every fault is reported and retried (issue #3 "Bad input and faults")
+                except Exception as exc:  # every fault is reported and retried
                     if self._stopping:
                         break
                     if self._reached_streaming and not isinstance(exc, _CallbackFailed):

@@ -67,7 +67,7 @@ async def prepare(side: psycopg.AsyncConnection[Any], *, slot: str, publication:
         "select 1 from pg_publication where pubname = %s", (publication,))).fetchone()
     if exists is None:
         try:
-            # Tables are enabled by adding them to the publication (issue #3, protocol.md §6.9).
+            # Tables are enabled by adding them to the publication (protocol.md §6.9).
             await side.execute(f"create publication {publication}")
             log.info("created empty publication %s", publication)
         except pg_errors.DuplicateObject:

@@ -1,4 +1,4 @@
-"""Functions triggered by realtime events (GitHub issue #6): HTTP and in-process Python targets,
+"""Functions triggered by realtime events: HTTP and in-process Python targets,
 delivered at least once, in order per topic, with gates that can allow, deny or rewrite."""
 
 from .config import GATE_KINDS, ON_VALUES, FunctionsConfig, Gate, Trigger, load_config

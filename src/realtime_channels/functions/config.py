@@ -1,4 +1,4 @@
-"""The functions config file (GitHub issue #6): triggers and gates, validated at start-up.
+"""The functions config file: triggers and gates, validated at start-up.
 
 A TOML file (``REALTIME_FUNCTIONS_CONFIG`` / ``--functions-config``)::
 
@@ -64,7 +64,7 @@ __all__ = [
     "resolve_python",
 ]
 
-#: The `on` values of issue #6, in its order.
+#: The `on` values, in the order the documentation lists them.
 ON_VALUES: tuple[str, ...] = (
     "broadcast", "presence.join", "presence.leave", "channel.join", "channel.leave",
     "connection.open", "connection.close", "postgres",

@@ -1,4 +1,4 @@
-"""The functions engine (GitHub issue #6): realtime events in, function calls out.
+"""The functions engine: realtime events in, function calls out.
 
 Theory of operation
 -------------------

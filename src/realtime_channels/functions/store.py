@@ -1,4 +1,4 @@
-"""Deliveries and their durable home, ``realtime.rc_function_events`` (issue #6, "durable").
+"""Deliveries and their durable home, ``realtime.rc_function_events``.
 
 A row per delivery (one event for one trigger).  ``state`` is ``queued`` while the engine owns
 it, ``dead`` once it is dead-lettered, and ``replay`` when ``realtime-channels functions dlq

@@ -1,7 +1,7 @@
 """Calling one target once: an HTTP function (signed POST) or an in-process Python function.
 
 The result is an :class:`Outcome` that says whether the attempt succeeded, whether a failure is
-worth retrying (issue #6: timeouts, connection errors, 408, 429 and 5xx are; other 4xx are
+worth retrying (timeouts, connection errors, 408, 429 and 5xx are; other 4xx are
 not) and what the function replied.  Nothing here retries or sleeps: the engine does.
 """
 
@@ -135,7 +135,7 @@ class Invoker:
             result = await asyncio.wait_for(handler(event, ctx), timeout)
         except TimeoutError:
             return Outcome(False, error=f"timed out after {timeout:g}s")
-        except Exception as exc:  # noqa: BLE001 - issue #6: a raising function is retried
+        except Exception as exc:  # noqa: BLE001 - a raising function is retried
             log.warning("function %s raised on event %s: %s: %s", trigger, event["id"], type(exc).__name__, exc,
                         exc_info=log.isEnabledFor(logging.DEBUG))
             return Outcome(False, error=f"{type(exc).__name__}: {exc}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import DecodeError
+from ..errors import DecodeError, PayloadTooDeep
 from . import jsonexact
 
 __all__ = [
@@ -102,7 +102,9 @@ def decode_text(vsn: Vsn, text: str | bytes) -> Message:
     try:
         obj = jsonexact.loads(text)
     except jsonexact.JsonError as exc:
-        raise DecodeError(f"frame is {exc}" if "deep" in str(exc) else "frame is not valid JSON") from exc
+        if exc.too_deep:
+            raise _too_deep(vsn, exc.value) from exc
+        raise DecodeError("frame is not valid JSON") from exc
     if vsn is Vsn.V1:
         if not isinstance(obj, dict):
             raise DecodeError("V1 frame must be a JSON object")
@@ -123,6 +125,17 @@ def decode_text(vsn: Vsn, text: str | bytes) -> Message:
         ref=_ref(ref, "ref"),
         join_ref=_ref(join_ref, "join_ref"),
     )
+
+
+def _too_deep(vsn: Vsn, obj: Any) -> PayloadTooDeep:
+    """The refusal of a frame nested too deeply, with its topic and refs when they are readable."""
+    fields: tuple[Any, Any, Any] = (None, None, None)
+    if vsn is Vsn.V1 and isinstance(obj, dict):
+        fields = (obj.get("topic"), obj.get("ref"), obj.get("join_ref"))
+    elif vsn is Vsn.V2 and isinstance(obj, list) and len(obj) >= 3:
+        fields = (obj[2], obj[1], obj[0])
+    topic, ref, join_ref = (v if isinstance(v, str) else None for v in fields)
+    return PayloadTooDeep(topic, ref, join_ref)
 
 
 _KIND3_HEADER = 7  # kind + join_ref_len, ref_len, topic_len, event_len, meta_len, encoding

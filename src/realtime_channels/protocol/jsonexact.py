@@ -32,7 +32,13 @@ _LONG_DIGITS_BYTES: Final = re.compile(rb"\d{19}")
 
 
 class JsonError(ValueError):
-    """Not JSON, or nested too deeply; ``str()`` says which."""
+    """Not JSON, or nested too deeply (``too_deep``); ``str()`` says which."""
+
+    def __init__(self, message: str, *, too_deep: bool = False, value: Any = None) -> None:
+        super().__init__(message)
+        self.too_deep = too_deep
+        #: the parsed document when it was too deep but still parsed (to answer the frame)
+        self.value = value
 
 
 def _exact_int(text: str) -> Any:
@@ -66,7 +72,7 @@ def loads(data: str | bytes | bytearray | memoryview) -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if "depth limit" in str(exc) or "recursion" in str(exc).lower():
-            raise JsonError(f"JSON nested more than {MAX_DEPTH} levels deep") from None
+            raise JsonError(f"JSON nested more than {MAX_DEPTH} levels deep", too_deep=True) from None
         raise JsonError("not valid JSON") from None
     if isinstance(raw, str):
         brackets = raw.count("{") + raw.count("[")
@@ -75,7 +81,7 @@ def loads(data: str | bytes | bytearray | memoryview) -> Any:
         brackets = raw.count(b"{") + raw.count(b"[")
         long_digits = _LONG_DIGITS_BYTES.search(raw) is not None
     if brackets > MAX_DEPTH and depth_exceeds(value):
-        raise JsonError(f"JSON nested more than {MAX_DEPTH} levels deep")
+        raise JsonError(f"JSON nested more than {MAX_DEPTH} levels deep", too_deep=True, value=value)
     if long_digits:
         value = json.loads(raw, parse_int=_exact_int)
     return value

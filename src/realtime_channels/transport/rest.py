@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from .. import errors
+from ..protocol import jsonexact
 from ..protocol.codec import Broadcast
 from ..protocol.keys import TOPIC_PREFIX, stream_key
 from .state import AppState
@@ -81,9 +82,9 @@ class Rest:
         if claims is None:
             return self._refuse(errors.RestUnauthorized())
         try:
-            body = orjson.loads(await request.read() or b"{}")
-        except orjson.JSONDecodeError:
-            return self._refuse(errors.RestInvalidJson())
+            body = jsonexact.loads(await request.read() or b"{}")
+        except jsonexact.JsonError as exc:
+            return self._refuse(_json_error(exc))
         messages = body.get("messages") if isinstance(body, dict) else None
         if messages is None:
             return self._respond(422, {"errors": {"messages": BLANK}})
@@ -153,9 +154,9 @@ class Rest:
         if media == "application/json":
             if raw.strip():
                 try:
-                    orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    return self._refuse(errors.RestInvalidJson())
+                    jsonexact.loads(raw)
+                except jsonexact.JsonError as exc:
+                    return self._refuse(_json_error(exc))
                 data, binary = raw, False
             else:
                 data, binary = b"{}", False
@@ -205,3 +206,7 @@ def add_rest_routes(app: web.Application, state: AppState) -> None:
         app.router.add_post(single, rest.single)
         app.router.add_route("OPTIONS", batch, rest.preflight)
         app.router.add_route("OPTIONS", single, rest.preflight)
+
+
+def _json_error(exc: jsonexact.JsonError) -> errors.RestInvalidJson:
+    return errors.RestJsonTooDeep() if exc.too_deep else errors.RestInvalidJson()

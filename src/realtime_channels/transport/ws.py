@@ -142,6 +142,11 @@ class Connection:
                 return decode_text(self.vsn, data), len(data)
             push = decode_binary(self.vsn, data)
             return push, len(push.data)
+        except errors.PayloadTooDeep as exc:
+            if exc.topic is not None and exc.ref is not None:
+                self.send(Message(exc.topic, "phx_reply", {"status": "error", "response": {"reason": exc.message}},
+                                  exc.ref, exc.join_ref))
+            return None
         except DecodeError as exc:
             log.debug("ignoring undecodable frame conn=%s: %s", self.conn_id, exc)  # §2.4
             return None
