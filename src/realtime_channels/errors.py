@@ -126,6 +126,12 @@ class MalformedJWT(AuthError):
     message = "The token provided is not a valid JWT"
 
 
+class TokenTooLarge(MalformedJWT):
+    """A token longer than 16,384 characters is refused before it is decoded or remembered."""
+
+    message = "The token provided is larger than 16384 characters"
+
+
 class JwtSignatureError(AuthError):
     """The signature does not match the configured secret or JWKS key."""
 

@@ -59,6 +59,10 @@ _PYJWT_ALGS: Mapping[str, Algorithm] = get_default_algorithms()
 # --- token text -------------------------------------------------------------------------
 
 
+#: longer tokens are refused before they are decoded (Supabase's own are well under 2,000)
+MAX_TOKEN_CHARS = 16_384
+
+
 def normalize_token(token: str) -> str:
     """protocol.md §7.1 step 1: URL-decode, then drop every whitespace character.
 
@@ -172,6 +176,8 @@ class JwtVerifier:
 
     def verify(self, token: str, now: float) -> dict[str, Any]:
         """Return the claims (``exp``/``iat`` rounded) or raise an ``errors.AuthError``."""
+        if len(token) > MAX_TOKEN_CHARS:
+            raise errors.TokenTooLarge()
         parsed = _parse(normalize_token(token))
         alg_name, key = self._select_signer(parsed)
         self._check_signature(parsed, alg_name, key)
