@@ -126,9 +126,10 @@ class MalformedJWT(AuthError):
     message = "The token provided is not a valid JWT"
 
 
-class TokenTooLarge(MalformedJWT):
+class TokenTooLarge(AuthError):
     """A token longer than 16,384 characters is refused before it is decoded or remembered."""
 
+    code = "MalformedJWT"
     message = "The token provided is larger than 16384 characters"
 
 
