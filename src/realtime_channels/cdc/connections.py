@@ -9,13 +9,15 @@ under the connection's own lock, since a psycopg connection runs one statement a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
 from . import sql
+
+T = TypeVar("T")
 
 #: postgres-cdc.md "Types": the text form of values depends on these session settings.
 SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3"
@@ -33,6 +35,20 @@ class SideConnection:
         """The connection, held exclusively for the block (opened or re-opened as needed)."""
         async with self._lock:
             yield await self._connect()
+
+    async def run(self, job: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Run ``job`` on the connection.  A connection opened earlier may have died unnoticed
+        (PostgreSQL restarted meanwhile): when ``job`` fails on such a connection because it is
+        broken, it runs once more on a fresh one, so the first use after a restart succeeds."""
+        async with self._lock:
+            reused = self._conn is not None and not self._conn.closed and not self._conn.broken
+            conn = await self._connect()
+            try:
+                return await job(conn)
+            except (psycopg.OperationalError, OSError):
+                if not (reused and (conn.broken or conn.closed)):
+                    raise
+            return await job(await self._connect())
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:

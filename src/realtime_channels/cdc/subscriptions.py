@@ -151,8 +151,7 @@ class Subscriptions:
             log.info("postgres_changes: subscription deferred: %s", why_not)
             raise errors.ChangesUnavailable()
         try:
-            async with self._conn.use() as conn:
-                return await self._resolve_in_db(conn, ch, bindings, conds, role)
+            return await self._conn.run(lambda conn: self._resolve_in_db(conn, ch, bindings, conds, role))
         except (psycopg.OperationalError, OSError) as exc:
             log.warning("postgres_changes: subscription deferred: %s", exc)
             raise errors.ChangesUnavailable() from exc
