@@ -58,6 +58,9 @@ MEANINGS: dict[str, str] = {
     "reports a timeout instead of the reason** — lower this value for such clients",
     "connect_error_backoff_ms": "delay before a refused WebSocket upgrade is answered (as Supabase)",
     "idle_timeout_ms": "a socket that sends no frame for this long is closed (1000)",
+    "handshake_timeout_ms": "a connection that has not sent a complete HTTP request (headers) this long after "
+    "connecting is closed, so slow half-sent requests cannot hold descriptors; the process also raises its "
+    "soft descriptor limit to the hard limit at start (each socket holds one)",
     "max_frame_bytes": "a larger inbound frame closes the socket (1009); also the REST body limit",
     "outbox_max_bytes": "a socket with more unsent bytes than this is a slow consumer: closed with 1008 `slow consumer`",
     "max_payload_size_in_kb": "broadcast and presence payload limit: this × 1000 + 500 bytes",

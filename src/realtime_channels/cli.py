@@ -24,6 +24,8 @@ from .config import Settings
 
 log = logging.getLogger("realtime_channels")
 
+#: an HTTP connection idle between requests is closed after this long (WebSockets are not idle)
+KEEPALIVE_S = 75.0
 #: Printed development keys live for ten years, like the keys `supabase start` prints.
 DEV_KEY_SECONDS = 10 * 365 * 24 * 3600
 
@@ -183,6 +185,7 @@ async def serve(settings: Settings) -> None:
     from .node import Node
     from .pubsub import PubSub
     from .transport.app import build_app, shutdown_connections
+    from .transport.guard import SlowRequestGuard, raise_descriptor_limit
 
     pubsub: PubSub
     if settings.redis_url:
@@ -229,8 +232,13 @@ async def serve(settings: Settings) -> None:
             slot=settings.messages_slot_name, retention_days=settings.messages_retention_days,
             auth_helpers=settings.install_auth_helpers))
     app = build_app(settings, node, verifier, refresher)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    raise_descriptor_limit()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5,
+                           keepalive_timeout=KEEPALIVE_S)
     await runner.setup()
+    assert runner.server is not None
+    guard = SlowRequestGuard(runner.server, settings.handshake_timeout_ms / 1000)
+    guard.start()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
                        reuse_port=settings.reuse_port or None)
     await site.start()
@@ -246,6 +254,7 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down")
     await shutdown_connections(app)
+    await guard.stop()
     await runner.cleanup()
     if url_source is not None:
         await url_source[0].close()

@@ -12,6 +12,7 @@ from ..auth import JwksRefresher, JwtVerifier
 from ..config import Settings
 from ..node import Node
 from ..protocol.codec import Message
+from .guard import mark_started
 from .ops import add_ops_routes
 from .rest import add_rest_routes
 from .state import STATE, AppState
@@ -23,7 +24,7 @@ WS_PATHS = ("/socket/websocket", "/realtime/v1/websocket", "/websocket")
 def build_app(settings: Settings, node: Node, verifier: JwtVerifier,
               refresher: JwksRefresher | None = None,
               on_startup: Callable[[web.Application], Awaitable[None]] | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_frame_bytes)
+    app = web.Application(client_max_size=settings.max_frame_bytes, middlewares=[mark_started])
     state = AppState(settings, node, verifier, refresher)
     app[STATE] = state
     for path in WS_PATHS:
