@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from support import free_port, make_token
 from rawclient import (
@@ -605,18 +606,25 @@ async def test_invalid_bindings_get_one_system_error_each_and_no_retry(cdc: Any)
             line = f"WARNING realtime_channels.cdc.subscriptions: postgres_changes: subscription of {topic} failed: {message}"
             assert line in cdc.server.log(), (line, cdc.server.log()[-2000:])
         # No retry and no late success: nothing more for any of these channels (§6.3). The
-        # marker is a retry that must happen: a control channel whose check meets a broken
-        # database connection gets the transient error, then its retry's success RETRY_S later.
-        # Retries of the channels above would have been due earlier and queued first.
+        # marker is a retry that must happen: a control channel whose check finds the database
+        # unreachable (its connection cut, new connections refused) gets the transient error,
+        # then its retry's success RETRY_S later. Retries of the channels above would have been
+        # due earlier and queued first.
         control = unique_topic("control")
         role = f"rc_ctl_{uuid.uuid4().hex[:8]}"  # unknown to the server: its check must ask the database
         cdc.execute(f"create role {role}")
         cdc.execute(f"grant select on {table} to {role}")
-        cdc.execute(
-            "select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database()"
-            " and backend_type = 'client backend' and pid <> pg_backend_pid() and application_name = ''"
-        )
-        assert await subscribe_error(c, control, [binding(table)], token=make_token(role)) == DB_UNAVAILABLE
+        admin = psycopg.connect(cdc.dsn.rsplit("/", 1)[0] + "/postgres", autocommit=True)
+        admin.execute(f'alter database "{cdc.dbname}" allow_connections false')
+        try:
+            cdc.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database()"
+                " and backend_type = 'client backend' and pid <> pg_backend_pid() and application_name = ''"
+            )
+            assert await subscribe_error(c, control, [binding(table)], token=make_token(role)) == DB_UNAVAILABLE
+        finally:
+            admin.execute(f'alter database "{cdc.dbname}" allow_connections true')
+            admin.close()
         subscribed = await c.assert_nothing_before(
             lambda f: f.event == "system" and f.topic == control, lambda f: f.topic in topics, RETRY_S + SUB_WAIT
         )

@@ -306,11 +306,15 @@ class PostgresChanges:
     def _deliver(self, row: Row, groups: Sequence[router.Group], commit_ts: str) -> None:
         """One message per group, its ``data`` encoded once per column set and the frame built
         once per wire format for all the group's connections."""
-        encoded: dict[tuple[tuple[str, ...], bool], bytes] = {}
+        encoded: dict[tuple[tuple[str, ...], bool], orjson.Fragment] = {}
         for group in groups:
             key = (group.cols, group.old_shown)
             data = encoded.get(key)
             if data is None:
-                data = encoded[key] = orjson.dumps(row.data(group.cols, commit_ts, group.old_shown))
-            msg = Message(group.topic, "postgres_changes", {"ids": list(group.ids), "data": orjson.Fragment(data)})
-            self.delivered += hub.deliver(msg, group.peers)
+                data = encoded[key] = orjson.Fragment(orjson.dumps(row.data(group.cols, commit_ts, group.old_shown)))
+            msg = Message(group.topic, "postgres_changes", {"ids": list(group.ids), "data": data})
+            if len(group.peers) == 1:  # one connection (a channel of its own): no frame sharing
+                group.peers[0].send(msg)
+                self.delivered += 1
+            else:
+                self.delivered += hub.deliver(msg, group.peers)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .bindings import Binding, Peer, Sub
 from .record import Row
@@ -41,10 +41,10 @@ class Fan:
     cohorts: dict[str, tuple[Mapping[str, Any], list[Peer]]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Group:
+class Group(NamedTuple):
     """One ``postgres_changes`` payload and the connections that receive it; ``old_shown``:
-    their policies admit the change's old image (otherwise ``old_record`` keeps only the key)."""
+    their policies admit the change's old image (otherwise ``old_record`` keeps only the key).
+    A named tuple: one is made per channel per change, on the hot path."""
 
     topic: str
     ids: tuple[int, ...]
