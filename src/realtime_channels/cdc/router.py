@@ -39,6 +39,13 @@ class Fan:
     subs: tuple[Sub, ...]
     #: claims cohort → its claims and the connections of the fan's channels in that cohort
     cohorts: dict[str, tuple[Mapping[str, Any], list[Peer]]] = field(default_factory=dict)
+    #: when no binding has a filter, the bindings each event kind matches (computed once)
+    by_kind: dict[str, list[Binding]] | None = None
+
+    def __post_init__(self) -> None:
+        if not any(s.conds for s in self.subs):
+            self.by_kind = {kind: [s.binding for s in self.subs if s.binding.event in ("*", kind)]
+                            for kind in ("INSERT", "UPDATE", "DELETE")}
 
 
 class Group(NamedTuple):
@@ -88,8 +95,13 @@ def match(row: Row, table_fans: Sequence[Fan]) -> list[tuple[Fan, list[Binding]]
     """§6.4: per fan, the bindings whose event and filter match (filters on the new row, or the
     old identity for DELETE, §6.2); fans without a match are left out."""
     out: list[tuple[Fan, list[Binding]]] = []
+    kind = row.kind
     for fan in table_fans:
-        hit = [s.binding for s in fan.subs if s.binding.event in ("*", row.kind) and row.matches(s.conds)]
+        by_kind = fan.by_kind
+        if by_kind is not None:  # no filters: the answer depends on the event kind only
+            hit = by_kind[kind]
+        else:
+            hit = [s.binding for s in fan.subs if s.binding.event in ("*", kind) and row.matches(s.conds)]
         if hit:
             out.append((fan, hit))
     return out
@@ -119,26 +131,41 @@ def plan(row: Row, matched: Sequence[tuple[Fan, list[Binding]]], visible: Seen |
 
     ``visible``: the cohorts RLS admits (``None``: no RLS check applies); ``allowed``: the
     selectable columns of each role in ``matched``.  Each channel gets one message per distinct
-    payload listing the ids of all its matching bindings (§6.4); fans with the same topic, ids,
-    columns and old-image verdict share one group."""
+    payload listing the ids of all its matching bindings (§6.4); the connections of one fan with
+    the same payload and old-image verdict share one group (one encode per wire format)."""
     # the column set depends only on (role, select): computed once per row, not per subscriber
     column_sets: dict[tuple[str, tuple[str, ...] | None], tuple[str, ...]] = {}
-    groups: dict[tuple[str, tuple[int, ...], tuple[str, ...], bool], list[Peer]] = {}
+    out: list[Group] = []
     for fan, bindings in matched:
-        by_cols: dict[tuple[str, ...], list[int]] = {}
-        for b in bindings:
-            key = (fan.role, b.select)
-            cols = column_sets.get(key)
+        payloads: list[tuple[tuple[int, ...], tuple[str, ...]]]
+        if len(bindings) == 1:  # the common case: one binding per table per channel
+            b = bindings[0]
+            cols = column_sets.get((fan.role, b.select))
             if cols is None:
-                cols = column_sets[key] = row.column_set(allowed[fan.role], b.select)
-            ids = by_cols.setdefault(cols, [])
-            if b.id not in ids:
-                ids.append(b.id)
-        payloads = [(fan.topic, tuple(ids), cols) for cols, ids in by_cols.items()]
+                cols = column_sets[(fan.role, b.select)] = row.column_set(allowed[fan.role], b.select)
+            payloads = [((b.id,), cols)]
+        else:
+            by_cols: dict[tuple[str, ...], list[int]] = {}
+            for b in bindings:
+                key = (fan.role, b.select)
+                cols = column_sets.get(key)
+                if cols is None:
+                    cols = column_sets[key] = row.column_set(allowed[fan.role], b.select)
+                ids = by_cols.setdefault(cols, [])
+                if b.id not in ids:
+                    ids.append(b.id)
+            payloads = [(tuple(ids), cols) for cols, ids in by_cols.items()]
+        # the fan's admitted connections, split by whether they may see the old image
+        shown: list[Peer] = []
+        hidden: list[Peer] = []
         for cohort, (_claims, peers) in fan.cohorts.items():
-            if visible is not None and cohort not in visible.new:
-                continue
-            old_shown = visible is None or cohort in visible.old
-            for topic, ids_key, cols in payloads:
-                groups.setdefault((topic, ids_key, cols, old_shown), []).extend(peers)
-    return [Group(topic, ids, cols, old_shown, tuple(peers)) for (topic, ids, cols, old_shown), peers in groups.items()]
+            if visible is None or cohort in visible.old:
+                if visible is None or cohort in visible.new:
+                    shown.extend(peers)
+            elif cohort in visible.new:
+                hidden.extend(peers)
+        for old_shown, peers in ((True, shown), (False, hidden)):
+            if peers:
+                for ids_key, cols in payloads:
+                    out.append(Group(fan.topic, ids_key, cols, old_shown, tuple(peers)))
+    return out
