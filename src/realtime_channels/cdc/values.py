@@ -23,7 +23,7 @@ class PgOutputError(InternalError):
     """Bytes from the walsender that do not decode: truncated, trailing or unknown input.
 
     An ``InternalError`` because the peer here is our own database; clients only ever see the
-    generic text (errors.py)."""
+    generic text (the error tree, errors/)."""
 
 
 # --- typed values (to_jsonb rules) -----------------------------------------------------------
