@@ -92,7 +92,28 @@ def _resolve_from(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     return f"{base}.{node.module}" if node.module else base
 
 
-def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those under ``if TYPE_CHECKING:`` (imports for annotations only, which
+    never run: the modules that split ``Session``'s methods by topic name it that way)."""
+    out: list[ast.AST] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+    return out
+
+
+def imported_modules(source: str, module: str, is_package: bool = False, *, runtime_only: bool = False) -> set[str]:
     """Fully qualified modules a file imports.
 
     ``from pkg import name`` counts as importing ``pkg.name`` when ``pkg`` is one of our
@@ -100,7 +121,8 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> set[
     a submodule: ``from .pubsub import redis`` is caught before ``pubsub/redis.py`` exists).
     """
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    for node in (_runtime_nodes(tree) if runtime_only else ast.walk(tree)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -124,9 +146,9 @@ def _module_name(path: Path) -> tuple[str, bool]:
     return ".".join(parts), False
 
 
-def imports_of(path: Path) -> set[str]:
+def imports_of(path: Path, *, runtime_only: bool = False) -> set[str]:
     module, is_package = _module_name(path)
-    return imported_modules(path.read_text("utf-8"), module, is_package)
+    return imported_modules(path.read_text("utf-8"), module, is_package, runtime_only=runtime_only)
 
 
 def _top(name: str) -> str:
@@ -346,12 +368,13 @@ def _existing_module(name: str) -> str | None:
 
 
 def import_graph() -> dict[str, set[str]]:
+    """Who imports whom when the code runs (imports for annotations only are left out)."""
     graph: dict[str, set[str]] = {}
     for path in sorted(PKG_DIR.rglob("*.py")):
         module, _ = _module_name(path)
         if module == PKG:
             continue  # the top-level __init__ only holds the version
-        targets = {_existing_module(m) for m in imports_of(path) if _within(m, PKG)}
+        targets = {_existing_module(m) for m in imports_of(path, runtime_only=True) if _within(m, PKG)}
         graph[module] = {t for t in targets if t is not None and t != module}
     return graph
 

@@ -32,11 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from orjson import Fragment
-
 from .. import errors
-from .codec import BinaryBroadcastPush, Broadcast, Message
+from .codec import BinaryBroadcastPush, Message
 from .effects import (  # re-exported: the effects are part of the session's interface
     BROADCAST_READ as BROADCAST_READ,
     BROADCAST_WRITE as BROADCAST_WRITE,
@@ -66,95 +63,31 @@ from .effects import (  # re-exported: the effects are part of the session's int
     UnsubscribePostgres as UnsubscribePostgres,
     Untrack as Untrack,
 )
-from .join import JoinParams, echo_bindings, parse_join
+from .join import echo_bindings, parse_join
 from .keys import TOPIC_PREFIX as TOPIC_PREFIX  # re-exported: the names callers know
-from .keys import StreamKey, presence_stream_key
+from .keys import presence_stream_key
 from .keys import stream_key as stream_key
 from .limits import FixedWindow, TenantLimits
 
 Verifier = Callable[[str, float], dict[str, Any]]
+from .channel import (  # re-exported: part of the session's interface
+    SessionConfig,
+    Channel,
+    ok_payload,
+    error_payload,
+    reply,
+    unmatched,
+    system_message,
+    phx_close,
+    replay_effects,
+    broadcast_of,
+    gate_subject,
+    rewritten,
+    join_message,
+)
+from . import authorizing, pushes
 
-
-# --- configuration and per-channel state ----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    max_channels: int = 100
-    max_payload_bytes: int = 3_000_500
-    presence_window_limit: int = 5
-    presence_window_s: float = 30.0
-    token_recheck_s: float = 300.0
-    join_error_delay_s: float = 5.0
-    presence_forced: bool = False
-    #: Private channels are authorized by RLS policies in the database (§7.3); without one
-    #: nobody can be granted read, so private joins are refused.
-    private_allowed: bool = False
-    #: Tenant ``private_only``: public joins are refused (§3.5 ``PrivateOnly``).
-    private_only: bool = False
-    #: §4.8: replay ``limit`` default and ceiling.
-    replay_max: int = 25
-
-
-@dataclass(slots=True)
-class Channel:
-    topic: str
-    sub_topic: str
-    join_ref: str | None
-    params: JoinParams
-    stream: StreamKey
-    token: str
-    claims: dict[str, Any]
-    deadline: float
-    presence_key: str
-    presence_window: FixedWindow
-    bindings: tuple[dict[str, Any], ...] = ()
-    tracked: bool = False
-    private: bool = False
-    presence_stream: StreamKey = StreamKey("")
-    replay: tuple[int, int] | None = None
-    #: private rights: None = not evaluated yet (§7.3 caches them until the next refresh)
-    rights: dict[str, bool | None] = field(default_factory=dict)
-    pending: set[str] = field(default_factory=set)
-    #: pushes waiting for an authorization answer, in arrival order
-    queue: list[tuple[Message | BinaryBroadcastPush, int]] = field(default_factory=list)
-    #: the channel this join replaced (§2.5), closed right after this join's reply
-    replaces: Channel | None = None
-    #: the ``ref`` of the phx_join this channel answers
-    join_msg_ref: str | None = None
-
-    def join_reply(self, payload: dict[str, Any]) -> Message:
-        return Message(self.topic, "phx_reply", payload, ref=self.join_msg_ref, join_ref=self.join_ref)
-
-    def can(self, right: str) -> bool | None:
-        return True if not self.private else self.rights.get(right)
-
-
-def ok_payload(response: Any = None) -> dict[str, Any]:
-    return {"status": "ok", "response": {} if response is None else response}
-
-
-def error_payload(response: Any) -> dict[str, Any]:
-    return {"status": "error", "response": response}
-
-
-def reply(msg: Message | BinaryBroadcastPush, payload: dict[str, Any], join_ref: str | None) -> Message:
-    return Message(msg.topic, "phx_reply", payload, ref=msg.ref, join_ref=join_ref)
-
-
-def unmatched(msg: Message | BinaryBroadcastPush) -> Message:
-    """§2.4: pushes to topics this socket has not joined."""
-    return reply(msg, error_payload(errors.UnmatchedTopic().response), None)
-
-
-def system_message(ch: Channel, status: str, message: str, extension: str = "system") -> Message:
-    payload = {"extension": extension, "status": status, "message": message, "channel": ch.sub_topic}
-    return Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref)
-
-
-def phx_close(ch: Channel) -> Message:
-    """§3.7: ``ref`` and ``join_ref`` both carry the closed join's ref."""
-    return Message(ch.topic, "phx_close", {}, ref=ch.join_ref, join_ref=ch.join_ref)
+__all__ = ["Session", "Verifier", "SessionConfig", "Channel", "ok_payload", "error_payload", "reply", "unmatched", "system_message", "phx_close", "replay_effects", "broadcast_of", "gate_subject", "rewritten", "join_message"]
 
 
 # --- the session ----------------------------------------------------------------------------
@@ -200,11 +133,11 @@ class Session:
 
     def _dispatch(self, ch: Channel, msg: Message | BinaryBroadcastPush, now: float, size: int) -> list[Effect]:
         if isinstance(msg, BinaryBroadcastPush):
-            return self._publish(ch, msg, _broadcast_of(ch, msg), now, size)
+            return self._publish(ch, msg, broadcast_of(ch, msg), now, size)
         if msg.event == "broadcast":
             if not isinstance(msg.payload, dict):
                 return []  # §4.1: the payload is an object; anything else cannot be relayed
-            return self._publish(ch, msg, _broadcast_of(ch, msg), now, size)
+            return self._publish(ch, msg, broadcast_of(ch, msg), now, size)
         if msg.event == "presence":
             return self._presence(ch, msg, now, size)
         if msg.event == "access_token" and isinstance(msg.payload, dict) and "access_token" in msg.payload:
@@ -350,7 +283,7 @@ class Session:
         if ch.replaces is not None:
             effects.append(Send(phx_close(ch.replaces)))  # right after the new join's reply (§2.5)
             ch.replaces = None
-        effects += _replay(ch, replayed)
+        effects += replay_effects(ch, replayed)
         if self._presence_enabled(ch) and ch.can(PRESENCE_READ):
             if self.limits is not None:
                 self.limits.presence.add(now)
@@ -439,242 +372,13 @@ class Session:
             return self._shutdown(ch, errors.ReplicationNotReady())
         return [Send(system_message(ch, "ok", errors.Notice.REPLICATION_READY))]
 
-    # function gates --------------------------------------------------------------------------
-
-    def gated(self, topic: str, join_ref: str | None, purpose: str, verdict: GateVerdict,
-              now: float) -> list[Effect]:
-        """The adapter's answer to ``GateJoin`` / ``GateSend``; a denial is answered at once
-        (no join-error back-off) with the gate's reason."""
-        if purpose == GATE_JOIN:
-            ch = self.joining.get(topic)
-            if ch is None or ch.join_ref != join_ref or GATE not in ch.pending:
-                return []  # left or superseded meanwhile
-            ch.pending.discard(GATE)
-            del self.joining[topic]
-            if verdict.allow:
-                return self._admit(ch, now)
-            effects: list[Effect] = [Send(phx_close(ch.replaces))] if ch.replaces is not None else []
-            reason = verdict.reason or errors.JoinDenied().message
-            effects.append(Send(reply(_join_message(ch), error_payload({"reason": reason}), ch.join_ref)))
-            return effects + [Send(unmatched(m)) for m, _ in ch.queue]
-        ch = self.channels.get(topic)
-        if ch is None or ch.join_ref != join_ref or GATE not in ch.pending or not ch.queue:
-            return []
-        ch.pending.discard(GATE)
-        msg, size = ch.queue.pop(0)
-        if not verdict.allow:
-            reason = verdict.reason or errors.SendDenied().message
-            effects = [Send(reply(msg, error_payload({"reason": reason}), ch.join_ref))]
-        else:
-            if verdict.payload is not None:
-                msg = _rewritten(msg, verdict.payload)
-            effects = self._publish(ch, msg, _broadcast_of(ch, msg), now, size, gated=True)
-        return effects + self._drain(ch, now)
-
-    # authorization answers (§7.3) --------------------------------------------------------------
-
-    def authorized(self, topic: str, join_ref: str | None, purpose: str, result: AuthResult,
-                   now: float) -> list[Effect]:
-        """The adapter's answer to an ``Authorize`` effect."""
-        if purpose == "join":
-            ch = self.joining.get(topic)
-            if ch is None or ch.join_ref != join_ref:
-                return []  # left or superseded meanwhile
-            del self.joining[topic]
-            return self._join_authorized(ch, result, now)
-        ch = self.channels.get(topic)
-        if ch is None or ch.join_ref != join_ref:
-            return []
-        if purpose == "refresh":
-            return self._refresh_authorized(ch, result)
-        return self._write_authorized(ch, result, now)
-
-    def _join_authorized(self, ch: Channel, result: AuthResult, now: float) -> list[Effect]:
-        ch.pending.clear()
-        read_b = result.error is None and result.granted.get(BROADCAST_READ, False)
-        read_p = result.error is None and result.granted.get(PRESENCE_READ, False)
-        # §3.3 step 6: join refused unless broadcast-read or presence-read; replay needs
-        # broadcast-read (§4.8); policy errors count as denial (§7.3)
-        if not (read_b or read_p) or (ch.replay is not None and not read_b):
-            err = errors.Unauthorized(ch.sub_topic)
-            queued, ch.queue = ch.queue, []
-            effects = self._join_error(_join_message(ch), err, ch.replaces)
-            for msg, _ in queued:  # the client's pushes for a topic that never joined
-                effects.append(Send(unmatched(msg)))
-            return effects
-        ch.rights[BROADCAST_READ] = read_b
-        if PRESENCE_READ in result.granted:
-            ch.rights[PRESENCE_READ] = read_p
-        return self._activate(ch, result.replayed, now)
-
-    def _refresh_authorized(self, ch: Channel, result: AuthResult) -> list[Effect]:
-        """§3.9: read rights are re-evaluated; losing all, or losing one held, ends the channel."""
-        ch.pending.difference_update(result.granted)
-        if result.error is not None:
-            return self._shutdown(ch, errors.UnableToConnectToProject())
-        read_b = result.granted.get(BROADCAST_READ, False)
-        read_p = result.granted.get(PRESENCE_READ, ch.rights.get(PRESENCE_READ) or False)
-        if not (read_b or read_p):
-            return self._shutdown(ch, errors.Unauthorized(ch.sub_topic))
-        if (ch.rights.get(BROADCAST_READ) and not read_b) or (ch.rights.get(PRESENCE_READ) and not read_p):
-            return self._shutdown(ch, errors.PermissionLost(ch.sub_topic))
-        ch.rights[BROADCAST_READ] = read_b
-        if PRESENCE_READ in result.granted:
-            ch.rights[PRESENCE_READ] = read_p
-        return []
-
-    def _write_authorized(self, ch: Channel, result: AuthResult, now: float) -> list[Effect]:
-        effects: list[Effect] = []
-        for check in ch.pending & set(result.granted) | (ch.pending if result.error else set()):
-            granted = result.error is None and result.granted.get(check, False)
-            if check == PRESENCE_READ and granted and not ch.rights.get(PRESENCE_READ):
-                effects.append(Subscribe(ch.presence_stream, ch.topic))
-            ch.rights[check] = granted
-        ch.pending.clear()
-        return effects + self._drain(ch, now)
-
-    def _need(self, ch: Channel, msg: Message | BinaryBroadcastPush, size: int, checks: tuple[str, ...]) -> list[Effect]:
-        """Park ``msg`` until the lazily evaluated ``checks`` are answered (§4.4, §5.5)."""
-        ch.queue.insert(0, (msg, size))
-        if ch.pending:
-            return []
-        ch.pending.update(checks)
-        return [Authorize(ch.topic, ch.join_ref, "write", ch.sub_topic, ch.claims, checks)]
-
-    # broadcast -------------------------------------------------------------------------------
-
-    def _publish(self, ch: Channel, msg: Message | BinaryBroadcastPush, b: Broadcast, now: float,
-                 size: int, gated: bool = False) -> list[Effect]:
-        if ch.private:
-            allowed = ch.can(BROADCAST_WRITE)
-            if allowed is None:
-                return self._need(ch, msg, size, (BROADCAST_WRITE,))
-            if not allowed:
-                return []  # §4.2: unauthorized sends are dropped silently, even with ack
-        if not gated and self.gates is not None:
-            event, data = _gate_subject(msg)
-            if event is not None and self.gates("authorize_send", ch.sub_topic, event):
-                ch.queue.insert(0, (msg, size))  # later pushes wait behind the gates' answer
-                ch.pending.add(GATE)
-                return [GateSend(ch.topic, ch.join_ref, ch.sub_topic, event, data, ch.claims)]
-        ack = ch.params.broadcast_ack
-        if size > self.config.max_payload_bytes:  # §4.5
-            return [Send(reply(msg, error_payload(errors.PayloadSizeExceeded().response), ch.join_ref))] if ack else []
-        if self.limits is not None:
-            if self.limits.events_exceeded(now):  # §8 events per second
-                return self._shutdown(ch, errors.MessageRateLimitReached())
-            self.limits.events.add(now)
-        exclude = None if ch.params.broadcast_self else ch.topic
-        effects: list[Effect] = [Publish(ch.stream, b, exclude)]
-        if ack:
-            effects.append(Send(reply(msg, ok_payload(), ch.join_ref)))
-        return effects
-
-    # presence --------------------------------------------------------------------------------
-
-    def _presence(self, ch: Channel, msg: Message, now: float, size: int) -> list[Effect]:
-        body = msg.payload
-        if not isinstance(body, dict):
-            return [Send(reply(msg, error_payload({}), ch.join_ref))]
-        if "event" not in body:
-            return [Send(reply(msg, ok_payload(), ch.join_ref))]  # §5.1: no-op
-        event = body["event"].lower() if isinstance(body["event"], str) else None
-        if event not in ("track", "untrack"):
-            return [Send(reply(msg, error_payload({}), ch.join_ref))]
-        if event == "track" and ch.private:
-            missing = tuple(c for c in (PRESENCE_WRITE, PRESENCE_READ) if ch.rights.get(c) is None)
-            if missing:  # §5.5: write on the first track; read too if presence was off at join
-                return self._need(ch, msg, size, missing)
-            if not ch.rights.get(PRESENCE_WRITE):
-                return [Send(reply(msg, error_payload({}), ch.join_ref))]  # item 84
-        if not ch.presence_window.hit(now):  # §5.7 per-channel window
-            return self._shutdown(ch, errors.ClientPresenceRateLimitReached())
-        if event == "untrack":
-            # §5.1: the diff a presence push causes reaches the channel before its reply
-            effects: list[Effect] = []
-            if ch.tracked:
-                ch.tracked = False
-                effects.append(Untrack(ch.presence_stream, ch.topic))
-            effects.append(Send(reply(msg, ok_payload(), ch.join_ref)))
-            return effects
-        payload = body.get("payload", {})
-        if payload is None:
-            payload = {}
-        if not isinstance(payload, dict):
-            return [Send(reply(msg, error_payload(errors.PresencePayloadNotMap().response), ch.join_ref))]
-        if size > self.config.max_payload_bytes:
-            return self._shutdown(ch, errors.TrackMessageSizeExceeded())
-        if self.limits is not None:
-            if self.limits.presence_exceeded(now):  # §5.7 tenant presence rate
-                return self._shutdown(ch, errors.PresenceRateLimitReached())
-            self.limits.presence.add(now)
-        ch.tracked = True
-        return [
-            Track(ch.presence_stream, ch.topic, ch.presence_key, payload),
-            Send(reply(msg, ok_payload(), ch.join_ref)),
-        ]
-
-    # token refresh ---------------------------------------------------------------------------
-
-    def _access_token(self, ch: Channel, token: Any, now: float) -> list[Effect]:
-        """§3.9: never replied to; a bad token shuts the channel down."""
-        if token is None or token == ch.token or (isinstance(token, str) and token.startswith("sb_")):
-            return []
-        if not isinstance(token, str):
-            return self._shutdown(ch, errors.MalformedJWT())
-        try:
-            claims = self.verify(token, now)
-        except errors.RealtimeError as err:
-            return self._shutdown(ch, err)
-        ch.token, ch.claims = token, claims
-        ch.deadline = self._deadline(claims, now)
-        effects: list[Effect] = []
-        if ch.private:
-            # §7.3: cached rights last until the next refresh; reads are re-checked now
-            checks = (BROADCAST_READ, PRESENCE_READ) if ch.rights.get(PRESENCE_READ) is not None else (BROADCAST_READ,)
-            ch.rights = {k: v for k, v in ch.rights.items() if k in (BROADCAST_READ, PRESENCE_READ)}
-            effects.append(Authorize(ch.topic, ch.join_ref, "refresh", ch.sub_topic, claims, checks))
-        if ch.bindings:
-            effects.append(SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, claims))
-        return effects
-
-
-def _replay(ch: Channel, replayed: tuple[ReplayedMessage, ...]) -> list[Effect]:
-    """§4.8: JSON rows as text pushes carrying the join_ref, binary rows as kind-4 frames; each
-    with ``meta: {"replayed": true, "id": …}``."""
-    effects: list[Effect] = []
-    for m in replayed:
-        meta = {"replayed": True, "id": m.id}
-        if m.binary is not None:
-            effects.append(SendBinary(ch.topic, m.event, meta, m.binary))
-            continue
-        payload = {"type": "broadcast", "event": m.event, "payload": Fragment(m.payload_json or b"{}"), "meta": meta}
-        effects.append(Send(Message(ch.topic, "broadcast", payload, ref=None, join_ref=ch.join_ref)))
-    return effects
-
-
-def _broadcast_of(ch: Channel, msg: Message | BinaryBroadcastPush) -> Broadcast:
-    if isinstance(msg, BinaryBroadcastPush):
-        # §4.3: kind-3 metadata (only ``persist``) is not forwarded; receivers get none.
-        return Broadcast(ch.topic, event=msg.event, data=msg.data, binary=msg.binary)
-    return Broadcast(ch.topic, payload=msg.payload)
-
-
-def _gate_subject(msg: Message | BinaryBroadcastPush) -> tuple[str | None, Any]:
-    """(user event, payload) of a client broadcast, as a send gate sees it."""
-    if isinstance(msg, BinaryBroadcastPush):
-        return msg.event, (msg.data if msg.binary else orjson.loads(msg.data))
-    event = msg.payload.get("event") if isinstance(msg.payload, dict) else None
-    return (event if isinstance(event, str) else None), msg.payload.get("payload")
-
-
-def _rewritten(msg: Message | BinaryBroadcastPush, payload: Any) -> Message | BinaryBroadcastPush:
-    """A broadcast whose user payload a send gate replaced (a binary one becomes JSON)."""
-    if isinstance(msg, BinaryBroadcastPush):
-        return BinaryBroadcastPush(msg.join_ref, msg.ref, msg.topic, msg.event, None, orjson.dumps(payload), False)
-    return Message(msg.topic, msg.event, {**msg.payload, "payload": payload}, ref=msg.ref, join_ref=msg.join_ref)
-
-
-def _join_message(ch: Channel) -> Message:
-    """The phx_join a parked private channel answers."""
-    return Message(ch.topic, "phx_join", {}, ref=ch.join_msg_ref, join_ref=ch.join_ref)
+    # answers to the adapter and pushes on a joined channel (authorizing.py, pushes.py)
+    gated = authorizing.gated
+    authorized = authorizing.authorized
+    _join_authorized = authorizing.join_authorized
+    _refresh_authorized = authorizing.refresh_authorized
+    _write_authorized = authorizing.write_authorized
+    _need = authorizing.need
+    _publish = pushes.publish
+    _presence = pushes.presence
+    _access_token = pushes.access_token
