@@ -138,20 +138,37 @@ begin
         elsif not exists (select 1 from pg_catalog.pg_roles r where r.rolname = role_name) then
             error := pg_catalog.format('role "%s" does not exist', role_name);
         else
-            begin
-                perform pg_catalog.set_config('role', role_name, true),
-                        pg_catalog.set_config('request.jwt.claims', c::text, true),
-                        pg_catalog.set_config('request.jwt.claim.sub', coalesce(c ->> 'sub', ''), true),
-                        pg_catalog.set_config('request.jwt.claim.role', role_name, true);
-                execute q into visible using pks, n;
-            exception when others then
-                visible := null;
-                error := sqlstate || ': ' || sqlerrm;
-            end;
+            -- back to the login role first: the previous cohort's role may not reach schema realtime
+            perform pg_catalog.set_config('role', 'none', true);
+            select run.visible, run.error into visible, error from realtime.rc_run_as(q, c, role_name, pks, n) run;
         end if;
         return next;
     end loop;
     perform pg_catalog.set_config('role', 'none', true);
+end
+$rc$;
+"""
+
+# ``realtime.rc_run_as`` runs one cohort's visibility query: as the cohort's role, with its claims
+# set the way Supabase sets them (so ``auth.uid()``, ``auth.role()`` and ``auth.jwt()`` work in
+# policies), in a sub-transaction of its own, so a failure (no privilege, a policy casting a bad
+# ``sub``) becomes that cohort's ``error`` and undoes its settings.  Shared by both checks.
+RUN_AS_SQL: Final = r"""
+create or replace function realtime.rc_run_as(q text, c jsonb, role_name text, args text[], n int,
+                                              out visible int[], out error text)
+language plpgsql
+volatile
+security invoker
+as $rc$
+begin
+    perform pg_catalog.set_config('role', role_name, true),
+            pg_catalog.set_config('request.jwt.claims', c::text, true),
+            pg_catalog.set_config('request.jwt.claim.sub', coalesce(c ->> 'sub', ''), true),
+            pg_catalog.set_config('request.jwt.claim.role', role_name, true);
+    execute q into visible using args, n;
+exception when others then
+    visible := null;
+    error := sqlstate || ': ' || sqlerrm;
 end
 $rc$;
 """
@@ -348,16 +365,9 @@ begin
                 last_role := role_name;
                 last_q := q;
             end if;
-            begin
-                perform pg_catalog.set_config('role', role_name, true),
-                        pg_catalog.set_config('request.jwt.claims', c::text, true),
-                        pg_catalog.set_config('request.jwt.claim.sub', coalesce(c ->> 'sub', ''), true),
-                        pg_catalog.set_config('request.jwt.claim.role', role_name, true);
-                execute q into visible using vals, n;
-            exception when others then
-                visible := null;
-                error := sqlstate || ': ' || sqlerrm;
-            end;
+            -- back to the login role first: the previous cohort's role may not reach schema realtime
+            perform pg_catalog.set_config('role', 'none', true);
+            select run.visible, run.error into visible, error from realtime.rc_run_as(q, c, role_name, vals, n) run;
         end if;
         return next;
     end loop;
@@ -370,7 +380,7 @@ INSTALL_SQL: Final = (
     "create schema if not exists realtime;\n"
     # the four-argument version of earlier releases would make four-argument calls ambiguous
     "drop function if exists realtime.rc_visible_batch(regclass, text[], text[], jsonb);\n"
-    + WAIT_VISIBLE_SQL + VISIBLE_BATCH_SQL + VISIBLE_IMAGES_SQL
+    + RUN_AS_SQL + WAIT_VISIBLE_SQL + VISIBLE_BATCH_SQL + VISIBLE_IMAGES_SQL
 )
 
 # Minimal `auth.uid()`, `auth.role()`, `auth.jwt()` for plain PostgreSQL (no Supabase), each
