@@ -20,14 +20,14 @@ from pydantic import ValidationError
 
 from . import __version__, errors
 from .auth import JwksRefresher, JwtVerifier, load_jwks_text, mint_token, parse_jwks_spec
+from .banner import client_snippet as client_snippet  # re-exported
+from .banner import dev_banner
 from .config import Settings
 
 log = logging.getLogger("realtime_channels")
 
 #: an HTTP connection idle between requests is closed after this long (WebSockets are not idle)
 KEEPALIVE_S = 75.0
-#: Printed development keys live for ten years, like the keys `supabase start` prints.
-DEV_KEY_SECONDS = 10 * 365 * 24 * 3600
 
 #: Exit statuses of ``serve``: a bad configuration, and a port that cannot be listened on.  A
 #: ``--workers`` supervisor stops (instead of restarting) a worker that exits with either.
@@ -142,41 +142,6 @@ class PostgresTriggers:
         from .functions.engine import RealtimeEvent
 
         self._functions.observe(RealtimeEvent("postgres", f"{schema}:{table}", kind, data, None, schema, table))
-
-
-def client_snippet(url: str, key: str) -> str:
-    """A supabase-js program that runs verbatim on Node 20 and 22 (``npm install
-    @supabase/supabase-js ws``, save as ``room1.mjs``).  Node 20 has no WebSocket of its own,
-    so the ``ws`` package is passed as the transport; Node 22 accepts it too."""
-    return f"""\
-import {{ createClient }} from '@supabase/supabase-js'
-import ws from 'ws'
-
-const supabase = createClient('{url}', '{key}', {{ realtime: {{ transport: ws }} }})
-supabase.channel('room1')
-  .on('broadcast', {{ event: '*' }}, (message) => console.log('broadcast', message.payload))
-  .subscribe((status) => console.log(status))
-"""
-
-
-def dev_banner(settings: Settings, port: int) -> str:
-    secret = settings.effective_jwt_secret
-    assert secret is not None
-    now = time.time()
-    anon = mint_token(secret, "anon", now=now, exp_seconds=DEV_KEY_SECONDS)
-    service = mint_token(secret, "service_role", now=now, exp_seconds=DEV_KEY_SECONDS)
-    url = f"http://{settings.host}:{port}"
-    snippet = "".join(f"  {line}\n" if line else "\n" for line in client_snippet(url, anon).splitlines())
-    return f"""
-WARNING: no REALTIME_JWT_SECRET or REALTIME_JWT_JWKS set: using the built-in DEVELOPMENT secret.
-Anyone can mint tokens for this server. Never expose it beyond your machine like this.
-
-  anon key:         {anon}
-  service_role key: {service}
-
-Try it from Node.js (npm install @supabase/supabase-js ws; save as room1.mjs; node room1.mjs):
-
-{snippet}"""
 
 
 async def serve(settings: Settings) -> None:

@@ -337,7 +337,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hub", "pubsub", "cdc", "config", "auth", "messages", "functions"),
     ("node",),
     ("transport",),
-    ("cli", "__main__"),
+    ("cli", "banner", "__main__"),
 )
 
 
