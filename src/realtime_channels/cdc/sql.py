@@ -138,8 +138,6 @@ begin
         elsif not exists (select 1 from pg_catalog.pg_roles r where r.rolname = role_name) then
             error := pg_catalog.format('role "%s" does not exist', role_name);
         else
-            -- back to the login role first: the previous cohort's role may not reach schema realtime
-            perform pg_catalog.set_config('role', 'none', true);
             select run.visible, run.error into visible, error from realtime.rc_run_as(q, c, role_name, pks, n) run;
         end if;
         return next;
@@ -166,6 +164,9 @@ begin
             pg_catalog.set_config('request.jwt.claim.sub', coalesce(c ->> 'sub', ''), true),
             pg_catalog.set_config('request.jwt.claim.role', role_name, true);
     execute q into visible using args, n;
+    -- back to the login role: the next cohort's look-ups and call run as it (an error instead
+    -- rolls the sub-transaction back, settings included)
+    perform pg_catalog.set_config('role', 'none', true);
 exception when others then
     visible := null;
     error := sqlstate || ': ' || sqlerrm;
@@ -365,8 +366,6 @@ begin
                 last_role := role_name;
                 last_q := q;
             end if;
-            -- back to the login role first: the previous cohort's role may not reach schema realtime
-            perform pg_catalog.set_config('role', 'none', true);
             select run.visible, run.error into visible, error from realtime.rc_run_as(q, c, role_name, vals, n) run;
         end if;
         return next;
