@@ -46,13 +46,24 @@ class SkipIds:
 def deliver(msg: Message, subs: Iterable[Subscriber]) -> int:
     """Write one server message to ``subs``, encoded and framed once per wire format (the
     postgres_changes fan-out and ``Hub.fanout_message`` share this path); returns deliveries."""
-    frames: dict[Vsn, bytes] = {}
+    # two wire formats exist: one frame slot each, in locals (this runs once per group of
+    # connections, often a group of one, so no per-call dict)
+    vsn_a: Vsn | None = None
+    vsn_b: Vsn | None = None
+    frame_a = frame_b = b""
     delivered = 0
     for sub in subs:
         vsn = sub.vsn
-        frame = frames.get(vsn)
-        if frame is None:
-            frame = frames[vsn] = build_frame(encode(vsn, msg))
+        if vsn is vsn_a:
+            frame = frame_a
+        elif vsn is vsn_b:
+            frame = frame_b
+        elif vsn_a is None:
+            vsn_a, frame = vsn, build_frame(encode(vsn, msg))
+            frame_a = frame
+        else:
+            vsn_b, frame = vsn, build_frame(encode(vsn, msg))
+            frame_b = frame
         sub.write(frame)
         delivered += 1
     return delivered

@@ -313,8 +313,4 @@ class PostgresChanges:
             if data is None:
                 data = encoded[key] = orjson.Fragment(orjson.dumps(row.data(group.cols, commit_ts, group.old_shown)))
             msg = Message(group.topic, "postgres_changes", {"ids": list(group.ids), "data": data})
-            if len(group.peers) == 1:  # one connection (a channel of its own): no frame sharing
-                group.peers[0].send(msg)
-                self.delivered += 1
-            else:
-                self.delivered += hub.deliver(msg, group.peers)
+            self.delivered += hub.deliver(msg, group.peers)
