@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import platform
@@ -52,7 +51,7 @@ import jwt
 import psycopg
 
 from realtime_channels.cdc import sql
-from common import free_port
+from common import free_port, load_pgcluster, log
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -161,18 +160,6 @@ class Result:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _load_pgcluster() -> Any:
-    spec = importlib.util.spec_from_file_location("pgcluster", ROOT / "tests" / "pgcluster.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def cpu_model() -> str:
@@ -618,7 +605,7 @@ def fmt_ms(v: float | None) -> str:
 
 
 def machine() -> dict[str, str]:
-    pg = subprocess.run([str(_load_pgcluster().find_bindir() / "postgres"), "--version"],
+    pg = subprocess.run([str(load_pgcluster().find_bindir() / "postgres"), "--version"],
                         capture_output=True, text=True, check=False).stdout.strip()
     node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False).stdout.strip()
     return {
@@ -839,7 +826,7 @@ def main() -> None:
     log(f"machine: {mach['nproc']} CPUs, {mach['cpu']}; server on CPU {SERVER_CPU}, "
         f"PostgreSQL + writer + subscribers on CPU {LOADGEN_CPU}")
     started = time.monotonic()
-    cluster = _load_pgcluster().PgCluster()
+    cluster = load_pgcluster().PgCluster()
     cluster.init()
     cluster.start()
     tmp = Path(tempfile.mkdtemp(prefix="rc-bench-"))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.util
 import json
 import os
 import shutil
@@ -40,7 +39,7 @@ from typing import Any
 import jwt
 import psycopg
 
-from common import free_port, pinned
+from common import free_port, load_pgcluster, log, pinned
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -62,18 +61,6 @@ create table {TABLE} (id bigserial primary key, seq int not null, body text not 
 grant select on {TABLE} to anon, authenticated, service_role;
 create publication supabase_realtime for table {TABLE};
 """
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _load_pgcluster() -> Any:
-    spec = importlib.util.spec_from_file_location("pgcluster", ROOT / "tests" / "pgcluster.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def token(role: str) -> str:
@@ -322,7 +309,7 @@ def main() -> None:
     if (os.cpu_count() or 1) < 2:
         sys.exit("needs 2 CPUs: the server gets one, the load the other")
     os.sched_setaffinity(0, {LOAD_CPU})  # PostgreSQL and Node inherit CPU 0
-    cluster = _load_pgcluster().PgCluster()
+    cluster = load_pgcluster().PgCluster()
     cluster.init()
     cluster.start()
     tmp = Path(tempfile.mkdtemp(prefix="rc-cdc-fanout-"))

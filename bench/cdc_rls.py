@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import random
 import sys
 import time
@@ -28,17 +27,11 @@ import psycopg
 from realtime_channels.cdc import catalog, sql
 from realtime_channels.cdc.rls import RlsChecker
 
+from common import load_pgcluster
+
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 100
 TEAMS = 10
-
-
-def _load_pgcluster() -> Any:
-    spec = importlib.util.spec_from_file_location("pgcluster", ROOT / "tests" / "pgcluster.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 SETUP = """
@@ -143,7 +136,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="time per batched measurement")
     parser.add_argument("--rows", type=int, default=2000)
     args = parser.parse_args()
-    cluster = _load_pgcluster().PgCluster()
+    cluster = load_pgcluster().PgCluster()
     cluster.init()
     cluster.start()
     try:
