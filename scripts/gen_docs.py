@@ -62,7 +62,10 @@ MEANINGS: dict[str, str] = {
     "connecting is closed, so slow half-sent requests cannot hold descriptors; the process also raises its "
     "soft descriptor limit to the hard limit at start (each socket holds one)",
     "max_frame_bytes": "a larger inbound frame closes the socket (1009); also the REST body limit",
-    "outbox_max_bytes": "a socket with more unsent bytes than this is a slow consumer: closed with 1008 `slow consumer`",
+    "outbox_max_bytes": "a socket with more unsent bytes than this is a slow consumer: closed with 1008 `slow consumer` "
+                        "(one frame larger than this, queued behind less, is let through: a big `presence_state`)",
+    "max_presence_state_bytes": "a presence `track` that would make its topic's `presence_state` larger than this "
+                                "is refused with an error reply; nothing is tracked and the channel stays",
     "max_payload_size_in_kb": "broadcast and presence payload limit: this × 1000 + 500 bytes",
     "max_channels_per_client": "channels one socket may join (`ChannelRateLimitReached`)",
     "max_client_presence_events_per_window": "presence pushes one channel may make per window",

@@ -110,8 +110,8 @@ def build_functions(settings: Settings, current_node: Callable[[], Any]) -> Any:
         stream = stream_key(False, sub_topic)
         if payload is None:
             current_node().untrack(stream, owner)
-        else:
-            current_node().track(stream, owner, key, payload)
+        elif not current_node().track(stream, owner, key, payload):
+            log.warning("function presence on %s not tracked: the topic's presence state is full", sub_topic)
 
     engine = FunctionsEngine(config, secret=settings.functions_secret,
                              service_role_key=settings.functions_service_role_key,

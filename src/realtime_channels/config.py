@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     handshake_timeout_ms: int = Field(10_000, gt=0)
     max_frame_bytes: int = Field(5_000_000, gt=0)
     outbox_max_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    #: a presence track that would make its topic's state larger is refused
+    max_presence_state_bytes: int = Field(16 * 1024 * 1024, gt=0)
 
     # limits (protocol.md §8); names follow Supabase's tenant fields
     max_payload_size_in_kb: int = Field(3000, gt=0)

@@ -23,7 +23,7 @@ from .hub import Hub, SkipIds, Subscriber
 from .protocol.codec import Broadcast, Message
 from .protocol.limits import TenantLimits
 from .protocol.keys import StreamKey, topic_of
-from .protocol.presence import PresenceDiff, RefGenerator
+from .protocol.presence import PresenceDiff, RefGenerator, entry_size
 from .protocol.replica import HEARTBEAT_S, MemberOp, Op, PresenceReplica, decode_op, encode_op
 from .protocol.session import (
     BROADCAST_READ,
@@ -311,8 +311,13 @@ class Node:
 
     # presence (protocol.md §5), replicated across nodes (protocol/replica.py) --------------
 
-    def track(self, stream: StreamKey, owner: Hashable, key: str, payload: Mapping[str, Any]) -> None:
+    def track(self, stream: StreamKey, owner: Hashable, key: str, payload: Mapping[str, Any]) -> bool:
+        """Track ``owner``'s presence; ``False`` (nothing changes) when the topic's state would
+        grow past ``max_presence_state_bytes``."""
+        if self.replica.size_with(stream, owner, entry_size(key, payload)) > self.settings.max_presence_state_bytes:
+            return False
         self._member_op(self.replica.track_op(stream, owner, key, payload, self.refs.next()))
+        return True
 
     def untrack(self, stream: StreamKey, owner: Hashable) -> None:
         op = self.replica.untrack_op(stream, owner)

@@ -11,6 +11,7 @@ from realtime_channels.protocol.presence import (
     PresenceDiff,
     RefGenerator,
     TopicPresence,
+    entry_size,
     merge_diffs,
 )
 
@@ -358,3 +359,18 @@ def test_same_seed_restarts_sequence() -> None:
     assert [refs().next() for _ in range(2)] == [refs().next()] * 2
     g = refs()
     assert g.next() != g.next()
+
+
+def test_state_size_follows_tracks_retracks_and_leaves_and_bounds_the_wire_size() -> None:
+    p = TopicPresence()
+    p.track("a", "k1", {"blob": "x" * 1000}, "r1")
+    p.track("b", "k2", {"blob": "é" * 500}, "r2")
+    wire = len(json.dumps(p.state_payload(), ensure_ascii=False, separators=(",", ":")).encode())
+    assert wire <= p.size == entry_size("k1", {"blob": "x" * 1000}) + entry_size("k2", {"blob": "é" * 500})
+    assert p.size_with("a", entry_size("k1", {"blob": "y"})) == p.size - entry_size("k1", {"blob": "x" * 1000}) + entry_size("k1", {"blob": "y"})
+    p.track("a", "k1", {"blob": "y"}, "r3")
+    assert p.size == entry_size("k1", {"blob": "y"}) + entry_size("k2", {"blob": "é" * 500})
+    p.untrack("a")
+    assert p.size == entry_size("k2", {"blob": "é" * 500})
+    p.remove_owners(lambda owner: owner == "b")
+    assert p.size == 0 and p.size_with("c", 10) == 10

@@ -13,6 +13,7 @@ from typing import Any
 import jwt
 import pytest
 
+from realtime_channels import errors
 from realtime_channels.auth import JwtVerifier, mint_token
 from realtime_channels.protocol.codec import BinaryBroadcastPush, Broadcast, Message
 from realtime_channels.protocol.join import binding_id
@@ -89,6 +90,12 @@ def reply(topic: str, payload: Any, ref: str | None, join_ref: str | None) -> Me
     return Message(topic, "phx_reply", payload, ref=ref, join_ref=join_ref)
 
 
+def track(key: str, payload: dict[str, Any], ref: str, join_ref: str) -> Track:
+    """The Track effect of a presence push: its ok reply, or the full-state refusal."""
+    full = {"status": "error", "response": {"reason": errors.PresenceStateTooLarge().reason}}
+    return Track(STREAM, TOPIC, key, payload, reply(TOPIC, OK, ref, join_ref), reply(TOPIC, full, ref, join_ref))
+
+
 def join_ok(topic: str = TOPIC, ref: str | None = "1", join_ref: str | None = "1") -> Send:
     return Send(reply(topic, {"status": "ok", "response": {"postgres_changes": []}}, ref, join_ref))
 
@@ -128,7 +135,8 @@ def bcast(payload: Any, ref: str | None = "3", join_ref: str | None = "1", topic
 
 
 def sends(effects: list[Effect]) -> list[Message]:
-    return [e.message for e in effects if isinstance(e, Send)]
+    """The messages the effects send (a Track's reply as if the track was accepted)."""
+    return [e.message if isinstance(e, Send) else e.accepted for e in effects if isinstance(e, Send | Track)]
 
 
 # --- heartbeat: §2.1, items 15–16 -----------------------------------------------------------
@@ -498,22 +506,22 @@ def test_oversize_binary_push_with_ack() -> None:
 def test_track_replies_ok_then_tracks_under_given_key() -> None:
     s = joined(presence={"key": "user-42", "enabled": True})
     effects = s.receive(presence(payload={"user": "alice"}), T0)
-    assert effects == [Track(STREAM, TOPIC, "user-42", {"user": "alice"}), Send(reply(TOPIC, OK, "4", "1"))]
+    assert effects == [track("user-42", {"user": "alice"}, "4", "1")]
 
 
 def test_track_without_key_uses_generated_key_per_join() -> None:
     s = joined(presence={"key": ""})
-    assert s.receive(presence(payload={"a": 1}), T0)[0] == Track(STREAM, TOPIC, "generated-1", {"a": 1})
+    assert s.receive(presence(payload={"a": 1}), T0)[0] == track("generated-1", {"a": 1}, "4", "1")
     s.receive(join_msg(ref="2", join_ref="2"), T0)
     effects = s.receive(presence(payload={"a": 1}, ref="5"), T0)
     # A rejoin without a key gets a fresh key (§5.3).
-    assert effects == [Track(STREAM, TOPIC, "generated-2", {"a": 1}), Send(reply(TOPIC, OK, "5", "2"))]
+    assert effects == [track("generated-2", {"a": 1}, "5", "2")]
 
 
 def test_track_on_presence_disabled_channel_tracks_without_state_push() -> None:
     s = joined()
     effects = s.receive(presence(payload={"a": 1}), T0)
-    assert effects == [Track(STREAM, TOPIC, "generated-1", {"a": 1}), Send(reply(TOPIC, OK, "4", "1"))]
+    assert effects == [track("generated-1", {"a": 1}, "4", "1")]
 
 
 @pytest.mark.parametrize("payload", [None, {}])
@@ -523,20 +531,20 @@ def test_track_without_payload_tracks_empty_map(payload: Any) -> None:
     if payload is not None:
         body["payload"] = payload
     effects = s.receive(Message(TOPIC, "presence", body, ref="4", join_ref="1"), T0)
-    assert effects == [Track(STREAM, TOPIC, "k", {}), Send(reply(TOPIC, OK, "4", "1"))]
+    assert effects == [track("k", {}, "4", "1")]
 
 
 def test_track_with_null_payload_tracks_empty_map() -> None:
     s = joined(presence={"key": "k"})
     body = {"type": "presence", "event": "track", "payload": None}
     effects = s.receive(Message(TOPIC, "presence", body, ref="4", join_ref="1"), T0)
-    assert effects == [Track(STREAM, TOPIC, "k", {}), Send(reply(TOPIC, OK, "4", "1"))]
+    assert effects == [track("k", {}, "4", "1")]
 
 
 def test_upper_case_track_is_accepted() -> None:
     s = joined(presence={"key": "k"})
     effects = s.receive(presence("TRACK", payload={"u": 1}), T0)
-    assert effects == [Track(STREAM, TOPIC, "k", {"u": 1}), Send(reply(TOPIC, OK, "4", "1"))]
+    assert effects == [track("k", {"u": 1}, "4", "1")]
 
 
 def test_untrack_after_track_untracks() -> None:
@@ -601,7 +609,7 @@ def test_presence_window_resets_after_30_seconds() -> None:
     # The window opened at T0; at T0+30 a new window with a fresh budget begins.
     for i in range(5):
         effects = s.receive(presence(payload={"j": i}, ref="9"), T0 + 30 + i)
-        assert effects == [Track(STREAM, TOPIC, "k", {"j": i}), Send(reply(TOPIC, OK, "9", "1"))]
+        assert effects == [track("k", {"j": i}, "9", "1")]
     assert sends(s.receive(presence(payload={}), T0 + 59))[0].event == "system"
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from realtime_channels import errors
 from realtime_channels.auth import JwtVerifier, mint_token
 from realtime_channels.protocol.codec import Broadcast, Message
 from realtime_channels.protocol.limits import TenantLimits
@@ -75,6 +76,12 @@ def join(ref: str = "1", topic: str = TOPIC, **config: Any) -> Message:
 
 def reply(payload: Any, ref: str | None, join_ref: str | None = "1", topic: str = TOPIC) -> Send:
     return Send(Message(topic, "phx_reply", payload, ref=ref, join_ref=join_ref))
+
+
+def track(stream: str, key: str, payload: dict[str, Any], ref: str) -> Track:
+    """The Track effect of a presence push: its ok reply, or the full-state refusal."""
+    full = {"status": "error", "response": {"reason": errors.PresenceStateTooLarge().reason}}
+    return Track(stream, TOPIC, key, payload, reply(OK, ref).message, reply(full, ref).message)
 
 
 def join_ok(ref: str = "1") -> Send:
@@ -273,7 +280,7 @@ def test_presence_write_granted_tracks_on_the_private_presence_stream() -> None:
     s = joined({BROADCAST_READ: False, PRESENCE_READ: True}, presence={"enabled": True, "key": "k"})
     s.receive(presence(payload={"a": 1}), T0)
     effects = s.authorized(TOPIC, "1", "write", granted(presence_write=True), T0)
-    assert effects == [Track(PRIVP, TOPIC, "k", {"a": 1}), reply(OK, "4")]
+    assert effects == [track(PRIVP, "k", {"a": 1}, "4")]
     assert s.receive(presence("untrack", "5"), T0) == [Untrack(PRIVP, TOPIC), reply(OK, "5")]
 
 
@@ -282,7 +289,7 @@ def test_first_track_on_presence_disabled_join_asks_presence_write_and_read() ->
     assert s.receive(presence(payload={"a": 1}), T0) == [authorize("write", (PRESENCE_WRITE, PRESENCE_READ))]
     effects = s.authorized(TOPIC, "1", "write", granted(presence_write=True, presence_read=True), T0)
     # presence-read granted: the presence stream is subscribed, but no presence_state (§5.1)
-    assert effects == [Subscribe(PRIVP, TOPIC), Track(PRIVP, TOPIC, "k", {"a": 1}), reply(OK, "4")]
+    assert effects == [Subscribe(PRIVP, TOPIC), track(PRIVP, "k", {"a": 1}, "4")]
 
 
 def test_untrack_needs_no_write_check() -> None:
@@ -415,7 +422,7 @@ def test_private_topic_presence_uses_its_own_stream_and_teardown_releases_both()
     s = joined({BROADCAST_READ: True, PRESENCE_READ: True}, presence={"enabled": True, "key": "k"})
     s.receive(presence(payload={"p": 1}), T0)
     assert s.authorized(TOPIC, "1", "write", granted(presence_write=True), T0) == [
-        Track(PRIVP, TOPIC, "k", {"p": 1}), reply(OK, "4")]
+        track(PRIVP, "k", {"p": 1}, "4")]
     assert s.closed() == [Unsubscribe(PRIV, TOPIC), Unsubscribe(PRIVP, TOPIC), Untrack(PRIVP, TOPIC)]
 
 
@@ -479,7 +486,7 @@ def test_tenant_presence_rate_shuts_the_channel_down() -> None:
     s.receive(Message(TOPIC, "phx_join", {"config": {"presence": {"key": "k"}}}, ref="1", join_ref="1"), T0)
     for i in range(5):
         assert s.receive(presence(ref=str(i), payload={"i": i}), T0) == [
-            Track("pub:room1", TOPIC, "k", {"i": i}), reply(OK, str(i))]
+            track("pub:room1", "k", {"i": i}, str(i))]
     effects = s.receive(presence(ref="9", payload={"i": 9}), T0)
     assert effects == shutdown("Too many presence messages per second",
                                Unsubscribe("pub:room1", TOPIC), Untrack("pub:room1", TOPIC))

@@ -159,6 +159,16 @@ class PresencePayloadNotMap(PeerError):
     where: ClassVar[Places] = (PUSH_REPLY,)
 
 
+class PresenceStateTooLarge(PeerError):
+    """A presence ``track`` that would make its topic's presence state (every member's meta,
+    on every node) larger than ``REALTIME_MAX_PRESENCE_STATE_BYTES``: nothing is tracked, the
+    channel's earlier presence (if any) stays, and the channel stays joined."""
+
+    code = ""
+    message = "presence state of this topic would exceed its size limit"
+    where: ClassVar[Places] = (PUSH_REPLY,)
+
+
 class ChannelShutdown(PeerError):
     """Base of the limits that shut a channel down (system message, then ``phx_close``); the
     socket stays open.  Supabase sends no code with these: ``code`` names them in logs only."""
@@ -244,4 +254,4 @@ class PayloadTooDeep(DecodeError):
         self.ref = ref
         self.join_ref = join_ref
 
-__all__ = ["JoinError", "TopicNameRequired", "ConnectionRateLimitReached", "ClientJoinRateLimitReached", "ChannelRateLimitReached", "PrivateOnly", "Unauthorized", "PermissionLost", "UnableToReplayMessages", "ReplayNotAllowed", "ReplayParamsInvalid", "UnableToConnectToProject", "ReplicationNotReady", "AuthzUnavailable", "UnmatchedTopic", "PayloadSizeExceeded", "PresencePayloadNotMap", "ChannelShutdown", "MessageRateLimitReached", "ClientPresenceRateLimitReached", "PresenceRateLimitReached", "TrackMessageSizeExceeded", "FunctionDenied", "FunctionUnavailable", "DecodeError", "PayloadTooDeep"]
+__all__ = ["JoinError", "TopicNameRequired", "ConnectionRateLimitReached", "ClientJoinRateLimitReached", "ChannelRateLimitReached", "PrivateOnly", "Unauthorized", "PermissionLost", "UnableToReplayMessages", "ReplayNotAllowed", "ReplayParamsInvalid", "UnableToConnectToProject", "ReplicationNotReady", "AuthzUnavailable", "UnmatchedTopic", "PayloadSizeExceeded", "PresencePayloadNotMap", "PresenceStateTooLarge", "ChannelShutdown", "MessageRateLimitReached", "ClientPresenceRateLimitReached", "PresenceRateLimitReached", "TrackMessageSizeExceeded", "FunctionDenied", "FunctionUnavailable", "DecodeError", "PayloadTooDeep"]

@@ -51,10 +51,15 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class Track:
+    """Track this channel's presence, then send ``accepted`` — or ``refused`` (nothing tracked)
+    when the topic's presence state would grow past its bound."""
+
     stream: StreamKey
     topic: str
     key: str
     payload: Mapping[str, Any]
+    accepted: Message
+    refused: Message
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,9 @@
 ``PresenceDiff.payload`` build the ``presence_state`` / ``presence_diff`` wire payloads (§5.2).
 
 Metas are never mutated once built: a diff, a state payload and the store may share them safely.
+
+Each topic also keeps the encoded size of its state (``size``): a track that would take it past
+a bound is refused by the node before it is made (``REALTIME_MAX_PRESENCE_STATE_BYTES``).
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+import orjson
+
 __all__ = [
     "Owner",
     "PresenceDiff",
     "RefGenerator",
     "TopicPresence",
+    "entry_size",
     "merge_diffs",
 ]
 
@@ -30,6 +36,13 @@ Metas: TypeAlias = Mapping[str, tuple[Meta, ...]]
 #: Fields the server sets on a meta; they win over same-named payload fields (§5.2).
 _REF = "phx_ref"
 _REF_PREV = "phx_ref_prev"
+#: ``{"<key>":{"metas":[{"phx_ref":"…","phx_ref_prev":"…", …}]}`` around a payload, in bytes
+_META_OVERHEAD = 96
+
+
+def entry_size(key: str, payload: Mapping[str, Any]) -> int:
+    """Bytes one member adds to its topic's ``presence_state`` (close to, not below, the wire size)."""
+    return len(key.encode()) + len(orjson.dumps(payload)) + _META_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +81,25 @@ class _Entry:
     key: str
     payload: dict[str, Any]  # the caller's payload as tracked, for the identical-payload check
     meta: Meta
+    size: int
 
 
 class TopicPresence:
     """Presence state of one topic stream: at most one tracked meta per owner (§5.1)."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "size")
 
     def __init__(self) -> None:
         # Insertion order is tracking order; a re-track moves the owner to the end, which is
         # where clients append the new meta when they apply the diff (§5.4).
         self._entries: dict[Owner, _Entry] = {}
+        #: sum of the members' ``entry_size``
+        self.size = 0
+
+    def size_with(self, owner: Owner, added: int) -> int:
+        """The state's size if ``owner`` tracked a payload of ``added`` bytes (``entry_size``)."""
+        old = self._entries.get(owner)
+        return self.size - (old.size if old is not None else 0) + added
 
     def track(
         self, owner: Owner, key: str, payload: Mapping[str, Any], phx_ref: str
@@ -90,10 +111,13 @@ class TopicPresence:
         # An update carries phx_ref_prev (§5.2); a key change is a leave plus a fresh join,
         # since phx_ref_prev only makes sense for a meta replaced under the same key.
         prev = old.meta[_REF] if old is not None and old.key == key else None
-        entry = _Entry(key=key, payload=dict(payload), meta=_make_meta(payload, phx_ref, prev))
+        entry = _Entry(key=key, payload=dict(payload), meta=_make_meta(payload, phx_ref, prev),
+                       size=entry_size(key, payload))
         if old is not None:
             del self._entries[owner]
+            self.size -= old.size
         self._entries[owner] = entry
+        self.size += entry.size
         joins = {key: (entry.meta,)}
         leaves = {old.key: (old.meta,)} if old is not None else {}
         return PresenceDiff(joins=joins, leaves=leaves)
@@ -103,6 +127,7 @@ class TopicPresence:
         old = self._entries.pop(owner, None)
         if old is None:
             return None
+        self.size -= old.size
         return PresenceDiff(joins={}, leaves={old.key: (old.meta,)})
 
     def remove_owners(self, pred: Callable[[Owner], bool]) -> PresenceDiff | None:
@@ -111,6 +136,7 @@ class TopicPresence:
         if not gone:
             return None
         removed = [self._entries.pop(owner) for owner in gone]
+        self.size -= sum(e.size for e in removed)
         return PresenceDiff(joins={}, leaves=_group((e.key, e.meta) for e in removed))
 
     def state_payload(self) -> dict[str, Any]:

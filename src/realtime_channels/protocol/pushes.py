@@ -96,10 +96,9 @@ def presence(self: Session, ch: Channel, msg: Message, now: float, size: int) ->
             return self._shutdown(ch, errors.PresenceRateLimitReached())
         self.limits.presence.add(now)
     ch.tracked = True
-    return [
-        Track(ch.presence_stream, ch.topic, ch.presence_key, payload),
-        Send(reply(msg, ok_payload(), ch.join_ref)),
-    ]
+    refused = reply(msg, error_payload(errors.PresenceStateTooLarge().response), ch.join_ref)
+    return [Track(ch.presence_stream, ch.topic, ch.presence_key, payload, reply(msg, ok_payload(), ch.join_ref),
+                  refused)]
 
 # token refresh ---------------------------------------------------------------------------
 

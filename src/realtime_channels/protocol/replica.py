@@ -153,6 +153,12 @@ class PresenceReplica:
         self.version += 1
         return TrackOp(stream, (self.node_id, *_parts(local_owner)), key, dict(payload), ref, self.version)
 
+    def size_with(self, stream: StreamKey, local_owner: Hashable, added: int) -> int:
+        """The stream's presence state size (``TopicPresence.size``) if our ``local_owner``
+        tracked ``added`` bytes; every node's members count."""
+        state = self.topics.get(stream)
+        return added if state is None else state.size_with((self.node_id, *_parts(local_owner)), added)
+
     def untrack_op(self, stream: StreamKey, local_owner: Hashable) -> UntrackOp | None:
         owner = (self.node_id, *_parts(local_owner))
         state = self.topics.get(stream)

@@ -162,9 +162,12 @@ def _unsubscribe(conn: Conn, e: s.Unsubscribe) -> None:
 
 @handles(s.Track)
 def _track(conn: Conn, e: s.Track) -> None:
-    conn.node.track(e.stream, (conn.conn_id, e.topic), e.key, e.payload)
+    if not conn.node.track(e.stream, (conn.conn_id, e.topic), e.key, e.payload):
+        conn.send(e.refused)
+        return
     if conn.node.functions is not None:
         observe(conn, "presence.join", e.topic, e.key, dict(e.payload))
+    conn.send(e.accepted)
 
 
 @handles(s.Untrack)

@@ -4,7 +4,8 @@ Frames leave through ``Connection.write``: pre-built RFC 6455 frames written str
 socket's transport, with no await and no per-subscriber encoding (design.md §3).  The
 transport's buffer is the connection's outbox, bounded by ``outbox_max_bytes``: a consumer that
 falls further behind is closed with code 1008 ("slow consumer") and dropped — it never blocks
-fan-out and never grows memory without bound.  Every close (idle, join-rate offender, slow
+fan-out and never grows memory without bound.  One frame larger than the cap (a big
+``presence_state``) is let in when no more than the cap is queued before it.  Every close (idle, join-rate offender, slow
 consumer, drain) goes through ``Connection.close``.
 """
 
@@ -52,7 +53,7 @@ def close_reason(ws: web.WebSocketResponse) -> str | None:
 class Connection:
     """One WebSocket: owns its Session, hands its effects to ``effects.run``, writes frames."""
 
-    __slots__ = ("backlog", "claims", "close_due", "close_task", "closing", "conn_id", "headers",
+    __slots__ = ("allowance", "backlog", "claims", "close_due", "close_task", "closing", "conn_id", "headers",
                  "joined", "last_rx", "loop", "session", "state", "timer", "timer_at", "transport",
                  "vsn", "ws")
 
@@ -80,6 +81,8 @@ class Connection:
         self.backlog: list[list[s.Effect]] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = float("inf")
+        #: how far the outbox may exceed the cap: the size of the last frame let in over it
+        self.allowance = 0
 
     @property
     def node(self) -> Node:
@@ -96,7 +99,15 @@ class Connection:
             self.closing = True
             return
         transport.write(frame)
-        if transport.get_write_buffer_size() > self.state.settings.outbox_max_bytes:
+        cap = self.state.settings.outbox_max_bytes
+        unsent = transport.get_write_buffer_size()
+        if unsent > cap + self.allowance:
+            if unsent - len(frame) <= cap:
+                # one frame larger than the cap (a big presence_state) queued behind no more
+                # than the cap: a reader that keeps up gets it; the outbox stays bounded by
+                # the cap plus this frame
+                self.allowance = len(frame)
+                return
             log.warning("closing slow consumer conn=%s (outbox over %d bytes)",
                         self.conn_id, self.state.settings.outbox_max_bytes)
             self.close(*close_frame_of(errors.SlowConsumer), abort_after=SLOW_CONSUMER_GRACE_S)
