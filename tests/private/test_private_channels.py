@@ -379,3 +379,38 @@ async def test_rest_batch_drops_unauthorized_private_messages_silently(pdb: Priv
         assert first.value == r.wire(None, None, topic, "broadcast", {
             "payload": {"n": 3}, "event": "legit", "type": "broadcast", "meta": {"id": msg_id}})
         await assert_no_broadcast(pub, topic)
+
+
+@pytest.mark.parametrize("vsn", VSNS)
+async def test_a_join_superseded_while_its_check_runs_is_closed_and_its_queued_push_is_kept(pdb: PrivateDb, vsn: str) -> None:
+    """§2.5 for a private join still waiting for its policy check: the second join is answered,
+    the first gets its ``phx_close`` right after, and an acked broadcast sent between them is
+    processed by the second join — acked and delivered, never dropped."""
+    import psycopg
+
+    user = new_user()
+    sub = private_topic()
+    topic = full(sub)
+    pdb.grant(user, sub, (BROADCAST, READ), (BROADCAST, WRITE))
+    acked = private(broadcast={"ack": True, "self": True})
+    token = pdb.token(user)
+    # Holding a lock on the table the policies read keeps every check of the two joins waiting
+    # until the frames below have all been handled by the server.
+    with psycopg.connect(pdb.dsn) as lock:
+        lock.execute("lock table public.rc_members in access exclusive mode")
+        async with open_client(pdb.server, vsn) as c:
+            await c.send_msg(topic, "phx_join", {"config": acked, "access_token": token}, "1", "1")
+            await c.broadcast(topic, "queued", {"n": 1}, ref="2", join_ref="1")
+            await c.send_msg(topic, "phx_join", {"config": acked, "access_token": token}, "3", "3")
+            await c.barrier()  # the server has read all three frames, its checks still wait
+            lock.commit()
+            second = await c.expect(reply_to("3", topic))
+            assert second.value == c.wire("3", "3", topic, "phx_reply", JOIN_OK)
+            closed = await c.expect(event_is("phx_close", topic))
+            assert closed.value == c.wire("1", "1", topic, "phx_close", {})
+            ack = await c.expect(reply_to("2", topic))
+            assert ack.value == c.wire("3", "2", topic, "phx_reply", OK)
+            delivered = await c.expect(is_broadcast(topic))
+            assert delivered.value == c.wire(None, None, topic, "broadcast", bpayload("queued", {"n": 1}))
+            await c.assert_nothing_pending(reply_to("1"))  # the superseded join has no other answer
+            assert c.position(second) < c.position(closed)

@@ -219,6 +219,51 @@ def test_answer_for_a_left_or_superseded_join_is_ignored() -> None:
     assert s.authorized(TOPIC, "5", "join", granted(broadcast_read=True), T0)[0] == join_ok("5")
 
 
+def close_of(join_ref: str) -> Send:
+    return Send(Message(TOPIC, "phx_close", {}, ref=join_ref, join_ref=join_ref))
+
+
+def test_a_superseded_pending_join_is_closed_after_the_new_reply_and_its_pushes_move_to_the_new_join() -> None:
+    s = session()
+    s.receive(join("1", broadcast={"ack": True}), T0)
+    assert s.receive(bcast("3"), T0) == []  # acked broadcast queued behind the pending join
+    effects = s.receive(join("5", broadcast={"ack": True}), T0)
+    assert effects == [Authorize(TOPIC, "5", "join", SUB, claims(), (BROADCAST_READ,), None)]
+    assert s.authorized(TOPIC, "1", "join", granted(broadcast_read=True), T0) == []  # superseded
+    effects = s.authorized(TOPIC, "5", "join", granted(broadcast_read=True), T0)
+    write_check = Authorize(TOPIC, "5", "write", SUB, claims(), (BROADCAST_WRITE,))
+    assert effects == [join_ok("5"), Subscribe(PRIV, TOPIC), close_of("1"), write_check]
+    effects = s.authorized(TOPIC, "5", "write", granted(broadcast_write=True), T0)
+    assert effects == [Publish(PRIV, Broadcast(TOPIC, payload=PAYLOAD), TOPIC), reply(OK, "3", "5")]
+
+
+def test_superseding_a_pending_rejoin_closes_both_joins_it_replaced() -> None:
+    s = joined({BROADCAST_READ: True})
+    s.receive(join("5"), T0)  # replaces the open channel "1", waits for its check
+    s.receive(join("7"), T0)  # replaces the pending "5"
+    effects = s.authorized(TOPIC, "7", "join", granted(broadcast_read=True), T0)
+    assert effects == [join_ok("7"), Subscribe(PRIV, TOPIC), close_of("1"), close_of("5")]
+
+
+def test_a_refused_new_join_closes_the_superseded_one_and_answers_its_pushes() -> None:
+    s = session()
+    s.receive(join("1"), T0)
+    s.receive(bcast("3"), T0)
+    s.receive(join("6"), T0)
+    refused = s.authorized(TOPIC, "6", "join", granted(broadcast_read=False), T0)
+    assert refused == [close_of("1"), join_refused(UNAUTHORIZED, "6"),
+                       reply({"status": "error", "response": {"reason": "unmatched topic"}}, "3", None)]
+
+
+def test_leaving_a_pending_join_answers_its_queued_pushes() -> None:
+    s = session()
+    s.receive(join("1"), T0)
+    s.receive(bcast("3"), T0)
+    leave = Message(TOPIC, "phx_leave", {}, ref="4", join_ref="1")
+    assert s.receive(leave, T0) == [reply(OK, "4", "1"), close_of("1"),
+                                    reply({"status": "error", "response": {"reason": "unmatched topic"}}, "3", None)]
+
+
 def test_queued_pushes_are_processed_in_order_after_the_answers() -> None:
     s = session()
     s.receive(join(broadcast={"ack": True}), T0)

@@ -48,7 +48,7 @@ def gated(self: Session, topic: str, join_ref: str | None, purpose: str, verdict
         del self.joining[topic]
         if verdict.allow:
             return self._admit(ch, now)
-        effects: list[Effect] = [Send(phx_close(ch.replaces))] if ch.replaces is not None else []
+        effects: list[Effect] = [Send(phx_close(old)) for old in ch.replaces]
         reason = verdict.reason or errors.JoinDenied().message
         effects.append(Send(reply(join_message(ch), error_payload({"reason": reason}), ch.join_ref)))
         return effects + [Send(unmatched(m)) for m, _ in ch.queue]

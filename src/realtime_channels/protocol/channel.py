@@ -59,8 +59,9 @@ class Channel:
     pending: set[str] = field(default_factory=set)
     #: pushes waiting for an authorization answer, in arrival order
     queue: list[tuple[Message | BinaryBroadcastPush, int]] = field(default_factory=list)
-    #: the channel this join replaced (§2.5), closed right after this join's reply
-    replaces: Channel | None = None
+    #: the channels this join replaced (§2.5) — an open one, or a join still waiting for its
+    #: checks and whatever that one replaced — each closed right after this join's reply
+    replaces: tuple[Channel, ...] = ()
     #: the ``ref`` of the phx_join this channel answers
     join_msg_ref: str | None = None
 

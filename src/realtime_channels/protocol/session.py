@@ -179,15 +179,23 @@ class Session:
         if not msg.topic.startswith(TOPIC_PREFIX):
             return [Send(unmatched(msg))]  # §2.4
         effects: list[Effect] = []
+        replaced: tuple[Channel, ...] = ()
+        queued: list[tuple[Message | BinaryBroadcastPush, int]] = []
         old = self.channels.pop(msg.topic, None)
         if old is not None:  # §2.5 duplicate join: stop the old channel first
             effects += self._teardown(old)
-        self.joining.pop(msg.topic, None)  # a join still being authorized is superseded
+            replaced = (old,)
+        superseded = self.joining.pop(msg.topic, None)
+        if superseded is not None:
+            # a join still waiting for its checks is replaced like an open channel (§2.5); the
+            # pushes queued behind it wait for the new join instead
+            replaced = (*superseded.replaces, superseded)
+            queued, superseded.queue = superseded.queue, []
         try:
             ch = self._open_channel(msg, now)
         except errors.RealtimeError as err:
-            return effects + self._join_error(msg, err, old)
-        ch.replaces = old
+            return effects + self._join_error(msg, err, replaced) + [Send(unmatched(m)) for m, _ in queued]
+        ch.replaces, ch.queue = replaced, queued
         if self.gates is not None and self.gates("authorize_join", ch.sub_topic, None):
             self.joining[msg.topic] = ch  # pushes for the topic wait behind the gates' answer
             ch.pending.add(GATE)
@@ -206,10 +214,8 @@ class Session:
             return [Authorize(ch.topic, ch.join_ref, "join", ch.sub_topic, ch.claims, checks, ch.replay)]
         return self._activate(ch, (), now)
 
-    def _join_error(self, msg: Message, err: errors.RealtimeError, old: Channel | None) -> list[Effect]:
-        effects: list[Effect] = []
-        if old is not None:
-            effects.append(Send(phx_close(old)))
+    def _join_error(self, msg: Message, err: errors.RealtimeError, replaced: tuple[Channel, ...]) -> list[Effect]:
+        effects: list[Effect] = [Send(phx_close(old)) for old in replaced]
         # §3.3: every join error is delayed to slow retry storms
         delay = self.config.join_error_delay_s
         effects.append(Send(reply(msg, error_payload(err.response), msg.join_ref), delay))
@@ -280,9 +286,8 @@ class Session:
             self.counted = True
         effects: list[Effect] = [Send(ch.join_reply(ok_payload({"postgres_changes": list(ch.bindings)})))]
         effects += self._subscriptions(ch, frozenset(m.id for m in replayed))
-        if ch.replaces is not None:
-            effects.append(Send(phx_close(ch.replaces)))  # right after the new join's reply (§2.5)
-            ch.replaces = None
+        effects += [Send(phx_close(old)) for old in ch.replaces]  # right after the new join's reply (§2.5)
+        ch.replaces = ()
         effects += replay_effects(ch, replayed)
         if self._presence_enabled(ch) and ch.can(PRESENCE_READ):
             if self.limits is not None:
@@ -316,7 +321,9 @@ class Session:
         joining = self.joining.get(msg.topic)
         if joining is not None and (msg.join_ref is None or msg.join_ref == joining.join_ref):
             del self.joining[msg.topic]  # the pending join is abandoned; its answer is ignored
-            return [Send(reply(msg, ok_payload(), joining.join_ref)), Send(phx_close(joining))]
+            effects: list[Effect] = [Send(reply(msg, ok_payload(), joining.join_ref))]
+            effects += [Send(phx_close(c)) for c in (*joining.replaces, joining)]
+            return effects + [Send(unmatched(m)) for m, _ in joining.queue]  # pushes it never ran
         ch = self.channels.get(msg.topic)
         stale = ch is not None and msg.join_ref is not None and msg.join_ref != ch.join_ref
         if ch is None or stale:
