@@ -65,8 +65,12 @@ def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def loads(data: str | bytes | bytearray | memoryview) -> Any:
-    """Parse untrusted JSON; raise :class:`JsonError` for invalid or too deeply nested input."""
+def loads(data: str | bytes | bytearray | memoryview, *, max_depth: int | None = MAX_DEPTH) -> Any:
+    """Parse untrusted JSON; raise :class:`JsonError` for invalid or too deeply nested input.
+
+    ``max_depth=None`` is for JSON this server wrote itself (what nodes send each other): it
+    wraps accepted payloads in a few more levels, and orjson bounded its nesting when it wrote it.
+    """
     raw = bytes(data) if isinstance(data, bytearray | memoryview) else data
     try:
         value = orjson.loads(raw)
@@ -80,8 +84,8 @@ def loads(data: str | bytes | bytearray | memoryview) -> Any:
     else:
         brackets = raw.count(b"{") + raw.count(b"[")
         long_digits = _LONG_DIGITS_BYTES.search(raw) is not None
-    if brackets > MAX_DEPTH and depth_exceeds(value):
-        raise JsonError(f"JSON nested more than {MAX_DEPTH} levels deep", too_deep=True, value=value)
+    if max_depth is not None and brackets > max_depth and depth_exceeds(value, max_depth):
+        raise JsonError(f"JSON nested more than {max_depth} levels deep", too_deep=True, value=value)
     if long_digits:
         value = json.loads(raw, parse_int=_exact_int)
     return value
