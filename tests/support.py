@@ -1,9 +1,11 @@
 """Test support shared by every test directory: start a real ``realtime-channels serve``
-subprocess or a private ``redis-server`` on a free port, mint JWTs.  (A plain module, so tests import it by name; pytest
+subprocess or a private ``redis-server`` on a free port, mint JWTs, read a server's memory and
+metrics, poll a condition with a deadline.  (A plain module, so tests import it by name; pytest
 loads every ``conftest.py`` under the same module name.)"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -14,8 +16,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 
@@ -23,6 +26,8 @@ import jwt
 TEST_SECRET = "test-secret-with-at-least-32-characters-long!"
 
 REDIS_START_TIMEOUT_S = 10.0
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -65,6 +70,21 @@ class ServerProc:
     @property
     def service_key(self) -> str:
         return make_token("service_role", secret=self.secret)
+
+    def rss_bytes(self) -> int:
+        """The server process's resident memory (``VmRSS`` in /proc/<pid>/status)."""
+        with open(f"/proc/{self.proc.pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError(f"no VmRSS for pid {self.proc.pid} (has the server exited?)")
+
+    def metrics(self) -> dict[str, float]:
+        """``GET /metrics`` (Prometheus text) as ``{name: value}``."""
+        with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=2) as r:
+            lines = r.read().decode().splitlines()
+        return {name: float(value) for name, value in
+                (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
 
     def log(self) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
@@ -122,6 +142,35 @@ def start_server(tmp_dir: str, **env_overrides: str) -> ServerProc:
             server.stop()
             raise RuntimeError(f"server did not become healthy:\n{server.log()}")
         time.sleep(0.05)  # polling a condition (health), bounded by the deadline
+
+
+async def wait_until(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll ``check`` (a cheap, synchronous condition) until it returns a value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while True:
+        try:
+            result = check()
+        except (OSError, ValueError) as exc:  # a node briefly not answering /health
+            result, last = None, exc
+        if result is not None and result is not False:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
+        await asyncio.sleep(0.05)  # poll interval of a condition bounded by the deadline
+
+
+async def wait_async(check: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result is not None and result is not False:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 def _redis_ping(port: int) -> bool:

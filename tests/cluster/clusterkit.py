@@ -1,5 +1,6 @@
-"""Helpers for the cluster tests: a cluster of server processes on one private ``redis-server``,
-and conditions polled with a deadline.  A plain module (``from clusterkit import ...``); the
+"""Helpers for the cluster tests: a cluster of server processes on one private ``redis-server``
+(the conditions polled with a deadline, ``wait_until``/``wait_async``, come from ``support``
+and are re-exported here).  A plain module (``from clusterkit import ...``); the
 fixtures built on it live in this directory's ``conftest.py``, which puts it on ``sys.path``.
 
 Each server process is one node (its own random node id); nodes only share the Redis URL.
@@ -7,18 +8,16 @@ Each server process is one node (its own random node id); nodes only share the R
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from support import RedisServer, ServerProc, start_server
+from support import RedisServer, ServerProc, start_server, wait_async, wait_until
 
-T = TypeVar("T")
+__all__ = ["CONVERGE_S", "Cluster", "assert_no_traceback", "health", "wait_async", "wait_nodes_sync", "wait_until"]
 
 #: what a node needs to see every other node: one heartbeat period (2 s) plus slack
 CONVERGE_S = 8.0
@@ -33,35 +32,6 @@ def health(node: ServerProc) -> dict[str, Any]:
 def assert_no_traceback(node: ServerProc) -> None:
     log = node.log()
     assert "Traceback" not in log, f"node on port {node.port} logged a traceback:\n{log[-4000:]}"
-
-
-async def wait_until(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll ``check`` (a cheap, synchronous condition) until it returns a value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while True:
-        try:
-            result = check()
-        except (OSError, ValueError) as exc:  # a node briefly not answering /health
-            result, last = None, exc
-        if result is not None and result is not False:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
-        await asyncio.sleep(0.05)  # poll interval of a condition bounded by the deadline
-
-
-async def wait_async(check: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result is not None and result is not False:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def wait_nodes_sync(nodes: list[ServerProc], count: int, timeout: float = CONVERGE_S) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
+from realtime_channels.protocol import jsonexact
 from realtime_channels.protocol.codec import Broadcast
 from realtime_channels.pubsub import Envelope
 from realtime_channels.pubsub.wire import (
@@ -51,6 +53,23 @@ ENVELOPES = {
 def test_envelope_round_trips_unchanged(name: str) -> None:
     env = ENVELOPES[name]
     assert roundtrip(env) == env
+
+
+def test_integers_beyond_64_bits_and_the_deepest_accepted_payload_cross_nodes_verbatim() -> None:
+    """A presence payload as a client sent it (big integers as exact-digit fragments, nested as
+    deep as a frame may be) comes back with the same digits, even wrapped in a state answer's
+    extra levels, and can be written again."""
+    big = jsonexact.loads('{"n":18446744073709551616,"neg":-123456789012345678901234567890,"ok":1}')
+    deepest = jsonexact.loads("[" * jsonexact.MAX_DEPTH + "]" * jsonexact.MAX_DEPTH)
+    control = {"op": "state", "entries": [["pub:room", ["node", 1, "t"], "k", {"p": big, "d": deepest}]]}
+    env = Envelope("__cluster", "n", control=control,
+                   broadcast=Broadcast("realtime:room", payload={"payload": big}, meta={"id": big}))
+    got = roundtrip(env)
+    assert got.control is not None and got.broadcast is not None
+    assert orjson.dumps(got.control) == orjson.dumps(control)
+    assert orjson.dumps(got.broadcast.payload) == b'{"payload":' + orjson.dumps(big) + b"}"
+    assert orjson.dumps(got.broadcast.meta) == b'{"id":' + orjson.dumps(big) + b"}"
+    assert b"18446744073709551616" in orjson.dumps(big)
 
 
 def test_payload_none_and_event_none_stay_none() -> None:

@@ -15,7 +15,8 @@ back (see ``redis.py``) by reading only the fixed-size header.
 ``exclude`` is whatever the node passes (``(conn_id, topic)``, a probe id, ``None``), so it is
 written with a small tagged encoding that keeps tuples as tuples: the origin node compares the
 decoded value with ``==`` (pubsub/__init__.py), so ``(7, "t")`` must not come back as a list.
-Payloads are JSON values (protocol.md §4.2) and round-trip through orjson; ``Broadcast.data``
+Payloads are JSON values (protocol.md §4.2) and round-trip through orjson, integers beyond 64
+bits included (read back as the exact digits, ``jsonexact``, never as floats); ``Broadcast.data``
 is carried byte-exact whatever it holds.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from ..protocol import jsonexact
 from ..protocol.codec import Broadcast
 from ..protocol.keys import StreamKey
 from . import Envelope
@@ -156,17 +158,22 @@ def decode_envelope(data: bytes) -> Envelope:
         broadcast: Broadcast | None = None
         if flags & _BROADCAST:
             topic = r.text()
-            payload = orjson.loads(r.blob()) if flags & _PAYLOAD else None
+            payload = _json(r.blob()) if flags & _PAYLOAD else None
             event = r.text() if flags & _EVENT else None
             body = r.blob()
-            meta = orjson.loads(r.blob()) if flags & _META else None
+            meta = _json(r.blob()) if flags & _META else None
             broadcast = Broadcast(topic, payload, event, body, bool(flags & _BINARY), meta)
-        control = orjson.loads(r.blob()) if flags & _CONTROL else None
-    except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError, ValueError) as exc:
+        control = _json(r.blob()) if flags & _CONTROL else None
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
         raise WireError(f"malformed envelope: {exc}") from exc
     if r.pos != len(data):
         raise WireError("trailing bytes after envelope")
     return Envelope(StreamKey(stream), origin, broadcast=broadcast, control=control, exclude=exclude)
+
+
+def _json(data: bytes) -> Any:
+    """JSON another node wrote: exact integers, and no nesting limit beyond the writer's."""
+    return jsonexact.loads(data, max_depth=None)
 
 
 class _Reader:
