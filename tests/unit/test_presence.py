@@ -374,3 +374,12 @@ def test_state_size_follows_tracks_retracks_and_leaves_and_bounds_the_wire_size(
     assert p.size == entry_size("k2", {"blob": "é" * 500})
     p.remove_owners(lambda owner: owner == "b")
     assert p.size == 0 and p.size_with("c", 10) == 10
+
+
+def test_retrack_of_an_identical_payload_with_integers_beyond_64_bits_changes_nothing() -> None:
+    import orjson
+
+    p = TopicPresence()
+    p.track(A, "k", {"n": orjson.Fragment(b"18446744073709551616")}, "r1")
+    assert p.track(A, "k", {"n": orjson.Fragment(b"18446744073709551616")}, "r2") is None
+    assert p.track(A, "k", {"n": orjson.Fragment(b"18446744073709551617")}, "r3") is not None

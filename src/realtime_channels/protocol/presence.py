@@ -188,6 +188,8 @@ def _make_meta(payload: Mapping[str, Any], phx_ref: str, prev: str | None) -> Me
 def _same_json(a: Any, b: Any) -> bool:
     """JSON-value equality. Plain ``==`` would call ``True`` equal to ``1`` and ``1`` equal to
     ``1.0``, suppressing a re-track whose payload clients would see as different (item 77)."""
+    if isinstance(a, orjson.Fragment) or isinstance(b, orjson.Fragment):  # integers beyond 64 bits
+        return type(a) is type(b) and orjson.dumps(a) == orjson.dumps(b)
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, int | float) or isinstance(b, int | float):
