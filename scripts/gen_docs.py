@@ -64,6 +64,12 @@ MEANINGS: dict[str, str] = {
     "max_frame_bytes": "a larger inbound frame closes the socket (1009); also the REST body limit",
     "outbox_max_bytes": "a socket with more unsent bytes than this is a slow consumer: closed with 1008 `slow consumer` "
                         "(one frame larger than this, queued behind less, is let through: a big `presence_state`)",
+    "max_connections_per_address": "open WebSockets one client address may hold on one server process (each worker "
+                                   "of `--workers` counts its own); one more is refused with 429 "
+                                   "`Too many connections from this client address`; 0: no cap",
+    "client_address_header": "take the client address for `REALTIME_MAX_CONNECTIONS_PER_ADDRESS` from the last "
+                             "entry of this header (e.g. `X-Forwarded-For` behind a proxy that appends to it); "
+                             "set it only behind such a proxy, since clients can send the header themselves",
     "max_presence_state_bytes": "a presence `track` that would make its topic's `presence_state` larger than this "
                                 "is refused with an error reply; nothing is tracked and the channel stays",
     "max_payload_size_in_kb": "broadcast and presence payload limit: this × 1000 + 500 bytes",

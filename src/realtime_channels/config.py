@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     max_bytes_per_second: int = Field(100_000, gt=0)
     presence_enabled: bool = False
     private_only: bool = False
+    #: open sockets one client address may hold on one server process; 0 = no cap (ours)
+    max_connections_per_address: int = Field(0, ge=0)
+    #: a header the proxy in front sets to the client's address (e.g. X-Forwarded-For; its last
+    #: entry is used); unset: the TCP peer address
+    client_address_header: str | None = None
 
     # private channels, database broadcast and replay (protocol.md §4.7, §4.8, §7.3)
     messages_publication: str = Field("supabase_realtime_messages_publication", pattern=r"^[a-z_][a-z0-9_]{0,62}$")

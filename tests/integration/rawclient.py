@@ -457,6 +457,10 @@ def _params(server: Any, vsn: str | None, apikey: Any, params: Mapping[str, str]
     return out
 
 
+def _source(address: str | None) -> dict[str, Any]:
+    return {} if address is None else {"local_addr": (address, 0)}
+
+
 @asynccontextmanager
 async def open_client(
     server: Any,
@@ -466,11 +470,14 @@ async def open_client(
     apikey: Any = _ANON,
     params: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
+    source: str | None = None,
 ) -> AsyncIterator[RawClient]:
-    """Connect (apikey defaults to the server's anon key) and yield a RawClient."""
+    """Connect (apikey defaults to the server's anon key) and yield a RawClient; ``source``
+    is a local address to connect from (e.g. ``127.0.0.2``)."""
     url = ws_url(server, path, _params(server, vsn, apikey, params))
     ws = await connect(
         url,
+        **_source(source),
         additional_headers=dict(headers or {}),
         compression=None,
         max_size=None,
@@ -508,11 +515,13 @@ async def refused_handshake(
     apikey: Any = _ANON,
     params: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
+    source: str | None = None,
 ) -> Refusal:
     """Attempt an upgrade that must be refused; return the plain HTTP response (§1.4)."""
     url = ws_url(server, path, _params(server, vsn, apikey, params))
     try:
-        ws = await connect(url, additional_headers=dict(headers or {}), compression=None, open_timeout=10)
+        ws = await connect(url, **_source(source), additional_headers=dict(headers or {}), compression=None,
+                           open_timeout=10)
     except InvalidStatus as exc:
         resp = exc.response
         return Refusal(resp.status_code, resp.headers.get("Content-Type"), resp.body)

@@ -33,6 +33,14 @@ class ConnectionRateLimitReached(JoinError):
     where: ClassVar[Places] = (HANDSHAKE, JOIN_REPLY)
 
 
+class AddressConnectionLimitReached(ConnectionRateLimitReached):
+    """One client address holds ``REALTIME_MAX_CONNECTIONS_PER_ADDRESS`` open sockets on this
+    server process already (opt-in; off by default): the upgrade is refused with 429."""
+
+    message = "Too many connections from this client address"
+    where: ClassVar[Places] = (HANDSHAKE,)
+
+
 class ClientJoinRateLimitReached(JoinError):
     """The tenant's join rate is exceeded (``REALTIME_MAX_JOINS_PER_SECOND``); after the join
     reply the socket is closed."""
@@ -254,4 +262,4 @@ class PayloadTooDeep(DecodeError):
         self.ref = ref
         self.join_ref = join_ref
 
-__all__ = ["JoinError", "TopicNameRequired", "ConnectionRateLimitReached", "ClientJoinRateLimitReached", "ChannelRateLimitReached", "PrivateOnly", "Unauthorized", "PermissionLost", "UnableToReplayMessages", "ReplayNotAllowed", "ReplayParamsInvalid", "UnableToConnectToProject", "ReplicationNotReady", "AuthzUnavailable", "UnmatchedTopic", "PayloadSizeExceeded", "PresencePayloadNotMap", "PresenceStateTooLarge", "ChannelShutdown", "MessageRateLimitReached", "ClientPresenceRateLimitReached", "PresenceRateLimitReached", "TrackMessageSizeExceeded", "FunctionDenied", "FunctionUnavailable", "DecodeError", "PayloadTooDeep"]
+__all__ = ["JoinError", "TopicNameRequired", "ConnectionRateLimitReached", "AddressConnectionLimitReached", "ClientJoinRateLimitReached", "ChannelRateLimitReached", "PrivateOnly", "Unauthorized", "PermissionLost", "UnableToReplayMessages", "ReplayNotAllowed", "ReplayParamsInvalid", "UnableToConnectToProject", "ReplicationNotReady", "AuthzUnavailable", "UnmatchedTopic", "PayloadSizeExceeded", "PresencePayloadNotMap", "PresenceStateTooLarge", "ChannelShutdown", "MessageRateLimitReached", "ClientPresenceRateLimitReached", "PresenceRateLimitReached", "TrackMessageSizeExceeded", "FunctionDenied", "FunctionUnavailable", "DecodeError", "PayloadTooDeep"]

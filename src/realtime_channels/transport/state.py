@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -37,6 +38,8 @@ class AppState:
         self.claims = ClaimsCache(verifier, refresher)
         #: the open sockets (``transport.ws.Connection``), for /health, /metrics and drain
         self.connections: set[Socket] = set()
+        #: open sockets per client address, when ``max_connections_per_address`` is set
+        self.per_address: collections.Counter[str] = collections.Counter()
         self.session_config = s.SessionConfig(
             max_channels=settings.max_channels_per_client,
             max_payload_bytes=settings.max_payload_bytes,
@@ -53,6 +56,16 @@ class AppState:
         """A socket's inbound frame budget (``REALTIME_MAX_CLIENT_FRAMES_PER_SECOND``)."""
         rate = float(self.settings.max_client_frames_per_second)
         return TokenBucket(rate, rate)
+
+    def client_address(self, peer: str | None, headers: Mapping[str, str]) -> str:
+        """The client's address: the last entry of ``client_address_header`` (the one the
+        proxy in front added), else the TCP peer's."""
+        name = self.settings.client_address_header
+        if name is not None:
+            forwarded = headers.get(name, "").rsplit(",", 1)[-1].strip()
+            if forwarded:
+                return forwarded
+        return peer or ""
 
     async def verify(self, token: str) -> dict[str, Any]:
         return await self.claims.verify(token, time.time())

@@ -221,7 +221,24 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     over_limit = handshake.check_limits(state.node.limits, time.time())
     if over_limit is not None:
         return await refuse(state, request, over_limit)
+    cap = state.settings.max_connections_per_address
+    if not cap:
+        return await serve_socket(state, request, checked, claims)
+    address = state.client_address(request.remote, request.headers)
+    if state.per_address[address] >= cap:
+        return await refuse(state, request, handshake.refusal(errors.AddressConnectionLimitReached()))
+    state.per_address[address] += 1  # counted before the first await: no race past the cap
+    try:
+        return await serve_socket(state, request, checked, claims)
+    finally:
+        state.per_address[address] -= 1
+        if not state.per_address[address]:
+            del state.per_address[address]
 
+
+async def serve_socket(state: AppState, request: web.Request, checked: handshake.Upgrade,
+                       claims: dict[str, Any]) -> web.StreamResponse:
+    """Upgrade the request and run the socket until it closes."""
     ws = web.WebSocketResponse(compress=False, max_msg_size=state.settings.max_frame_bytes,
                                autoping=True, autoclose=True)
     await ws.prepare(request)
