@@ -33,11 +33,13 @@ class ConnectionRateLimitReached(JoinError):
     where: ClassVar[Places] = (HANDSHAKE, JOIN_REPLY)
 
 
-class AddressConnectionLimitReached(ConnectionRateLimitReached):
+class AddressConnectionLimitReached(PeerError):
     """One client address holds ``REALTIME_MAX_CONNECTIONS_PER_ADDRESS`` open sockets on this
     server process already (opt-in; off by default): the upgrade is refused with 429."""
 
+    code = "ConnectionRateLimitReached"
     message = "Too many connections from this client address"
+    http_status = 429
     where: ClassVar[Places] = (HANDSHAKE,)
 
 
