@@ -383,6 +383,13 @@ class RawClient:
         cut = self.position(reply)
         return [f for f in self._buffer if self.position(f) < cut]
 
+    async def drain(self, timeout: float = DEFAULT_TIMEOUT) -> list[Frame]:
+        """A barrier that also takes the frames it returns out of the buffer."""
+        frames = await self.barrier(timeout)
+        taken = {id(f) for f in frames}
+        self._buffer = [f for f in self._buffer if id(f) not in taken]
+        return frames
+
     async def assert_nothing_pending(self, pred: Pred | None = None) -> None:
         """After a heartbeat round trip, no unconsumed frame (matching ``pred``) has arrived."""
         hits = [f for f in await self.barrier() if pred is None or pred(f)]
