@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, errors
+from . import __version__, errors, logs
 from .auth import JwksRefresher, JwtVerifier, load_jwks_text, mint_token, parse_jwks_spec
 from .banner import client_snippet as client_snippet  # re-exported
 from .banner import dev_banner
@@ -49,15 +49,6 @@ given on the command line wins. `realtime-channels COMMAND --help` describes eac
 def build_settings(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     return Settings(**overrides)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def _load_jwks(settings: Settings) -> tuple[dict[str, Any] | None, JwksRefresher | None, Any]:
@@ -237,7 +228,7 @@ def run_async(coro: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = build_settings(args)
-    configure_logging(settings.log_level)
+    logs.configure(settings.log_level)
     if settings.dev_secret_exposed and not settings.allow_dev_secret:
         log.error("%s", errors.DevSecretExposed(settings.host))
         return EXIT_CONFIG

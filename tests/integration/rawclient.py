@@ -542,13 +542,15 @@ def unsigned_token(claims: Mapping[str, Any]) -> str:
     return f"{header}.{_b64(json.dumps(dict(claims)).encode())}."
 
 
-def rs256_token(claims: Mapping[str, Any]) -> str:
-    """An RS256 JWT without ``kid``; the server has no JWKS, so no signer can be built."""
+def rs256_token(claims: Mapping[str, Any], kid: str | None = None, key: Any = None) -> str:
+    """An RS256 JWT (without ``kid`` unless given), signed with ``key`` or a fresh RSA key; a
+    server without that key in its JWKS can build no signer for it."""
     import jwt
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return jwt.encode(dict(claims), key, algorithm="RS256")
+    if key is None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(dict(claims), key, algorithm="RS256", headers={"kid": kid} if kid is not None else None)
 
 
 def claims_token(claims: Mapping[str, Any], secret: str) -> str:

@@ -123,6 +123,22 @@ async def test_a_refused_api_key_is_logged_at_info_with_its_reason(server: Serve
                for line in server.log().splitlines())
 
 
+async def test_peer_text_in_a_logged_refusal_cannot_forge_log_lines(server: ServerProc) -> None:
+    """The refusal names the token's ``kid`` (as Supabase does); a kid holding a newline and a
+    fake log line is answered verbatim, but logged on one line, its control characters escaped."""
+    forged = "2000-01-01 00:00:00,000 INFO realtime_channels: a line the server never wrote"
+    kid = f"k\n{forged}\r\x1b[2J\u2028"
+    token = rs256_token({"role": "anon", "exp": int(time.time()) + 3600}, kid=kid)
+    refusal = await refused_handshake(server, V2, apikey=token)
+    assert refusal.status == 401
+    assert refusal.json() == {"error": f'Failed to generate JWT signer for key ID (kid) "{kid}", '
+                                       "check your JWT secret or JWKS configuration"}
+    lines = server.log().splitlines()
+    assert not [line for line in lines if line.startswith("2000-01-01")]
+    logged = [line for line in lines if "refused WebSocket upgrade" in line and forged in line]
+    assert logged and "k\\n2000-01-01" in logged[-1] and "\\r\\x1b[2J\\u2028" in logged[-1], logged
+
+
 async def test_authorization_header_is_not_consulted_for_websockets(server: ServerProc) -> None:
     # §1.3: only x-api-key / apikey count; a Bearer token alone is "API key is missing".
     refusal = await refused_handshake(
