@@ -558,3 +558,19 @@ def claims_token(claims: Mapping[str, Any], secret: str) -> str:
     import jwt
 
     return jwt.encode(dict(claims), secret, algorithm="HS256")
+
+
+def sized_token(length: int, secret: str, **claims: Any) -> str:
+    """A valid HS256 JWT of exactly ``length`` characters (a ``pad`` claim makes up the size)."""
+    import time
+
+    import jwt
+
+    body = {"role": "anon", "exp": int(time.time()) + 3600, **claims}
+    start = max(0, (length - len(jwt.encode(body, secret, algorithm="HS256"))) * 3 // 4 - 24)
+    for pad in range(start, start + 32):
+        for n in range(3):  # base64 grows by 4 characters per 3 bytes: one of three fits
+            token = jwt.encode({**body, "pad": "x" * pad, "n": "x" * n}, secret, algorithm="HS256")
+            if len(token) == length:
+                return token
+    raise AssertionError(f"no token of {length} characters")

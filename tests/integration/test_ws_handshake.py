@@ -16,6 +16,7 @@ from rawclient import (
     open_client,
     refused_handshake,
     rs256_token,
+    sized_token,
     unsigned_token,
 )
 
@@ -137,6 +138,23 @@ async def test_peer_text_in_a_logged_refusal_cannot_forge_log_lines(server: Serv
     assert not [line for line in lines if line.startswith("2000-01-01")]
     logged = [line for line in lines if "refused WebSocket upgrade" in line and forged in line]
     assert logged and "k\\n2000-01-01" in logged[-1] and "\\r\\x1b[2J\\u2028" in logged[-1], logged
+
+
+@pytest.mark.parametrize("where", ["apikey", "x-api-key"])
+async def test_a_token_of_16384_characters_connects_and_a_longer_one_is_refused_by_name(
+    server: ServerProc, where: str
+) -> None:
+    """§7.1 step 1 at the upgrade: the request line or header that carries the key is read whole
+    (HTTP servers commonly stop at 8 KiB), so the limit that applies is the token's own."""
+
+    def carried(token: str) -> dict[str, Any]:
+        return {"apikey": token} if where == "apikey" else {"apikey": None, "headers": {"x-api-key": token}}
+
+    async with open_client(server, V2, **carried(sized_token(16_384, TEST_SECRET))) as c:
+        await c.heartbeat("1")
+    for length in (16_385, 30_000):
+        refusal = await refused_handshake(server, V2, **carried(sized_token(length, TEST_SECRET)))
+        assert (refusal.status, refusal.json()) == (401, {"error": "The token provided is larger than 16384 characters"})
 
 
 async def test_authorization_header_is_not_consulted_for_websockets(server: ServerProc) -> None:
