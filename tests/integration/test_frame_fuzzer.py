@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 from support import ServerProc, make_token, start_server
-from rawclient import V1, V2, Frame, RawClient, open_client, reply_to, unique_topic, unsigned_token, user_broadcast
+from rawclient import V1, V2, Frame, RawClient, open_client, reply_to, unique_topic, user_broadcast
+from jwts import unsigned_token
 from fuzzframes import ANY, Input, State, binary_input, join_input, text_input
 from fuzzverdict import CLOSE, EXACT, EXCEPTION_TEXT, FREE, IGNORE, Verdict, Vocabulary, verdict
 

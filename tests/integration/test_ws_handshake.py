@@ -12,13 +12,10 @@ from rawclient import (
     V2,
     VSNS,
     WS_PATHS,
-    claims_token,
     open_client,
     refused_handshake,
-    rs256_token,
-    sized_token,
-    unsigned_token,
 )
+from jwts import claims_token, rs256_token, sized_token, unsigned_token
 
 OK_REPLY = {"status": "ok", "response": {}}
 
