@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -59,6 +60,19 @@ class Rest:
         headers = {k.lower(): v for k, v in request.headers.items()}
         return await authorizer.can_write(sub_topic, claims, headers, "broadcast")
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The whole body, decoded; raises the ``RestError`` of one that cannot be read."""
+        try:
+            # the body gets the time a request's headers get (REALTIME_HANDSHAKE_TIMEOUT_MS)
+            async with asyncio.timeout(self.state.settings.handshake_timeout_ms / 1000):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise errors.RestBodyTooLarge() from exc
+        except TimeoutError as exc:
+            raise errors.RestBodyTimeout() from exc
+        except (web.RequestPayloadError, ConnectionError) as exc:  # Content-Encoding garbage, the peer gone
+            raise errors.RestBodyUnreadable() from exc
+
     async def _authorize(self, request: web.Request) -> dict[str, Any] | None:
         """§1.8: ``Authorization: Bearer`` (scheme case-insensitive, non-empty) wins over ``apikey``."""
         token = ""
@@ -82,7 +96,9 @@ class Rest:
         if claims is None:
             return self._refuse(errors.RestUnauthorized())
         try:
-            body = jsonexact.loads(await request.read() or b"{}")
+            body = jsonexact.loads(await self._body(request) or b"{}")
+        except errors.RestError as err:
+            return self._refuse(err)
         except jsonexact.JsonError as exc:
             return self._refuse(_json_error(exc))
         messages = body.get("messages") if isinstance(body, dict) else None
@@ -148,7 +164,10 @@ class Rest:
             return self._refuse(errors.RestUnauthorized())
         sub_topic = request.match_info["topic"]
         event = request.match_info["event"]
-        raw = await request.read()
+        try:
+            raw = await self._body(request)
+        except errors.RestError as err:
+            return self._refuse(err)
         ctype = request.headers.get("content-type")
         media = ctype.split(";", 1)[0].strip().lower() if ctype is not None else None
         if media == "application/json":
