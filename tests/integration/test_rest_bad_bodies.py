@@ -203,7 +203,9 @@ def _shape_cases(topic: str) -> list[tuple[Any, Any]]:
               ("topic", 5, "is invalid"), ("topic", ["a"], "is invalid"), ("topic", deep_100, "is invalid"),
               ("topic", "", "can't be blank"), ("event", {"e": 1}, "is invalid"), ("event", False, "is invalid"),
               ("event", 2**64, "is invalid"), ("payload", [1], "is invalid"), ("payload", 3.5, "is invalid"),
-              ("id", 5, "is invalid"), ("id", "not-a-uuid", "is invalid"), ("id", {"a": 1}, "is invalid")]),
+              ("id", 5, "is invalid"), ("id", "not-a-uuid", "is invalid"), ("id", {"a": 1}, "is invalid"),
+              ("private", "yes", "is invalid"), ("private", 1, "is invalid"), ("private", [True], "is invalid"),
+              ("private", {"v": True}, "is invalid")]),
     ]
 
 
@@ -212,6 +214,16 @@ async def test_batches_of_the_wrong_shape_or_types_are_422_and_send_nothing(srv:
         for value, errors in _shape_cases(topic):
             resp = await post(srv, BATCH, json.dumps(value).encode())
             assert (resp.status, resp.json()) == (422, {"errors": errors}), value
+
+
+@pytest.mark.parametrize("value", ["TRUE", "True", True], ids=["TRUE", "True", "boolean"])
+async def test_private_in_any_case_keeps_a_message_off_the_public_channel(srv: ServerProc, value: Any) -> None:
+    """``private`` is read like a join flag (§3.2): a private message never reaches the public
+    channel of its sub-topic, and the server without a database grants no private write."""
+    async with receiver(srv) as (_, topic):
+        resp = await post(srv, BATCH, json.dumps({"messages": [message(topic, private=value)]}).encode())
+        assert (resp.status, resp.body) == (202, b"")
+        await refused(srv, single(topic) + "?private=yes", b"{}", (422, {"errors": {"private": ["is invalid"]}}))
 
 
 async def test_duplicate_keys_the_last_one_counts_and_deep_payloads_pass_verbatim(srv: ServerProc) -> None:

@@ -14,6 +14,7 @@ from aiohttp import web
 from .. import errors
 from ..protocol import jsonexact
 from ..protocol.codec import Broadcast
+from ..protocol.join import parse_flexible_bool
 from ..protocol.keys import TOPIC_PREFIX, stream_key
 from .state import AppState
 
@@ -116,14 +117,14 @@ class Rest:
             return self._refuse(errors.RestBatchTooLarge())
         allowed: dict[str, bool] = {}
         for m in messages:
-            private = m.get("private") is True or m.get("private") == "true"
+            private = _private(m.get("private")) is True
             if private and m["topic"] not in allowed:
                 try:
                     allowed[m["topic"]] = await self._can_write(request, m["topic"], claims)
                 except Exception:  # noqa: BLE001 - §7.3: evaluation errors count as denial
                     allowed[m["topic"]] = False
         for m in messages:
-            private = m.get("private") is True or m.get("private") == "true"
+            private = _private(m.get("private")) is True
             if private and not allowed[m["topic"]]:
                 continue  # §1.8: unauthorized private messages are dropped silently
             self.limits.events.add(now)
@@ -152,6 +153,8 @@ class Rest:
                 problems[key] = INVALID
         if m.get("id") is not None and not _is_uuid(m["id"]):
             problems["id"] = INVALID
+        if _private(m.get("private")) is None:  # never sent in public when meant private
+            problems["private"] = INVALID
         if "payload" not in problems and len(orjson.dumps(m["payload"])) > self.state.settings.max_payload_bytes:
             problems["payload"] = TOO_BIG
         return problems
@@ -190,7 +193,9 @@ class Rest:
         now = time.time()
         if self.limits.events_exceeded(now):
             return self._refuse(errors.RestRateLimited())
-        private = request.query.get("private") == "true"
+        private = _private(request.query.get("private"))
+        if private is None:
+            return self._respond(422, {"errors": {"private": INVALID}})
         if private:
             try:
                 if not await self._can_write(request, sub_topic, claims):
@@ -204,6 +209,16 @@ class Rest:
 
     async def preflight(self, request: web.Request) -> web.Response:
         return web.Response(status=204, headers=CORS_HEADERS)
+
+
+def _private(value: Any) -> bool | None:
+    """§1.8 ``private``: absent or null is false; else a boolean, or ``"true"``/``"false"`` in
+    any case (as join flags, §3.2); ``None`` for anything else."""
+    if value is None:
+        return False
+    if isinstance(value, bool) or isinstance(value, str) and value.lower() in ("true", "false"):
+        return parse_flexible_bool(value)
+    return None
 
 
 def _is_uuid(value: Any) -> bool:
