@@ -59,9 +59,10 @@ MEANINGS: dict[str, str] = {
     "connect_error_backoff_ms": "delay before a refused WebSocket upgrade is answered (as Supabase)",
     "idle_timeout_ms": "a socket that sends no frame for this long is closed (1000)",
     "handshake_timeout_ms": "a connection that has not sent a complete HTTP request (headers) this long after "
-    "connecting is closed, so slow half-sent requests cannot hold descriptors; the process also raises its "
+    "connecting is closed, so slow half-sent requests cannot hold descriptors; a REST body that has not "
+    "arrived this long after its headers is answered 408; the process also raises its "
     "soft descriptor limit to the hard limit at start (each socket holds one)",
-    "max_frame_bytes": "a larger inbound frame closes the socket (1009); also the REST body limit",
+    "max_frame_bytes": "a larger inbound frame closes the socket (1009); also the REST body limit (decoded; 413)",
     "outbox_max_bytes": "a socket with more unsent bytes than this is a slow consumer: closed with 1008 `slow consumer` "
                         "(one frame larger than this, queued behind less, is let through: a big `presence_state`)",
     "max_connections_per_address": "open WebSockets one client address may hold on one server process (each worker "

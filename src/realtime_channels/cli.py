@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, errors
-from .auth import JwksRefresher, JwtVerifier, load_jwks_text, mint_token, parse_jwks_spec
+from . import __version__, errors, logs
+from .auth import MAX_TOKEN_CHARS, JwksRefresher, JwtVerifier, load_jwks_text, mint_token, parse_jwks_spec
 from .banner import client_snippet as client_snippet  # re-exported
 from .banner import dev_banner
 from .config import Settings
@@ -28,6 +28,10 @@ log = logging.getLogger("realtime_channels")
 
 #: an HTTP connection idle between requests is closed after this long (WebSockets are not idle)
 KEEPALIVE_S = 75.0
+#: request lines and header fields up to this long are read (aiohttp's default is 8,190), so a
+#: token of up to MAX_TOKEN_CHARS in ``apikey``, ``x-api-key`` or ``Authorization`` reaches
+#: verification, and a somewhat longer one gets its documented refusal (protocol.md §7.1)
+MAX_REQUEST_LINE = 2 * MAX_TOKEN_CHARS
 
 #: Exit statuses of ``serve``: a bad configuration, and a port that cannot be listened on.  A
 #: ``--workers`` supervisor stops (instead of restarting) a worker that exits with either.
@@ -49,15 +53,6 @@ given on the command line wins. `realtime-channels COMMAND --help` describes eac
 def build_settings(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     return Settings(**overrides)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def _load_jwks(settings: Settings) -> tuple[dict[str, Any] | None, JwksRefresher | None, Any]:
@@ -199,7 +194,8 @@ async def serve(settings: Settings) -> None:
     app = build_app(settings, node, verifier, refresher)
     raise_descriptor_limit()
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5,
-                           keepalive_timeout=KEEPALIVE_S)
+                           keepalive_timeout=KEEPALIVE_S,
+                           max_line_size=MAX_REQUEST_LINE, max_field_size=MAX_REQUEST_LINE)
     await runner.setup()
     assert runner.server is not None
     guard = SlowRequestGuard(runner.server, settings.handshake_timeout_ms / 1000)
@@ -237,7 +233,7 @@ def run_async(coro: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = build_settings(args)
-    configure_logging(settings.log_level)
+    logs.configure(settings.log_level)
     if settings.dev_secret_exposed and not settings.allow_dev_secret:
         log.error("%s", errors.DevSecretExposed(settings.host))
         return EXIT_CONFIG

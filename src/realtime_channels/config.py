@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     # connection lifecycle (protocol.md §2.2, §2.3)
     idle_timeout_ms: int = Field(60_000, gt=0)
     #: a connection that has not sent a complete request's headers this long after connecting
-    #: is closed (slow-request attacks hold descriptors otherwise)
+    #: is closed (slow-request attacks hold descriptors otherwise); a REST body gets as long
     handshake_timeout_ms: int = Field(10_000, gt=0)
     max_frame_bytes: int = Field(5_000_000, gt=0)
     outbox_max_bytes: int = Field(8 * 1024 * 1024, gt=0)

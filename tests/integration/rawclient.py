@@ -383,6 +383,13 @@ class RawClient:
         cut = self.position(reply)
         return [f for f in self._buffer if self.position(f) < cut]
 
+    async def drain(self, timeout: float = DEFAULT_TIMEOUT) -> list[Frame]:
+        """A barrier that also takes the frames it returns out of the buffer."""
+        frames = await self.barrier(timeout)
+        taken = {id(f) for f in frames}
+        self._buffer = [f for f in self._buffer if id(f) not in taken]
+        return frames
+
     async def assert_nothing_pending(self, pred: Pred | None = None) -> None:
         """After a heartbeat round trip, no unconsumed frame (matching ``pred``) has arrived."""
         hits = [f for f in await self.barrier() if pred is None or pred(f)]
@@ -527,34 +534,3 @@ async def refused_handshake(
         return Refusal(resp.status_code, resp.headers.get("Content-Type"), resp.body)
     await ws.close()
     raise AssertionError(f"upgrade to {url} was accepted but must be refused")
-
-
-# --- hand-made JWTs for refusal cases (protocol.md §7.1) ------------------------------------
-
-
-def _b64(data: bytes) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unsigned_token(claims: Mapping[str, Any]) -> str:
-    """A JWT with ``alg: none`` — no signer exists for it (§7.1 step 3)."""
-    header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
-    return f"{header}.{_b64(json.dumps(dict(claims)).encode())}."
-
-
-def rs256_token(claims: Mapping[str, Any]) -> str:
-    """An RS256 JWT without ``kid``; the server has no JWKS, so no signer can be built."""
-    import jwt
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return jwt.encode(dict(claims), key, algorithm="RS256")
-
-
-def claims_token(claims: Mapping[str, Any], secret: str) -> str:
-    """An HS256 JWT with exactly ``claims`` (e.g. lacking ``role`` or ``exp``)."""
-    import jwt
-
-    return jwt.encode(dict(claims), secret, algorithm="HS256")

@@ -7,49 +7,17 @@ import http.client
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import pytest
 from support import ServerProc, make_token
 from rawclient import V1, V2, Frame, Pred, RawClient, kind4, open_client, sub_topic, unique_topic, user_broadcast
-from yarl import URL
+from rawhttp import Resp
+from rawhttp import http_request as request
 
 PREFIXES = ["", "/realtime/v1"]
 UNSUPPORTED = {"error": "Unsupported Media Type. Use application/json or application/octet-stream"}
-
-
-@dataclass(frozen=True, slots=True)
-class Resp:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-async def request(
-    server: ServerProc,
-    method: str,
-    path: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    body: bytes | None = None,
-) -> Resp:
-    """One HTTP request; the path is sent exactly as given (no re-quoting of %3A etc.)."""
-    url = URL(f"{server.http_url}{path}", encoded=True)
-    async with aiohttp.ClientSession() as session:
-        async with session.request(
-            method,
-            url,
-            headers=dict(headers or {}),
-            data=body,
-            skip_auto_headers=["Content-Type"],
-        ) as r:
-            return Resp(r.status, {k: v for k, v in r.headers.items()}, await r.read())
 
 
 def auth(server: ServerProc) -> dict[str, str]:

@@ -11,14 +11,13 @@ from support import TEST_SECRET, ServerProc, make_token
 from rawclient import (
     VSNS,
     RawClient,
-    claims_token,
     event_is,
     open_client,
     reply_to,
     sub_topic,
     unique_topic,
-    unsigned_token,
 )
+from jwts import claims_token, unsigned_token
 
 OK_REPLY = {"status": "ok", "response": {}}
 

@@ -12,12 +12,10 @@ from rawclient import (
     V2,
     VSNS,
     WS_PATHS,
-    claims_token,
     open_client,
     refused_handshake,
-    rs256_token,
-    unsigned_token,
 )
+from jwts import claims_token, rs256_token, sized_token, unsigned_token
 
 OK_REPLY = {"status": "ok", "response": {}}
 
@@ -121,6 +119,39 @@ async def test_a_refused_api_key_is_logged_at_info_with_its_reason(server: Serve
     assert missing.status == 401
     assert any("refused WebSocket upgrade" in line and "ApiKeyMissing: API key is missing" in line
                for line in server.log().splitlines())
+
+
+async def test_peer_text_in_a_logged_refusal_cannot_forge_log_lines(server: ServerProc) -> None:
+    """The refusal names the token's ``kid`` (as Supabase does); a kid holding a newline and a
+    fake log line is answered verbatim, but logged on one line, its control characters escaped."""
+    forged = "2000-01-01 00:00:00,000 INFO realtime_channels: a line the server never wrote"
+    kid = f"k\n{forged}\r\x1b[2J\u2028"
+    token = rs256_token({"role": "anon", "exp": int(time.time()) + 3600}, kid=kid)
+    refusal = await refused_handshake(server, V2, apikey=token)
+    assert refusal.status == 401
+    assert refusal.json() == {"error": f'Failed to generate JWT signer for key ID (kid) "{kid}", '
+                                       "check your JWT secret or JWKS configuration"}
+    lines = server.log().splitlines()
+    assert not [line for line in lines if line.startswith("2000-01-01")]
+    logged = [line for line in lines if "refused WebSocket upgrade" in line and forged in line]
+    assert logged and "k\\n2000-01-01" in logged[-1] and "\\r\\x1b[2J\\u2028" in logged[-1], logged
+
+
+@pytest.mark.parametrize("where", ["apikey", "x-api-key"])
+async def test_a_token_of_16384_characters_connects_and_a_longer_one_is_refused_by_name(
+    server: ServerProc, where: str
+) -> None:
+    """§7.1 step 1 at the upgrade: the request line or header that carries the key is read whole
+    (HTTP servers commonly stop at 8 KiB), so the limit that applies is the token's own."""
+
+    def carried(token: str) -> dict[str, Any]:
+        return {"apikey": token} if where == "apikey" else {"apikey": None, "headers": {"x-api-key": token}}
+
+    async with open_client(server, V2, **carried(sized_token(16_384, TEST_SECRET))) as c:
+        await c.heartbeat("1")
+    for length in (16_385, 30_000):
+        refusal = await refused_handshake(server, V2, **carried(sized_token(length, TEST_SECRET)))
+        assert (refusal.status, refusal.json()) == (401, {"error": "The token provided is larger than 16384 characters"})
 
 
 async def test_authorization_header_is_not_consulted_for_websockets(server: ServerProc) -> None:

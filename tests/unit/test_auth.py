@@ -23,6 +23,7 @@ from realtime_channels.auth import (
     parse_jwks_spec,
     token_kid,
 )
+from realtime_channels.auth.claims import ClaimsCache
 
 SECRET = "unit-test-secret-that-is-long-enough-for-hs512-signatures-0123456789"
 OTHER_SECRET = "a-different-secret-that-is-also-long-enough-for-hs512-abcdefghijklmn"
@@ -341,6 +342,34 @@ def test_fractional_exp_and_iat_are_rounded() -> None:
 def test_non_numeric_exp_or_iat_is_a_generic_failure(field: str, value: Any) -> None:
     with pytest.raises(errors.InvalidTokenStructure):
         verifier().verify(hs(claims(**{field: value})), NOW)
+
+
+@pytest.mark.parametrize("field", ["exp", "iat"])
+@pytest.mark.parametrize("value", [1e30, 1.7976931348623157e308])
+def test_a_float_date_beyond_64_bits_is_kept_and_the_claims_stay_writable(field: str, value: float) -> None:
+    """Rounded, such a date would be an integer no JSON writer of the server can emit (claims
+    are cached and shared as JSON): it stays the float it was, far in the future."""
+    cache = ClaimsCache(verifier())
+    got = cache.verify_cached(hs(claims(**{field: value})), NOW)
+    assert got[field] == value and isinstance(got[field], float)
+
+
+def test_a_float_date_far_in_the_past_is_expired() -> None:
+    with pytest.raises(errors.TokenExpired):
+        ClaimsCache(verifier()).verify_cached(hs(claims(exp=-1e30)), NOW)
+
+
+@pytest.mark.parametrize("field", ["exp", "iat"])
+@pytest.mark.parametrize("value", [2**64, -(2**64), 10**30])
+def test_an_integer_date_beyond_64_bits_is_a_generic_failure(field: str, value: int) -> None:
+    with pytest.raises(errors.InvalidTokenStructure):
+        ClaimsCache(verifier()).verify_cached(hs(claims(**{field: value})), NOW)
+
+
+def test_numeric_date_at_the_edge_of_64_bits_is_accepted() -> None:
+    cache = ClaimsCache(verifier())
+    got = cache.verify_cached(hs(claims(exp=2**63 - 1, iat=-(2**63) + 1)), NOW)
+    assert (got["exp"], got["iat"]) == (2**63 - 1, -(2**63) + 1)
 
 
 def test_nbf_aud_iss_are_not_checked_by_default() -> None:

@@ -20,6 +20,7 @@ from realtime_channels.protocol.codec import (
     encode_kind4,
     parse_vsn,
 )
+from realtime_channels.errors import PayloadTooDeep
 
 # protocol.md §1.6 worked example, byte for byte.
 KIND3_GOLDEN = bytes.fromhex(
@@ -229,6 +230,19 @@ def test_decode_kind3_empty_binary_payload() -> None:
 def test_decode_binary_errors(frame: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_binary(Vsn.V2, frame)
+
+
+def test_decode_binary_deep_json_payload_is_refused_with_its_header_refs() -> None:
+    """§2.4: the topic and ref of a kind-3 push are in its header, so a JSON payload nested too
+    deeply is answered on that ref (a raw-bytes payload is never parsed)."""
+    deep = b"[" * 200 + b"]" * 200
+    with pytest.raises(PayloadTooDeep) as info:
+        decode_binary(Vsn.V2, kind3(join_ref=b"1", ref=b"2", data=deep))
+    assert (info.value.topic, info.value.ref, info.value.join_ref) == ("realtime:room1", "2", "1")
+    with pytest.raises(PayloadTooDeep) as no_ref:
+        decode_binary(Vsn.V2, kind3(join_ref=b"", ref=b"", data=b"[" * 2000 + b"]" * 2000))
+    assert (no_ref.value.ref, no_ref.value.join_ref) == (None, None)
+    assert decode_binary(Vsn.V2, kind3(encoding=0, data=deep)).data == deep
 
 
 def test_decode_binary_on_v1_socket() -> None:

@@ -7,7 +7,7 @@ import time
 import orjson
 import pytest
 
-from realtime_channels.errors import DecodeError
+from realtime_channels.errors import DecodeError, PayloadTooDeep
 from realtime_channels.protocol import jsonexact
 from realtime_channels.protocol.codec import Message, Vsn, decode_binary, decode_text, encode
 
@@ -92,6 +92,7 @@ def test_binary_json_payload_nested_too_deeply_is_refused() -> None:
         return bytes([3, 0, 1, len(topic), len(event), len(meta), 1]) + b"1" + topic + event + meta + payload
 
     deep = nested(200).encode()
-    with pytest.raises(DecodeError, match="payload is JSON nested"):
+    with pytest.raises(PayloadTooDeep) as info:  # answered on the header's ref (protocol.md §2.4)
         decode_binary(Vsn.V2, kind3(b"", deep))
+    assert (info.value.topic, info.value.ref) == ("realtime:r", "1")
     assert decode_binary(Vsn.V2, kind3(b"", b'{"n":18446744073709551616}')).data == b'{"n":18446744073709551616}'

@@ -337,7 +337,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hub", "pubsub", "cdc", "config", "auth", "messages", "functions"),
     ("node",),
     ("transport",),
-    ("cli", "banner", "__main__"),
+    ("cli", "banner", "logs", "__main__"),
 )
 
 

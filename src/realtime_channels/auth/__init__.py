@@ -149,11 +149,22 @@ def _round_half_away(value: float) -> int:
     return int(math.copysign(math.floor(abs(value) + 0.5), value))
 
 
-def _numeric_date(value: Any) -> int:
-    """A NumericDate claim rounded to whole seconds (§7.1 step 5); generic failure otherwise."""
+#: beyond this a float date is left as it is: rounded, it would be an integer wider than 64 bits,
+#: which orjson cannot write (claims are cached and shared as JSON)
+_INT64_MAX = 2**63 - 1
+
+
+def _numeric_date(value: Any) -> int | float:
+    """A NumericDate claim rounded to whole seconds (§7.1 step 5); generic failure otherwise.
+
+    A float too large for 64 bits (``1e300``) is a whole number already and stays a float.  An
+    integer literal that long is not a number here: it arrives as an exact fragment."""
     if not _is_number(value) or not math.isfinite(value):
         raise errors.InvalidTokenStructure()
-    return _round_half_away(float(value))
+    if isinstance(value, int):
+        return value  # the JSON reader gives ints only within 64 bits
+    seconds = _round_half_away(value)
+    return seconds if abs(seconds) <= _INT64_MAX else value
 
 
 class JwtVerifier:

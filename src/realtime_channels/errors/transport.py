@@ -50,6 +50,29 @@ class RestJsonTooDeep(RestInvalidJson):
     message = "Request body nests JSON more than 128 levels deep"
 
 
+class RestBodyUnreadable(RestError):
+    """The body cannot be read: its ``Content-Encoding`` (gzip, deflate) does not decode it, or
+    the peer stopped sending it before its end."""
+
+    message = "Request body could not be read"
+    http_status = 400
+
+
+class RestBodyTooLarge(RestError):
+    """The body, decoded, is larger than the server reads (``REALTIME_MAX_FRAME_BYTES``)."""
+
+    message = "Request body is too large"
+    http_status = 413
+
+
+class RestBodyTimeout(RestError):
+    """The body has not arrived ``REALTIME_HANDSHAKE_TIMEOUT_MS`` after the request's headers (a
+    ``Content-Length`` larger than what is sent, a stalled upload)."""
+
+    message = "Request body did not arrive in time"
+    http_status = 408
+
+
 class RestRateLimited(RestError):
     """The tenant's events per second are exceeded (``REALTIME_MAX_EVENTS_PER_SECOND``)."""
 
@@ -142,4 +165,4 @@ class Notice:
     REPLICATION_READY = "Replication connection established"
     DISCONNECT = "Server requested disconnect"
 
-__all__ = ["RestError", "RestUnauthorized", "RestForbidden", "RestInvalidJson", "RestJsonTooDeep", "RestRateLimited", "RestBatchTooLarge", "RestAuthorizationFailed", "RestUnsupportedMedia", "RestFieldError", "JoinDenied", "SendDenied", "IdleTimeout", "SlowConsumer", "ServerRestart", "Notice"]
+__all__ = ["RestError", "RestUnauthorized", "RestForbidden", "RestInvalidJson", "RestJsonTooDeep", "RestBodyUnreadable", "RestBodyTooLarge", "RestBodyTimeout", "RestRateLimited", "RestBatchTooLarge", "RestAuthorizationFailed", "RestUnsupportedMedia", "RestFieldError", "JoinDenied", "SendDenied", "IdleTimeout", "SlowConsumer", "ServerRestart", "Notice"]

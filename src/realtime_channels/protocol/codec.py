@@ -149,7 +149,10 @@ def _utf8(raw: bytes, what: str) -> str:
 
 
 def decode_binary(vsn: Vsn, data: bytes) -> BinaryBroadcastPush:
-    """Decode a V2 binary frame; only kind 3 is accepted from clients (§1.6, §2.4)."""
+    """Decode a V2 binary frame; only kind 3 is accepted from clients (§1.6, §2.4).
+
+    Raises ``DecodeError``, or ``PayloadTooDeep`` (with the header's topic and refs) for a JSON
+    payload nested more than 128 levels deep."""
     if vsn is not Vsn.V2:
         raise DecodeError("binary frame on a V1 socket")
     if len(data) < _KIND3_HEADER:
@@ -188,6 +191,8 @@ def decode_binary(vsn: Vsn, data: bytes) -> BinaryBroadcastPush:
         try:
             jsonexact.loads(payload)
         except jsonexact.JsonError as exc:
+            if exc.too_deep:  # §2.4: refused, and answered when the header carries a ref
+                raise PayloadTooDeep(topic, ref or None, join_ref or None) from exc
             raise DecodeError(f"encoding-1 payload is {exc}") from exc
     return BinaryBroadcastPush(
         join_ref=join_ref or None,

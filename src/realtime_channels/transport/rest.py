@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -13,6 +14,7 @@ from aiohttp import web
 from .. import errors
 from ..protocol import jsonexact
 from ..protocol.codec import Broadcast
+from ..protocol.join import parse_flexible_bool
 from ..protocol.keys import TOPIC_PREFIX, stream_key
 from .state import AppState
 
@@ -59,6 +61,19 @@ class Rest:
         headers = {k.lower(): v for k, v in request.headers.items()}
         return await authorizer.can_write(sub_topic, claims, headers, "broadcast")
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The whole body, decoded; raises the ``RestError`` of one that cannot be read."""
+        try:
+            # the body gets the time a request's headers get (REALTIME_HANDSHAKE_TIMEOUT_MS)
+            async with asyncio.timeout(self.state.settings.handshake_timeout_ms / 1000):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise errors.RestBodyTooLarge() from exc
+        except TimeoutError as exc:
+            raise errors.RestBodyTimeout() from exc
+        except (web.RequestPayloadError, ConnectionError) as exc:  # Content-Encoding garbage, the peer gone
+            raise errors.RestBodyUnreadable() from exc
+
     async def _authorize(self, request: web.Request) -> dict[str, Any] | None:
         """§1.8: ``Authorization: Bearer`` (scheme case-insensitive, non-empty) wins over ``apikey``."""
         token = ""
@@ -82,7 +97,9 @@ class Rest:
         if claims is None:
             return self._refuse(errors.RestUnauthorized())
         try:
-            body = jsonexact.loads(await request.read() or b"{}")
+            body = jsonexact.loads(await self._body(request) or b"{}")
+        except errors.RestError as err:
+            return self._refuse(err)
         except jsonexact.JsonError as exc:
             return self._refuse(_json_error(exc))
         messages = body.get("messages") if isinstance(body, dict) else None
@@ -100,14 +117,14 @@ class Rest:
             return self._refuse(errors.RestBatchTooLarge())
         allowed: dict[str, bool] = {}
         for m in messages:
-            private = m.get("private") is True or m.get("private") == "true"
+            private = _private(m.get("private")) is True
             if private and m["topic"] not in allowed:
                 try:
                     allowed[m["topic"]] = await self._can_write(request, m["topic"], claims)
                 except Exception:  # noqa: BLE001 - §7.3: evaluation errors count as denial
                     allowed[m["topic"]] = False
         for m in messages:
-            private = m.get("private") is True or m.get("private") == "true"
+            private = _private(m.get("private")) is True
             if private and not allowed[m["topic"]]:
                 continue  # §1.8: unauthorized private messages are dropped silently
             self.limits.events.add(now)
@@ -136,6 +153,8 @@ class Rest:
                 problems[key] = INVALID
         if m.get("id") is not None and not _is_uuid(m["id"]):
             problems["id"] = INVALID
+        if _private(m.get("private")) is None:  # never sent in public when meant private
+            problems["private"] = INVALID
         if "payload" not in problems and len(orjson.dumps(m["payload"])) > self.state.settings.max_payload_bytes:
             problems["payload"] = TOO_BIG
         return problems
@@ -148,7 +167,10 @@ class Rest:
             return self._refuse(errors.RestUnauthorized())
         sub_topic = request.match_info["topic"]
         event = request.match_info["event"]
-        raw = await request.read()
+        try:
+            raw = await self._body(request)
+        except errors.RestError as err:
+            return self._refuse(err)
         ctype = request.headers.get("content-type")
         media = ctype.split(";", 1)[0].strip().lower() if ctype is not None else None
         if media == "application/json":
@@ -171,7 +193,9 @@ class Rest:
         now = time.time()
         if self.limits.events_exceeded(now):
             return self._refuse(errors.RestRateLimited())
-        private = request.query.get("private") == "true"
+        private = _private(request.query.get("private"))
+        if private is None:
+            return self._respond(422, {"errors": {"private": INVALID}})
         if private:
             try:
                 if not await self._can_write(request, sub_topic, claims):
@@ -185,6 +209,16 @@ class Rest:
 
     async def preflight(self, request: web.Request) -> web.Response:
         return web.Response(status=204, headers=CORS_HEADERS)
+
+
+def _private(value: Any) -> bool | None:
+    """§1.8 ``private``: absent or null is false; else a boolean, or ``"true"``/``"false"`` in
+    any case (as join flags, §3.2); ``None`` for anything else."""
+    if value is None:
+        return False
+    if isinstance(value, bool) or isinstance(value, str) and value.lower() in ("true", "false"):
+        return parse_flexible_bool(value)
+    return None
 
 
 def _is_uuid(value: Any) -> bool:
