@@ -51,7 +51,7 @@ import jwt
 import psycopg
 
 from realtime_channels.cdc import sql
-from common import free_port, load_pgcluster, log
+from common import busy_pct, core_ticks, cpu_model, free_port, load_pgcluster, log, proc_cpu_seconds, proc_mem_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -162,46 +162,6 @@ class Result:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # fields[11], fields[12] = utime, stime (stat fields 14 and 15) in clock ticks
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_mem_mb(pid: int) -> tuple[float, float]:
-    rss = hwm = 0.0
-    with open(f"/proc/{pid}/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
-    return rss, hwm
-
-
-def core_ticks(cpu: int) -> tuple[int, int, int]:
-    """(busy, total, user+nice+system) jiffies of one CPU from /proc/stat.
-
-    busy also counts irq/softirq time, where the kernel's loopback TCP work for the sender lands
-    and which /proc/<pid>/stat does not charge to the process."""
-    with open("/proc/stat", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(f"cpu{cpu} "):
-                v = [int(x) for x in line.split()[1:]]
-                idle = v[3] + v[4]
-                return sum(v) - idle, sum(v), v[0] + v[1] + v[2]
-    raise RuntimeError(f"cpu{cpu} not in /proc/stat")
-
-
 def ppid_of(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
@@ -232,10 +192,6 @@ class OwnCpu:
     @staticmethod
     def delta(a: dict[int, float], b: dict[int, float]) -> float:
         return sum(v - a.get(pid, 0.0) for pid, v in b.items())
-
-
-def busy_pct(start: tuple[int, int, int], end: tuple[int, int, int], part: int = 0) -> float:
-    return 100 * (end[part] - start[part]) / max(1, end[1] - start[1])
 
 
 def idle_check() -> tuple[float, float]:

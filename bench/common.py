@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import math
+import os
+import platform
 import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import jwt
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,3 +46,243 @@ def load_pgcluster() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# --- the server under test --------------------------------------------------------------------
+
+#: Supabase's per-tenant quotas (protocol.md §8) default to a small tenant's; benchmarks that
+#: measure the server lift them, as an operator does for a large tenant.
+LIFTED_QUOTAS = {
+    "REALTIME_MAX_CONCURRENT_USERS": "1000000",
+    "REALTIME_MAX_JOINS_PER_SECOND": "1000000",
+    "REALTIME_MAX_EVENTS_PER_SECOND": "1000000000",
+    "REALTIME_MAX_BYTES_PER_SECOND": "100000000000",
+    "REALTIME_MAX_PRESENCE_EVENTS_PER_SECOND": "1000000000",
+}
+
+
+@contextmanager
+def running_server(env_extra: dict[str, str], core: int | None, log_path: Path,
+                   secret: str) -> Iterator[tuple[int, int]]:
+    """``python -m realtime_channels serve`` on a free port (pinned to ``core``), its output in
+    ``log_path``; yields (port, pid) once /healthcheck answers, stops it on exit."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "REALTIME_HOST": "127.0.0.1",
+        "REALTIME_PORT": str(port),
+        "REALTIME_JWT_SECRET": secret,
+        "REALTIME_LOG_LEVEL": "warning",
+        **env_extra,
+    }
+    with open(log_path, "wb") as out:
+        cmd = [sys.executable, "-m", "realtime_channels", "serve"]
+        proc = subprocess.Popen(pinned(core, cmd), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited ({proc.returncode}):\n{log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not become ready:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.05)  # polling until the port answers, bounded by the deadline
+        yield port, proc.pid  # taskset execs the command: same pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# --- /proc ------------------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (/proc/<pid>/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_mem_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of one process in MiB."""
+    rss = hwm = 0.0
+    with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+    return rss, hwm
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a server started with ``--workers`` forks)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def tree_rss_mb(pid: int) -> float:
+    """VmRSS of ``pid`` and its descendants, MiB (pages shared between them count once each)."""
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += proc_mem_mb(p)[0]
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += proc_cpu_seconds(p)
+    return total
+
+
+class ServerSampler(threading.Thread):
+    """Every 100 ms: the server's CPU seconds, run-queue wait (time runnable but not running,
+    i.e. other work took its core) and RSS, stamped with epoch ms like the clients' samples."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.rows: list[tuple[float, float, float, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                stat = Path(f"/proc/{self.pid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+                wait = int(Path(f"/proc/{self.pid}/schedstat").read_text().split()[1]) / 1e9
+                rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                return
+            self.rows.append((time.time() * 1000, cpu, wait, rss))
+            self.stop.wait(0.1)
+
+    def between(self, lo: float, hi: float) -> dict[str, float]:
+        rows = [r for r in self.rows if lo <= r[0] <= hi]
+        if len(rows) < 2:
+            return {"cpu": float("nan"), "wait": float("nan"), "rss": float("nan")}
+        wall = (rows[-1][0] - rows[0][0]) / 1000
+        return {
+            "cpu": (rows[-1][1] - rows[0][1]) / wall,
+            "wait": (rows[-1][2] - rows[0][2]) / wall,
+            "rss": max(r[3] for r in rows) / 2**20,
+        }
+
+
+def core_ticks(cpu: int) -> tuple[int, int, int]:
+    """(busy, total, user+nice+system) jiffies of one CPU from /proc/stat.
+
+    busy also counts irq/softirq time, where the kernel's loopback TCP work for the sender lands
+    and which /proc/<pid>/stat does not charge to the process."""
+    with open("/proc/stat", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + v[4]
+                return sum(v) - idle, sum(v), v[0] + v[1] + v[2]
+    raise RuntimeError(f"cpu{cpu} not in /proc/stat")
+
+
+def busy_pct(start: tuple[int, int, int], end: tuple[int, int, int], part: int = 0) -> float:
+    return 100 * (end[part] - start[part]) / max(1, end[1] - start[1])
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def sign_token(secret: str, role: str, exp: int, **claims: Any) -> str:
+    """An HS256 token with ``role``, ``exp`` and any other claims."""
+    return jwt.encode({"role": role, "exp": exp, **claims}, secret, algorithm="HS256")
+
+
+# --- latency histograms -----------------------------------------------------------------------
+
+HIST_LO_MS = 0.01
+HIST_GROWTH = 1.04
+_LOG_GROWTH = math.log(HIST_GROWTH)
+
+
+class LogHist:
+    """Latencies in logarithmic buckets (each 4 % wide): fixed memory however many samples, and
+    mergeable across processes — ``bench/loadgen.mjs`` fills the same buckets.  Bucket 0 holds
+    values ≤ 0.01 ms; bucket i ≥ 1 holds (0.01·1.04^(i-1), 0.01·1.04^i] ms."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.n = 0
+        self.max = 0.0
+
+    def add(self, ms: float) -> None:
+        i = 0 if ms <= HIST_LO_MS else math.ceil(math.log(ms / HIST_LO_MS) / _LOG_GROWTH)
+        self.counts[i] = self.counts.get(i, 0) + 1
+        self.n += 1
+        if ms > self.max:
+            self.max = ms
+
+    def merge(self, other: LogHist) -> LogHist:
+        for i, c in other.counts.items():
+            self.counts[i] = self.counts.get(i, 0) + c
+        self.n += other.n
+        self.max = max(self.max, other.max)
+        return self
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (0 < q ≤ 1), as the geometric middle of its bucket (±2 %)."""
+        if not self.n:
+            return None
+        rank = q * self.n
+        seen = 0
+        for i in sorted(self.counts):
+            seen += self.counts[i]
+            if seen >= rank:
+                mid = HIST_LO_MS if i == 0 else HIST_LO_MS * HIST_GROWTH ** (i - 0.5)
+                return min(mid, self.max)
+        return self.max
+
+    def to_json(self) -> dict[str, Any]:
+        return {"b": {str(i): c for i, c in self.counts.items()}, "n": self.n, "max": self.max}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LogHist:
+        h = cls()
+        h.counts = {int(i): int(c) for i, c in data["b"].items()}
+        h.n = int(data["n"])
+        h.max = float(data["max"])
+        return h

@@ -45,18 +45,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jwt
 import numpy as np
-from common import free_port, pinned
+from common import ServerSampler, pinned, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -64,7 +60,6 @@ RESULTS = BENCH / "results"
 PY = sys.executable
 SECRET = "flood-bench-secret-with-at-least-32-characters!"
 GOAL_P99_MS = 50.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 BIG = "1000000000"
 
 CONFIGS: dict[str, dict[str, str]] = {
@@ -90,80 +85,6 @@ PHASES = ("before", "during", "after")
 
 
 # --- processes ------------------------------------------------------------------------------
-
-
-@contextmanager
-def running_server(env_extra: dict[str, str], core: int | None, log_path: Path) -> Iterator[tuple[int, int]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "REALTIME_HOST": "127.0.0.1",
-        "REALTIME_PORT": str(port),
-        "REALTIME_JWT_SECRET": SECRET,
-        "REALTIME_LOG_LEVEL": "warning",
-        **env_extra,
-    }
-    with open(log_path, "wb") as log:
-        cmd = [PY, "-m", "realtime_channels", "serve"]
-        proc = subprocess.Popen(pinned(core, cmd), env=env,
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited ({proc.returncode}):\n{log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not become ready:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.05)  # polling until the port answers, bounded by the deadline
-        yield port, proc.pid  # taskset execs the command: same pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-class ServerSampler(threading.Thread):
-    """Every 100 ms: the server's CPU seconds, run-queue wait (time runnable but not running,
-    i.e. other work took its core) and RSS, stamped with epoch ms like the clients' samples."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.rows: list[tuple[float, float, float, int]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                stat = Path(f"/proc/{self.pid}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2 :].split()
-                cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-                wait = int(Path(f"/proc/{self.pid}/schedstat").read_text().split()[1]) / 1e9
-                rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-            except (OSError, ValueError, IndexError):
-                return
-            self.rows.append((time.time() * 1000, cpu, wait, rss))
-            self.stop.wait(0.1)
-
-    def between(self, lo: float, hi: float) -> dict[str, float]:
-        rows = [r for r in self.rows if lo <= r[0] <= hi]
-        if len(rows) < 2:
-            return {"cpu": float("nan"), "wait": float("nan"), "rss": float("nan")}
-        wall = (rows[-1][0] - rows[0][0]) / 1000
-        return {
-            "cpu": (rows[-1][1] - rows[0][1]) / wall,
-            "wait": (rows[-1][2] - rows[0][2]) / wall,
-            "rss": max(r[3] for r in rows) / 2**20,
-        }
 
 
 def node_proc(cfg: dict[str, Any], core: int | None, nice: int = 0) -> subprocess.Popen[str]:
@@ -274,7 +195,7 @@ def run_scenario(args: argparse.Namespace, config: str, variant: str, log_dir: P
     before_s = args.before if variant != "none" else args.before + args.flood
     duration = before_s + flood_s + after_s
     print(f"== {sc.key}: {VARIANT_LABELS[variant]} ({duration:.0f} s)", flush=True)
-    with running_server(env, args.server_core, log_dir / f"server-{config}-{variant}.log") as (port, pid):
+    with running_server(env, args.server_core, log_dir / f"server-{config}-{variant}.log", SECRET) as (port, pid):
         sampler = ServerSampler(pid)
         sampler.start()
         out = log_dir / f"legit-{config}-{variant}.json"
