@@ -12,6 +12,7 @@
 // Output: one JSON object per line on stdout ({"type": "progress" | "step" | "result" | ...}).
 import { readFileSync, readdirSync } from 'node:fs'
 import { performance } from 'node:perf_hooks'
+import readline from 'node:readline'
 import WebSocket from 'ws'
 
 const cfg = JSON.parse(process.argv[2])
@@ -173,6 +174,8 @@ function supabase(vsn) {
         conn.onPresence(text.length, Object.keys(m.payload), [], true)
       } else if (m.event === 'presence_diff') {
         conn.onPresence(text.length, Object.keys(m.payload.joins), Object.keys(m.payload.leaves), false)
+      } else if (m.event === 'system' || m.event === 'phx_close' || m.event === 'phx_error') {
+        channelErrors++
       }
     },
     publish(conn, body) {
@@ -225,6 +228,8 @@ const conns = []
 let hbSent = 0
 let hbReplies = 0
 let closedByServer = 0
+let channelErrors = 0 // system errors, phx_close and phx_error the server sent to a joined channel
+let soakStats = null // the current report interval of the soak mode
 
 class Conn {
   constructor(room, { role = 'sub', presenceKey, slow = false } = {}) {
@@ -280,6 +285,7 @@ class Conn {
       return
     }
     this.received++
+    if (soakStats !== null) soakStats.add(performance.now() - st[0])
     const seq = st[1]
     if (seq <= this.lastSeq) {
       if (measuring) measuring.ooo++
@@ -293,7 +299,7 @@ class Conn {
   }
   onHeartbeatReply() {
     hbReplies++
-    hbRtt.push(performance.now() - this.hbSentAt)
+    if (soakStats === null) hbRtt.push(performance.now() - this.hbSentAt) // a soak runs for hours: no per-reply samples
   }
   onTracked(status) {
     if (status !== 'ok') progress(`track refused: ${status}`)
@@ -606,7 +612,87 @@ async function slow() {
   })
 }
 
-const SCENARIOS = { fanout, idle, presence, slow }
+// Soak: the rooms publish at a rate set on stdin until told to stop; each report gives the
+// interval's publishes, deliveries and latency histogram (bench/soak.py merges the processes').
+//   stdin  {"cmd":"rate","value":<deliveries/s>} | {"cmd":"report"} | {"cmd":"stop"}
+//   stdout {"type":"ready"} once joined, {"type":"report", ...} per report, {"type":"result"} at the end
+// Latencies go to log buckets (as bench/common.py's LogHist), so memory stays flat for hours.
+const HIST_LO_MS = 0.01
+const LOG_GROWTH = Math.log(1.04)
+class LogHist {
+  constructor() {
+    this.b = new Map()
+    this.n = 0
+    this.max = 0
+  }
+  add(ms) {
+    const i = ms <= HIST_LO_MS ? 0 : Math.ceil(Math.log(ms / HIST_LO_MS) / LOG_GROWTH)
+    this.b.set(i, (this.b.get(i) ?? 0) + 1)
+    this.n++
+    if (ms > this.max) this.max = ms
+  }
+  toJSON() {
+    return { b: Object.fromEntries(this.b), n: this.n, max: this.max }
+  }
+}
+
+async function soak() {
+  const base = cfg.roomBase ?? 0
+  const pubs = buildRooms(cfg.rooms, cfg.subs)
+  for (const c of conns) c.room += base
+  pad = 'x'.repeat(cfg.payloadPad)
+  startHeartbeats()
+  const conn = await openAll(conns, cfg.connectConcurrency)
+  emit({ type: 'ready', connections: conns.length, connect: conn })
+  let rate = 0
+  let stop = false
+  let lastSeq = seq
+  let totals = { sent: 0, received: 0 }
+  soakStats = new LogHist()
+  const report = () => {
+    const h = soakStats
+    soakStats = new LogHist()
+    const sent = seq - lastSeq
+    lastSeq = seq
+    totals.sent += sent
+    totals.received += h.n
+    return { sent, expected: sent * cfg.subs, received: h.n, hist: h.toJSON(), closedByServer, channelErrors,
+             hbSent, hbReplies, open: conns.filter((c) => !c.closed).length }
+  }
+  const rl = readline.createInterface({ input: process.stdin })
+  rl.on('line', (line) => {
+    const c = JSON.parse(line)
+    if (c.cmd === 'rate') rate = c.value
+    else if (c.cmd === 'report') emit({ type: 'report', ...report() })
+    else if (c.cmd === 'stop') stop = true
+  })
+  rl.on('close', () => (stop = true))
+  // message j of a rate's run goes out at t0 + j / msgsPerSecond, to room j % rooms
+  let t0 = 0
+  let j = 0
+  let current = -1
+  while (!stop) {
+    if (rate !== current) {
+      current = rate
+      t0 = performance.now()
+      j = 0
+    }
+    if (current <= 0) {
+      await sleep(50)
+      continue
+    }
+    const due = Math.floor((((performance.now() - t0) / 1000) * current) / cfg.subs)
+    for (; j < due; j++) {
+      const p = pubs[j % pubs.length]
+      if (!p.closed) proto.publish(p, body(p.room))
+    }
+    await sleep(1)
+  }
+  const last = report()
+  emit({ type: 'result', sent: totals.sent, expected: totals.sent * cfg.subs, received: totals.received, last })
+}
+
+const SCENARIOS = { fanout, idle, presence, slow, soak }
 try {
   await SCENARIOS[cfg.mode]()
 } catch (err) {
