@@ -7,7 +7,7 @@ Roles: ``probe`` (a legit client timing its own broadcasts, ``self: true``), ``p
 ``writer`` (INSERTs and UPDATEs on the subscribed table, each stamped with its send time).
 
 A role reads commands on stdin and answers on stdout, one JSON object per line, as
-``bench/loadgen.mjs``'s soak mode does, so :class:`Worker` drives both:
+``bench/loadgen.mjs``'s soak mode does, so ``common.Worker`` drives both:
 
     stdin  {"cmd": "rate", "value": x} | {"cmd": "report"} | {"cmd": "stop"}
     stdout {"type": "ready"} | {"type": "report", ...} (one per "report") | {"type": "result", ...}
@@ -25,166 +25,14 @@ import os
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from common import LogHist, log, pinned
-from websockets.asyncio.client import ClientConnection, connect
+from common import LogHist
+from phx import V2, Frame, Socket, emit, number_after, paced
 from websockets.exceptions import ConnectionClosed
-
-V2 = "2.0.0"
-HEARTBEAT_S = 25.0
-JOIN_TIMEOUT_S = 30.0
-
-Frame = tuple[Any, Any, str, str, Any]
-
-
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
-    sys.stdout.flush()
-
-
-def number_after(raw: str, key: str) -> float | None:
-    """The JSON number right after ``key`` (e.g. ``'"ts":'``) in a frame, without parsing it."""
-    i = raw.find(key)
-    if i < 0:
-        return None
-    i += len(key)
-    j = i
-    while j < len(raw) and raw[j] in "0123456789.-eE+":
-        j += 1
-    try:
-        return float(raw[i:j])
-    except ValueError:
-        return None
-
-
-# --- one socket -------------------------------------------------------------------------------------
-
-
-class Socket:
-    """One Supabase Realtime WebSocket (V1 JSON objects or V2 arrays).
-
-    Every frame first goes to ``on_data`` (the hot path: return True when it was a counted
-    delivery); the others are decoded, replies resolve :meth:`call`, the rest go to
-    ``on_control``.  Heartbeats go out every 25 s as the official clients send them."""
-
-    def __init__(self, ws: ClientConnection, vsn: str, on_data: Callable[[str], bool],
-                 on_control: Callable[[Frame], None]) -> None:
-        self.ws = ws
-        self.vsn = vsn
-        self.on_data = on_data
-        self.on_control = on_control
-        self.pending: dict[str, asyncio.Future[Any]] = {}
-        self.refs = 0
-        self.close_code: int | None = None
-        self.closed = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._heartbeat())]
-
-    @classmethod
-    async def open(cls, port: int, token: str, vsn: str = V2, *, on_data: Callable[[str], bool] = lambda raw: False,
-                   on_control: Callable[[Frame], None] = lambda f: None) -> Socket:
-        ws = await connect(f"ws://127.0.0.1:{port}/realtime/v1/websocket?apikey={token}&vsn={vsn}",
-                           compression=None, max_size=None, ping_interval=None, open_timeout=JOIN_TIMEOUT_S)
-        return cls(ws, vsn, on_data, on_control)
-
-    def encode(self, join_ref: str | None, ref: str | None, topic: str, event: str, payload: Any) -> str:
-        if self.vsn == V2:
-            return orjson.dumps([join_ref, ref, topic, event, payload]).decode()
-        return orjson.dumps({"topic": topic, "event": event, "payload": payload, "ref": ref,
-                             "join_ref": join_ref}).decode()
-
-    def decode(self, raw: str | bytes) -> Frame | None:
-        if isinstance(raw, bytes):
-            return None  # kind-4 broadcasts: the hot path counts them, nothing else is binary
-        try:
-            m = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None
-        if self.vsn == V2 and isinstance(m, list) and len(m) >= 5:
-            return m[0], m[1], m[2], m[3], m[4]
-        if isinstance(m, dict):
-            return m.get("join_ref"), m.get("ref"), m.get("topic", ""), m.get("event", ""), m.get("payload")
-        return None
-
-    async def send(self, join_ref: str | None, topic: str, event: str, payload: Any) -> None:
-        await self.ws.send(self.encode(join_ref, None, topic, event, payload))
-
-    async def call(self, join_ref: str | None, topic: str, event: str, payload: Any,
-                   timeout: float = JOIN_TIMEOUT_S) -> Any:
-        """Push with a ref and return the reply's payload (``{"status": …, "response": …}``)."""
-        self.refs += 1
-        ref = str(self.refs)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending[ref] = fut
-        try:
-            await self.ws.send(self.encode(join_ref, ref, topic, event, payload))
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            self.pending.pop(ref, None)
-
-    async def join(self, topic: str, config: dict[str, Any], token: str, **extra: Any) -> tuple[str, Any]:
-        """phx_join; returns (join_ref, reply payload)."""
-        ref = str(self.refs + 1)
-        reply = await self.call(ref, topic, "phx_join", {"config": config, "access_token": token, **extra})
-        return ref, reply
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self.ws:
-                text = raw if isinstance(raw, str) else raw.decode("latin-1")
-                if self.on_data(text):
-                    continue
-                frame = self.decode(raw)
-                if frame is None:
-                    continue
-                ref = frame[1]
-                if frame[3] == "phx_reply" and isinstance(ref, str) and ref in self.pending:
-                    fut = self.pending[ref]
-                    if not fut.done():
-                        fut.set_result(frame[4])
-                elif frame[2] != "phoenix":
-                    self.on_control(frame)
-        except ConnectionClosed:
-            pass
-        finally:
-            self.close_code = self.ws.close_code
-            self.closed.set()
-
-    async def _heartbeat(self) -> None:
-        with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
-            while True:
-                await asyncio.sleep(HEARTBEAT_S)  # the clients' heartbeat period
-                await self.ws.send(self.encode(None, "hb", "phoenix", "heartbeat", {}))
-
-    async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), 5)
-
-
-async def paced(rate: Callable[[], float], action: Callable[[int], Awaitable[None] | None],
-                stop: asyncio.Event) -> None:
-    """Call ``action(j)`` at ``rate()`` per second (open loop: action j at t0 + j / rate; a new
-    rate restarts the schedule) until ``stop`` is set."""
-    current, t0, j = -1.0, 0.0, 0
-    while not stop.is_set():
-        r = rate()
-        if r != current:
-            current, t0, j = r, time.monotonic(), 0
-        if current <= 0:
-            await asyncio.sleep(0.05)
-            continue
-        due = int((time.monotonic() - t0) * current)
-        while j < due:
-            out = action(j)
-            if out is not None:
-                await out
-            j += 1
-        await asyncio.sleep(min(0.01, 1 / current))
 
 
 # --- roles ----------------------------------------------------------------------------------------
@@ -262,6 +110,17 @@ class Probe(Role):
             self.count("sent")
 
 
+@dataclass(eq=False)
+class Member:
+    i: int
+    topic: str
+    sock: Socket | None = None
+    joined: str | None = None  # join_ref of the current channel
+    last: float = 0.0  # monotonic time of its last operation
+    n: int = 0  # tracks so far
+    busy: bool = False
+
+
 class Presence(Role):
     """``members`` sockets over ``rooms`` topics, each tracking a presence; ``rate`` operations/s
     (an update of the tracked payload, a leave, or a rejoin with a track), each member at most one
@@ -270,9 +129,7 @@ class Presence(Role):
 
     async def start(self) -> dict[str, Any]:
         n, rooms = int(self.cfg["members"]), int(self.cfg["rooms"])
-        self.members = [{"i": i, "topic": f"realtime:presence-{i % rooms}", "joined": None, "last": 0.0, "n": 0}
-                        for i in range(n)]
-        self.socks: list[Socket] = []
+        self.members = [Member(i, f"realtime:presence-{i % rooms}") for i in range(n)]
         for start in range(0, n, 50):
             await asyncio.gather(*(self.connect(m) for m in self.members[start:start + 50]))
         await asyncio.gather(*(self.join_and_track(m) for m in self.members))
@@ -295,14 +152,15 @@ class Presence(Role):
             return True
         return False
 
-    async def connect(self, m: dict[str, Any]) -> None:
-        m["sock"] = await Socket.open(self.cfg["port"], self.cfg["token"], self.cfg.get("vsn", V2),
-                                      on_data=self.data, on_control=self.control)
+    async def connect(self, m: Member) -> Socket:
+        m.sock = await Socket.open(self.cfg["port"], self.cfg["token"], self.cfg.get("vsn", V2),
+                                   on_data=self.data, on_control=self.control)
+        return m.sock
 
-    async def timed(self, m: dict[str, Any], event: str, payload: Any) -> bool:
+    async def timed(self, m: Member, sock: Socket, event: str, payload: dict[str, Any]) -> bool:
         t0 = time.perf_counter()
         try:
-            reply = await m["sock"].call(m["joined"], m["topic"], event, payload, timeout=10)
+            reply = await sock.call(m.joined, m.topic, event, payload, timeout=10)
         except (asyncio.TimeoutError, ConnectionClosed):
             self.error(f"{event} {payload.get('event', '')} unanswered")
             return False
@@ -312,56 +170,59 @@ class Presence(Role):
         self.hist.add((time.perf_counter() - t0) * 1000)
         return True
 
-    async def join_and_track(self, m: dict[str, Any]) -> None:
-        if m["sock"].closed.is_set():
-            self.error(f"socket closed {m['sock'].close_code}")
-            await self.connect(m)
-        config = {"presence": {"key": f"member-{m['i']}", "enabled": True}, "broadcast": {"self": False}}
+    async def join_and_track(self, m: Member) -> None:
+        sock = m.sock
+        if sock is None or sock.closed.is_set():
+            if sock is not None:
+                self.error(f"socket closed {sock.close_code}")
+            sock = await self.connect(m)
+        config = {"presence": {"key": f"member-{m.i}", "enabled": True}, "broadcast": {"self": False}}
         try:
-            ref, reply = await m["sock"].join(m["topic"], config, self.cfg["token"])
+            ref, reply = await sock.join(m.topic, config, self.cfg["token"])
         except (asyncio.TimeoutError, ConnectionClosed):
             self.error("join unanswered")
             return
         if reply.get("status") != "ok":
             self.error(f"join refused: {reply.get('response')}")
             return
-        m["joined"] = ref
-        await self.track(m)
+        m.joined = ref
+        await self.track(m, sock)
 
-    async def track(self, m: dict[str, Any]) -> None:
-        m["n"] += 1
-        meta = {"status": random.choice(("online", "away", "typing")), "n": m["n"], "i": m["i"]}
-        if await self.timed(m, "presence", {"type": "presence", "event": "track", "payload": meta}):
+    async def track(self, m: Member, sock: Socket) -> None:
+        m.n += 1
+        meta = {"status": random.choice(("online", "away", "typing")), "n": m.n, "i": m.i}
+        if await self.timed(m, sock, "presence", {"type": "presence", "event": "track", "payload": meta}):
             self.count("tracks")
 
-    async def leave(self, m: dict[str, Any]) -> None:
-        if await self.timed(m, "phx_leave", {}):
+    async def leave(self, m: Member, sock: Socket) -> None:
+        if await self.timed(m, sock, "phx_leave", {}):
             self.count("leaves")
-        m["joined"] = None
+        m.joined = None
 
     def op(self, j: int) -> None:
         now = time.monotonic()
         gap = float(self.cfg.get("min_gap_s", 8.0))
         for k in range(len(self.members)):
             m = self.members[(j + k) % len(self.members)]
-            if now - m["last"] >= gap and not m.get("busy"):
+            if now - m.last >= gap and not m.busy:
                 break
         else:
             self.count("ops_skipped")  # every member pushed within the gap: the rate is too high
             return
-        m["last"], m["busy"] = now, True
-        if m["joined"] is None:
+        m.last, m.busy = now, True
+        sock = m.sock
+        if m.joined is None or sock is None or sock.closed.is_set():
             work: Awaitable[None] = self.join_and_track(m)
         elif random.random() < 0.2:
-            work = self.leave(m)
+            work = self.leave(m, sock)
         else:
-            work = self.track(m)
+            work = self.track(m, sock)
 
         async def run() -> None:
             try:
                 await work
             finally:
-                m["busy"] = False
+                m.busy = False
 
         asyncio.get_running_loop().create_task(run())
 
@@ -465,78 +326,6 @@ async def serve(role: Role) -> None:
         elif cmd["cmd"] == "stop":
             break
     emit({"type": "result", **await role.stop()})
-
-
-# --- the orchestrator's side ------------------------------------------------------------------------
-
-
-class Worker:
-    """One client process (a role above, or ``node bench/loadgen.mjs`` in soak mode) driven over
-    its stdin/stdout; its stderr goes to ``<log_dir>/<name>.err``."""
-
-    def __init__(self, name: str, argv: list[str], log_dir: Path, *, core: int | None = None, nice: int = 0) -> None:
-        self.name = name
-        self.argv = pinned(core, argv)
-        if nice:
-            self.argv = ["nice", "-n", str(nice), *self.argv]
-        self.err_path = log_dir / f"{name}.err"
-        self.proc: asyncio.subprocess.Process | None = None
-        self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    @classmethod
-    def python(cls, role: str, cfg: dict[str, Any], log_dir: Path, **kw: Any) -> Worker:
-        return cls(role if "name" not in cfg else cfg["name"],
-                   [sys.executable, str(Path(__file__)), role, orjson.dumps(cfg).decode()], log_dir, **kw)
-
-    async def start(self, timeout: float = 120) -> dict[str, Any]:
-        with open(self.err_path, "wb") as err:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-                limit=16 * 1024 * 1024, cwd=Path(__file__).parent)
-        self._reader = asyncio.create_task(self._read())
-        return await self.expect("ready", timeout)
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        async for line in self.proc.stdout:
-            try:
-                msg = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                log(f"  [{self.name}] {line.decode(errors='replace').rstrip()}")
-                continue
-            if msg.get("type") == "progress":
-                log(f"  [{self.name}] {msg.get('msg')}")
-            else:
-                await self.replies.put(msg)
-        await self.replies.put({"type": "exit"})
-
-    async def expect(self, kind: str, timeout: float) -> dict[str, Any]:
-        msg = await asyncio.wait_for(self.replies.get(), timeout)
-        if msg.get("type") != kind:
-            err = self.err_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.name}: expected {kind!r}, got {str(msg)[:500]}\n{err}")
-        return msg
-
-    async def command(self, cmd: dict[str, Any]) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(orjson.dumps(cmd) + b"\n")
-        await self.proc.stdin.drain()
-
-    async def report(self, timeout: float = 30) -> dict[str, Any]:
-        await self.command({"cmd": "report"})
-        return await self.expect("report", timeout)
-
-    async def stop(self, timeout: float = 60) -> dict[str, Any]:
-        await self.command({"cmd": "stop"})
-        result = await self.expect("result", timeout)
-        assert self.proc is not None
-        await asyncio.wait_for(self.proc.wait(), 15)
-        return result
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
 
 
 def main() -> None:

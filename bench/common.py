@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import math
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
 
 
 def free_port() -> int:
@@ -133,8 +136,8 @@ def proc_mem_mb(pid: int) -> tuple[float, float]:
     return rss, hwm
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (a server started with ``--workers`` forks)."""
+def process_tree(*roots: int) -> set[int]:
+    """The roots and all their descendants (a server started with ``--workers`` forks)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -145,11 +148,13 @@ def process_tree(pid: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [pid]
+    tree: set[int] = set()
+    todo = list(roots)
     while todo:
         p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
+        if p not in tree:
+            tree.add(p)
+            todo.extend(children.get(p, []))
     return tree
 
 
@@ -162,9 +167,10 @@ def tree_rss_mb(pid: int) -> float:
     return total
 
 
-def tree_cpu_seconds(pid: int) -> float:
+def tree_cpu_seconds(*roots: int) -> float:
+    """User + system CPU seconds of the roots and their descendants (each process once)."""
     total = 0.0
-    for p in process_tree(pid):
+    for p in process_tree(*roots):
         with contextlib.suppress(OSError, ValueError, IndexError):
             total += proc_cpu_seconds(p)
     return total
@@ -286,3 +292,76 @@ class LogHist:
         h.n = int(data["n"])
         h.max = float(data["max"])
         return h
+
+
+# --- client processes -------------------------------------------------------------------------
+
+
+class Worker:
+    """One client process (a role of ``bench/clients.py``, or ``node bench/loadgen.mjs`` in soak mode) driven over
+    its stdin/stdout; its stderr goes to ``<log_dir>/<name>.err``."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, *, core: int | None = None, nice: int = 0) -> None:
+        self.name = name
+        self.argv = pinned(core, argv)
+        if nice:
+            self.argv = ["nice", "-n", str(nice), *self.argv]
+        self.err_path = log_dir / f"{name}.err"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    @classmethod
+    def python(cls, role: str, cfg: dict[str, Any], log_dir: Path, **kw: Any) -> Worker:
+        """A role of ``bench/clients.py``."""
+        return cls(cfg.get("name", role), [sys.executable, str(BENCH / "clients.py"), role, orjson.dumps(cfg).decode()],
+                   log_dir, **kw)
+
+    async def start(self, timeout: float = 120) -> dict[str, Any]:
+        with open(self.err_path, "wb") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
+                limit=16 * 1024 * 1024, cwd=BENCH)
+        self._reader = asyncio.create_task(self._read())
+        return await self.expect("ready", timeout)
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            try:
+                msg = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                log(f"  [{self.name}] {line.decode(errors='replace').rstrip()}")
+                continue
+            if msg.get("type") == "progress":
+                log(f"  [{self.name}] {msg.get('msg')}")
+            else:
+                await self.replies.put(msg)
+        await self.replies.put({"type": "exit"})
+
+    async def expect(self, kind: str, timeout: float) -> dict[str, Any]:
+        msg = await asyncio.wait_for(self.replies.get(), timeout)
+        if msg.get("type") != kind:
+            err = self.err_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.name}: expected {kind!r}, got {str(msg)[:500]}\n{err}")
+        return msg
+
+    async def command(self, cmd: dict[str, Any]) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(orjson.dumps(cmd) + b"\n")
+        await self.proc.stdin.drain()
+
+    async def report(self, timeout: float = 30) -> dict[str, Any]:
+        await self.command({"cmd": "report"})
+        return await self.expect("report", timeout)
+
+    async def stop(self, timeout: float = 60) -> dict[str, Any]:
+        await self.command({"cmd": "stop"})
+        result = await self.expect("result", timeout)
+        assert self.proc is not None
+        await asyncio.wait_for(self.proc.wait(), 15)
+        return result
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()

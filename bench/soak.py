@@ -44,11 +44,11 @@ from typing import Any
 import psycopg
 
 from realtime_channels.cdc import sql
-from clients import Worker
 from common import (
     CLK_TCK,
     LIFTED_QUOTAS,
     LogHist,
+    Worker,
     core_ticks,
     busy_pct,
     load_pgcluster,
@@ -59,7 +59,7 @@ from common import (
     tree_cpu_seconds,
     tree_rss_mb,
 )
-from soak_report import plot, render
+from soak_report import flat, fmt, plot, progress, render
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -214,40 +214,6 @@ class ServerWatch:
         self.offset += cut
         return sum(1 for line in chunk[:cut].splitlines()
                    if b"Traceback" in line or b"ERROR" in line or b"CRITICAL" in line)
-
-
-def q(h: LogHist, p: float) -> float | None:
-    return h.quantile(p)
-
-
-def flat(rep: dict[str, Any], watch: dict[str, Any], t: float, dt: float) -> dict[str, Any]:
-    """One sample row (plain numbers only: the rows are all the soak keeps)."""
-    f, c, p, pr = rep["fanout"], rep["cdc"], rep["presence"], rep["probe"]
-    return {
-        "t": round(t, 1), **watch,
-        "fanout_per_s": f["received"] / dt, "fanout_expected": f["expected"], "fanout_received": f["received"],
-        "fanout_p50": q(f["hist"], 0.5), "fanout_p99": q(f["hist"], 0.99),
-        "fanout_closed": f["closed"], "fanout_open": f["open"],
-        "probe_p50": q(pr["hist"], 0.5), "probe_p99": q(pr["hist"], 0.99), "probe_max": pr["hist"].max,
-        "probe_sent": pr["sent"], "probe_received": pr["received"],
-        "cdc_per_s": c["received"] / dt, "cdc_expected": c["expected"], "cdc_received": c["received"],
-        "cdc_committed": c["committed"], "cdc_p50": q(c["hist"], 0.5), "cdc_p99": q(c["hist"], 0.99),
-        "presence_ops": p.get("tracks", 0) + p.get("leaves", 0), "presence_diffs": p.get("diffs", 0),
-        "presence_skipped": p.get("ops_skipped", 0), "presence_p99": q(p["hist"], 0.99),
-        "errors": sum(rep["errors"].values()) + watch["log_errors"], "error_kinds": rep["errors"],
-    }
-
-
-def fmt(v: float | None, spec: str = ".1f") -> str:
-    return "–" if v is None else format(v, spec)
-
-
-def progress(label: str, row: dict[str, Any]) -> None:
-    log(f"{label} rss {row['rss_mb']:6.1f} MB cpu {row['cpu_pct']:3.0f}% (core0 {row['core0_pct']:3.0f}%, "
-        f"other {row['foreign_pct']:3.0f}%) | "
-        f"fanout {row['fanout_per_s']:8,.0f}/s p50 {fmt(row['fanout_p50'])} p99 {fmt(row['fanout_p99'])} | "
-        f"probe p50 {fmt(row['probe_p50'])} p99 {fmt(row['probe_p99'])} | cdc {row['cdc_per_s']:6,.0f}/s "
-        f"p99 {fmt(row['cdc_p99'])} | presence {row['presence_ops']} ops | errors {row['errors']}")
 
 
 def verdict_step(row: dict[str, Any], target_writes: float, dt: float) -> str | None:

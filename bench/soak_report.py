@@ -1,4 +1,4 @@
-"""bench/soak.py's report: the Markdown page and the plot."""
+"""bench/soak.py's rows and report: one sample row, the progress line, the Markdown page, the plot."""
 
 from __future__ import annotations
 
@@ -12,11 +12,41 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import cpu_model
+from common import LogHist, cpu_model, log
 
 
 def fmt(v: float | None, spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
+
+
+def q(h: LogHist, p: float) -> float | None:
+    return h.quantile(p)
+
+
+def flat(rep: dict[str, Any], watch: dict[str, Any], t: float, dt: float) -> dict[str, Any]:
+    """One sample row (plain numbers only: the rows are all the soak keeps)."""
+    f, c, p, pr = rep["fanout"], rep["cdc"], rep["presence"], rep["probe"]
+    return {
+        "t": round(t, 1), **watch,
+        "fanout_per_s": f["received"] / dt, "fanout_expected": f["expected"], "fanout_received": f["received"],
+        "fanout_p50": q(f["hist"], 0.5), "fanout_p99": q(f["hist"], 0.99),
+        "fanout_closed": f["closed"], "fanout_open": f["open"],
+        "probe_p50": q(pr["hist"], 0.5), "probe_p99": q(pr["hist"], 0.99), "probe_max": pr["hist"].max,
+        "probe_sent": pr["sent"], "probe_received": pr["received"],
+        "cdc_per_s": c["received"] / dt, "cdc_expected": c["expected"], "cdc_received": c["received"],
+        "cdc_committed": c["committed"], "cdc_p50": q(c["hist"], 0.5), "cdc_p99": q(c["hist"], 0.99),
+        "presence_ops": p.get("tracks", 0) + p.get("leaves", 0), "presence_diffs": p.get("diffs", 0),
+        "presence_skipped": p.get("ops_skipped", 0), "presence_p99": q(p["hist"], 0.99),
+        "errors": sum(rep["errors"].values()) + watch["log_errors"], "error_kinds": rep["errors"],
+    }
+
+
+def progress(label: str, row: dict[str, Any]) -> None:
+    log(f"{label} rss {row['rss_mb']:6.1f} MB cpu {row['cpu_pct']:3.0f}% (core0 {row['core0_pct']:3.0f}%, "
+        f"other {row['foreign_pct']:3.0f}%) | "
+        f"fanout {row['fanout_per_s']:8,.0f}/s p50 {fmt(row['fanout_p50'])} p99 {fmt(row['fanout_p99'])} | "
+        f"probe p50 {fmt(row['probe_p50'])} p99 {fmt(row['probe_p99'])} | cdc {row['cdc_per_s']:6,.0f}/s "
+        f"p99 {fmt(row['cdc_p99'])} | presence {row['presence_ops']} ops | errors {row['errors']}")
 
 
 def quarters(rows: list[dict[str, Any]], warmup: float) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
