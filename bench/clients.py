@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 import orjson
 from common import LogHist
-from phx import V2, Frame, Socket, emit, number_after, paced
+from phx import V2, Frame, Socket, commands, emit, number_after, paced, run_main
 from websockets.exceptions import ConnectionClosed
 
 
@@ -314,11 +313,7 @@ ROLES: dict[str, type[Role]] = {"probe": Probe, "presence": Presence, "cdc": Cdc
 
 async def serve(role: Role) -> None:
     emit({"type": "ready", **await role.start()})
-    reader = asyncio.StreamReader()
-    loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        cmd = orjson.loads(line)
+    async for cmd in commands():
         if cmd["cmd"] == "rate":
             role.rate = float(cmd["value"])
         elif cmd["cmd"] == "report":
@@ -329,14 +324,7 @@ async def serve(role: Role) -> None:
 
 
 def main() -> None:
-    role = ROLES[sys.argv[1]](orjson.loads(sys.argv[2]))
-    try:
-        import uvloop
-
-        uvloop.run(serve(role))
-    except ImportError:
-        asyncio.run(serve(role))
-    os._exit(0)  # sockets still open are the server's to notice
+    run_main(serve(ROLES[sys.argv[1]](orjson.loads(sys.argv[2]))))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,6 +26,28 @@ Frame = tuple[Any, Any, str, str, Any]
 def emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(orjson.dumps(obj).decode() + "\n")
     sys.stdout.flush()
+
+
+async def commands() -> AsyncIterator[dict[str, Any]]:
+    """The JSON commands arriving on stdin, one per line, until it closes."""
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        yield orjson.loads(line)
+
+
+def run_main(main: Awaitable[None]) -> None:
+    """Run a client process's coroutine on uvloop when installed, then exit at once (sockets
+    still open are the server's to notice)."""
+    try:
+        import uvloop
+
+        uvloop.run(main)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(main)  # type: ignore[arg-type]
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def number_after(raw: str, key: str) -> float | None:
@@ -96,12 +119,16 @@ class Socket:
     async def call(self, join_ref: str | None, topic: str, event: str, payload: Any,
                    timeout: float = JOIN_TIMEOUT_S) -> Any:
         """Push with a ref and return the reply's payload (``{"status": …, "response": …}``)."""
+        return await self.call_text(lambda ref: self.encode(join_ref, ref, topic, event, payload), timeout)
+
+    async def call_text(self, make: Callable[[str], str], timeout: float = JOIN_TIMEOUT_S) -> Any:
+        """:meth:`call` for a frame written by hand: ``make(ref)`` returns its text."""
         self.refs += 1
         ref = str(self.refs)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[ref] = fut
         try:
-            await self.ws.send(self.encode(join_ref, ref, topic, event, payload))
+            await self.ws.send(make(ref))
             return await asyncio.wait_for(fut, timeout)
         finally:
             self.pending.pop(ref, None)
