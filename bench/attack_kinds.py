@@ -308,6 +308,7 @@ class BigPresence(Attack):
     def count_state(self, raw: str) -> bool:
         if '"presence_state"' in raw:
             self.state_bytes = max(self.state_bytes, len(raw))
+            self.note(f"presence_state of {len(raw) / 1e6:.0f} MB received" if len(raw) > 1e6 else "small presence_state received")
             return True
         return '"presence_diff"' in raw
 
@@ -336,11 +337,11 @@ class BigPresence(Attack):
         for s in observers:
             with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
                 await s.call(None, "phoenix", "heartbeat", {}, 30)  # the state arrived before this
-        self.facts.append(f"largest presence_state received: {self.state_bytes / 1e6:.1f} MB")
-        for s in [*self.members, *observers, over]:
-            if s.closed.is_set():
-                self.note(closed_code(s))
-            await s.close()
+        for role, socks in (("member", self.members), ("observer", observers), ("3.5 MB tracker", [over])):
+            for s in socks:
+                if s.closed.is_set():
+                    self.note(f"{role} {closed_code(s)}")
+                await s.close()
         self.inputs = f"12 tracks of 1–3 MB ({total / 1e6:.0f} MB), 3 observers, one 3.5 MB track"
 
 
