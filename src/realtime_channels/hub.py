@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from typing import Protocol
 
-from .protocol.codec import Broadcast, Message, Vsn, encode, encode_broadcast
-from .protocol.wsframe import build_frame
+from .protocol.codec import Broadcast, Message, Vsn, encode_broadcast, encode_utf8
+from .protocol.wsframe import build_frame, build_text_frame
 
 SubId = Hashable
 
@@ -59,10 +59,10 @@ def deliver(msg: Message, subs: Iterable[Subscriber]) -> int:
         elif vsn is vsn_b:
             frame = frame_b
         elif vsn_a is None:
-            vsn_a, frame = vsn, build_frame(encode(vsn, msg))
+            vsn_a, frame = vsn, build_text_frame(encode_utf8(vsn, msg))
             frame_a = frame
         else:
-            vsn_b, frame = vsn, build_frame(encode(vsn, msg))
+            vsn_b, frame = vsn, build_text_frame(encode_utf8(vsn, msg))
             frame_b = frame
         sub.write(frame)
         delivered += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from realtime_channels.protocol.wsframe import build_frame
+from realtime_channels.protocol.wsframe import build_frame, build_text_frame
 
 
 def parse_header(frame: bytes) -> tuple[bool, int, bool, int, bytes]:
@@ -62,3 +62,11 @@ def test_text_length_counts_utf8_bytes() -> None:
 def test_small_text_golden() -> None:
     assert build_frame('{"a":1}') == b'\x81\x07{"a":1}'
     assert build_frame(b"\x04") == b"\x82\x01\x04"
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_text_frame_of_utf8_bytes_is_the_text_frame_of_the_text(size: int) -> None:
+    text = ("☕a" * size)[:size]
+    assert build_text_frame(text.encode("utf-8")) == build_frame(text)
+    _, opcode, _, length, _ = parse_header(build_text_frame(text.encode("utf-8")))
+    assert (opcode, length) == (1, len(text.encode("utf-8")))

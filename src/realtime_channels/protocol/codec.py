@@ -210,11 +210,17 @@ def decode_binary(vsn: Vsn, data: bytes) -> BinaryBroadcastPush:
 
 def encode(vsn: Vsn, msg: Message) -> str:
     """Encode a server message (§1.5).  V1 objects never carry ``join_ref``."""
+    return encode_utf8(vsn, msg).decode("utf-8")
+
+
+def encode_utf8(vsn: Vsn, msg: Message) -> bytes:
+    """:func:`encode` as UTF-8 bytes, ready to frame: a large message (a crowded topic's
+    presence_state) is not copied into a ``str`` and back."""
     if vsn is Vsn.V1:
         obj: Any = {"topic": msg.topic, "event": msg.event, "payload": msg.payload, "ref": msg.ref}
     else:
         obj = [msg.join_ref, msg.ref, msg.topic, msg.event, msg.payload]
-    return orjson.dumps(obj).decode("utf-8")
+    return orjson.dumps(obj)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["build_frame"]
+__all__ = ["build_frame", "build_text_frame"]
 
 _FIN_TEXT = 0x81  # FIN + opcode 1 (text)
 _FIN_BINARY = 0x82  # FIN + opcode 2 (binary)
@@ -22,11 +22,16 @@ def build_frame(data: str | bytes) -> bytes:
     Servers never mask (RFC 6455 §5.1), so the MASK bit is 0 and there is no masking key.
     """
     if isinstance(data, str):
-        first = _FIN_TEXT
-        payload = data.encode("utf-8")
-    else:
-        first = _FIN_BINARY
-        payload = data
+        return _frame(_FIN_TEXT, data.encode("utf-8"))
+    return _frame(_FIN_BINARY, data)
+
+
+def build_text_frame(utf8: bytes) -> bytes:
+    """A text frame of text already encoded as UTF-8 (orjson's output)."""
+    return _frame(_FIN_TEXT, utf8)
+
+
+def _frame(first: int, payload: bytes) -> bytes:
     n = len(payload)
     # RFC 6455 §5.2: 7-bit length up to 125, then 126 + 16-bit, then 127 + 64-bit.
     if n <= 125:

@@ -24,8 +24,8 @@ from .. import errors
 from ..node import Node
 from ..protocol import handshake
 from ..protocol import session as s
-from ..protocol.codec import BinaryBroadcastPush, DecodeError, Message, Vsn, decode_binary, decode_text, encode
-from ..protocol.wsframe import build_frame
+from ..protocol.codec import BinaryBroadcastPush, DecodeError, Message, Vsn, decode_binary, decode_text, encode_utf8
+from ..protocol.wsframe import build_text_frame
 from . import effects
 from .state import STATE, AppState, json_response
 
@@ -113,7 +113,7 @@ class Connection:
             self.close(*close_frame_of(errors.SlowConsumer), abort_after=SLOW_CONSUMER_GRACE_S)
 
     def send(self, msg: Message) -> None:
-        self.write(build_frame(encode(self.vsn, msg)))
+        self.write(build_text_frame(encode_utf8(self.vsn, msg)))
 
     def close(self, code: int, reason: str, abort_after: float | None = None) -> asyncio.Future[Any] | None:
         """The one way a socket is closed: nothing more is written after the close frame;
