@@ -181,7 +181,8 @@ class Tokens(Attack):
         if self.sock.closed.is_set():
             self.note(closed_code(self.sock))
         self.facts.append(f"{alive} of 20 channels answer an ack'd broadcast afterwards")
-        self.inputs = f"{len(seen):,} distinct spellings as access_token, {n_big} × 1 MB tokens, 1 join with a 1 MB token"
+        self.inputs = (f"{len(seen):,} distinct spellings as access_token, {n_big} × 1 MB tokens, "
+                       "1 join with a 1 MB token")
 
 
 def nested(depth: int) -> str:
@@ -243,7 +244,8 @@ class Nested(Attack):
         for name, s in (("V1", self.v1), ("V2", self.v2)):
             if s.closed.is_set():
                 self.note(f"{name} {closed_code(s)}")
-        self.facts.append(f"kind 3 and whole-frame nesting: no reply; {self.delivered} deep messages reached the listener")
+        self.facts.append(f"kind 3 and whole-frame nesting: no reply; {self.delivered} deep messages reached "
+                          "the listener")
         self.inputs = f"{n:,} frames nested 300 deep ({n // 3:,} each of: ack'd V1/V2 pushes, kind 3, deep frame)"
 
 
@@ -308,7 +310,8 @@ class BigPresence(Attack):
     def count_state(self, raw: str) -> bool:
         if '"presence_state"' in raw:
             self.state_bytes = max(self.state_bytes, len(raw))
-            self.note(f"presence_state of {len(raw) / 1e6:.0f} MB received" if len(raw) > 1e6 else "small presence_state received")
+            big = len(raw) > 1e6
+            self.note(f"presence_state of {len(raw) / 1e6:.0f} MB received" if big else "small presence_state received")
             return True
         return '"presence_diff"' in raw
 
@@ -370,7 +373,8 @@ class JoinFlood(Attack):
         for f in pending:
             f.cancel()
         if pending:
-            replies["no reply"] = replies.get("no reply", 0) + len(pending)
+            key = "no reply (the socket was closed)" if sock.closed.is_set() else "no reply"
+            replies[key] = replies.get(key, 0) + len(pending)
         for k, v in replies.items():
             self.note(k, v)
         if sock.closed.is_set():
@@ -401,8 +405,8 @@ class Fuzz(Attack):
         if pick == 5:
             return rng.choice(self.EVENTS)
         if pick in (6, 7):
-            return {rng.choice(["config", "type", "event", "payload", "access_token", "key", "a"]): self.value(rng, depth + 1)
-                    for _ in range(rng.randint(0, 4))}
+            keys = ["config", "type", "event", "payload", "access_token", "key", "a"]
+            return {rng.choice(keys): self.value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
         return [self.value(rng, depth + 1) for _ in range(rng.randint(0, 5))]
 
     def frame(self, rng: random.Random, vsn: str) -> str | bytes:
@@ -469,7 +473,7 @@ class Fuzz(Attack):
         for s in socks:  # a heartbeat round trip on each: everything the frames caused is in
             with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
                 await s.call(None, "phoenix", "heartbeat", {}, 10)
-        self.inputs = f"{n:,} random frames (seeded) on 2 V1 + 2 V2 sockets"
+        self.inputs = f"{n:,} random frames on 2 V1 + 2 V2 sockets"
 
 
 KINDS: dict[str, type[Attack]] = {"regex": Regex, "tokens": Tokens, "nested": Nested, "slowloris": Slowloris,

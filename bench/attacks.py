@@ -66,7 +66,8 @@ ATTACKS: dict[str, tuple[str, str]] = {
     "presence": ("big presence state", "12 members of one topic track 1–3 MB each, 3 observers join (and get the "
                  "whole state), one member tracks 3.5 MB"),
     "joins": ("join flood", "one socket sends 5,000 `phx_join`s for distinct topics without waiting"),
-    "fuzz": ("random frames", "seeded random frames on 2 V1 and 2 V2 sockets (reopened when closed): bytes, text, "
+    "fuzz": ("random frames", "random frames (a fixed generator: every run sends the same) on 2 V1 and 2 V2 "
+             "sockets (reopened when closed): bytes, text, "
              "truncated JSON, random JSON, V1/V2 messages with random refs, topics, events and payloads, binary "
              "frames of every kind byte"),
 }
@@ -132,7 +133,8 @@ async def one(name: str, args: argparse.Namespace, dsn: str | None, log_dir: Pat
            "facts": result["facts"], "seconds": result["seconds"],
            "p99_before": p(before, 0.99), "p99_during": p(during, 0.99), "p99_after": p(after, 0.99),
            "p50_before": p(before, 0.5), "p50_during": p(during, 0.5),
-           "probe_sent_during": during["counts"].get("sent", 0), "probe_received_during": during["counts"].get("received", 0),
+           "probe_sent_during": during["counts"].get("sent", 0),
+           "probe_received_during": during["counts"].get("received", 0),
            "probe_errors": {**before["errors"], **during["errors"], **after["errors"]},
            "rss_before": rss_before, "rss_peak": max(peak, rss_before) if peak == peak else rss_before,
            "rss_after": rss_after, "log_problems": len(problems), "log_examples": problems[:3]}
@@ -181,7 +183,8 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, loads: tuple[st
           "errors:", ""]
     for r in rows:
         errs = "; ".join(f"{k} ×{v}" for k, v in r["probe_errors"].items()) or "none"
-        L.append(f"- {r['title']}: {r['probe_received_during']:,} of {r['probe_sent_during']:,} in {r['seconds']:.1f} s, "
+        L.append(f"- {r['title']}: {r['probe_received_during']:,} of {r['probe_sent_during']:,} in "
+                 f"{r['seconds']:.1f} s, "
                  f"p50 {fmt(r['p50_before'])} → {fmt(r['p50_during'])} ms; probe errors: {errs}.")
     problems = [r for r in rows if r["log_problems"]]
     if problems:

@@ -59,7 +59,7 @@ from common import (
     tree_cpu_seconds,
     tree_rss_mb,
 )
-from soak_report import flat, fmt, plot, progress, render
+from soak_report import FOREIGN_LIMIT_PCT, flat, fmt, plot, progress, render
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -71,8 +71,6 @@ TEAMS = ["t0", "t1"]
 LEVELS = [5_000, 10_000, 15_000, 20_000, 25_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000, 120_000, 150_000]
 P99_LIMIT_MS = 100.0
 DELIVERY_FLOOR = 0.98
-#: % of a core taken by processes outside the benchmark above which a failed step is repeated
-FOREIGN_LIMIT_PCT = 15.0
 
 SETUP_SQL = f"""
 create table {TABLE} (id bigserial primary key, team text not null, sent_ms float8 not null, body text not null);
@@ -183,8 +181,9 @@ def server_env(dsn: str, slot: str) -> dict[str, str]:
 
 class ServerWatch:
     """Per sample: the server's RSS, CPU, descriptors and new error lines in its log, both CPUs'
-    busy share, and the CPU that processes outside the benchmark took (the machine may be
-    shared: its user+system time minus this process tree's and PostgreSQL's, % of one core)."""
+    busy share, the CPU that processes outside the benchmark took (the machine may be shared:
+    its user+system time minus this process tree's and PostgreSQL's, % of one core), and the
+    RSS of the benchmark's own processes (this one and the clients), which must stay flat too."""
 
     def __init__(self, pid: int, log_path: Path, postmaster: int) -> None:
         self.pid, self.log_path, self.offset, self.postmaster = pid, log_path, 0, postmaster
@@ -199,7 +198,8 @@ class ServerWatch:
         cores = core_ticks(CLIENT_CPU), core_ticks(SERVER_CPU)
         dt = max(now - self.t, 1e-6)
         used = sum(b[2] - a[2] for a, b in zip(self.cores, cores, strict=True)) / CLK_TCK
-        out = {"rss_mb": tree_rss_mb(self.pid), "cpu_pct": 100 * (cpu - self.cpu) / dt,
+        rss = tree_rss_mb(self.pid)
+        out = {"rss_mb": rss, "clients_rss_mb": tree_rss_mb(os.getpid()) - rss, "cpu_pct": 100 * (cpu - self.cpu) / dt,
                "core0_pct": busy_pct(self.cores[0], cores[0]), "core1_pct": busy_pct(self.cores[1], cores[1]),
                "foreign_pct": max(0.0, 100 * (used - (own - self.own)) / dt),
                "fds": len(os.listdir(f"/proc/{self.pid}/fd")), "log_errors": self.new_log_errors()}
