@@ -120,9 +120,10 @@ async def test_idle_sockets_are_reaped_and_their_channels_leave(server_factory: 
             for i, c in enumerate(idle):  # silent from here on: reaped with 1000 "idle timeout"
                 assert await c.wait_closed(5) == 1000
                 assert c.ws.close_reason == "idle timeout"
-                # not sooner than the timeout (asyncio may run a timer up to its clock's
-                # resolution early, hence the millisecond)
-                assert loop.time() - last_sent[i] >= 1.0 - 0.001
+                # not sooner than the timeout; the server runs on uvloop, whose clock is read
+                # once per loop iteration (in whole milliseconds), so it may stamp a frame's
+                # arrival a little before the client's own clock saw it sent
+                assert loop.time() - last_sent[i] >= 1.0 - 0.05
                 await watcher.expect(leaves(f"idle-{i}"), timeout=5)
             await wait_until(connections(srv, 2), 5, "the reaped sockets to be gone")
             # the heartbeating sockets stayed, and no broadcast is delivered to a reaped channel
