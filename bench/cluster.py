@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from common import free_port, pinned
+from common import free_port, pinned, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -261,12 +261,7 @@ def server_node(core: int | None, log_dir: Path, name: str, redis_url: str | Non
                  20, f"server {name}")
         yield port, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         text = log_path.read_text(errors="replace")
         if "Traceback" in text:
             log(f"WARNING: {name} logged a traceback:\n{text[-3000:]}")

@@ -97,12 +97,7 @@ def running_server(env_extra: dict[str, str], core: int | None, log_path: Path,
             time.sleep(0.05)  # polling until the port answers, bounded by the deadline
         yield port, proc.pid  # taskset execs the command: same pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 # --- /proc ------------------------------------------------------------------------------------
@@ -365,3 +360,13 @@ class Worker:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, and SIGKILL if it has not exited 10 s later."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

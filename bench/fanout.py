@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from common import free_port, pinned
+from common import free_port, pinned, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -110,12 +110,7 @@ def running_server(v: Variant, core: int | None, log_dir: Path, extra_env: dict[
         wait_ready(proc, port, v.health, log_path)
         yield port, proc.pid  # taskset execs the command: same pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], port: int, health: str | None, log_path: Path) -> None:
