@@ -5,11 +5,13 @@ frees its slot, and behind a proxy the address comes from the header it appends 
 from __future__ import annotations
 
 import asyncio
-import time
 from contextlib import AsyncExitStack
 from typing import Any
 
 from rawclient import open_client, refused_handshake, unique_topic, user_broadcast
+from websockets.exceptions import InvalidStatus
+
+from support import wait_async
 
 REFUSED = {"error": "Too many connections from this client address"}
 NO_BACKOFF = {"REALTIME_CONNECT_ERROR_BACKOFF_MS": "0"}
@@ -17,14 +19,12 @@ NO_BACKOFF = {"REALTIME_CONNECT_ERROR_BACKOFF_MS": "0"}
 
 async def connect_when_freed(server: Any, stack: AsyncExitStack, source: str, timeout: float = 10) -> Any:
     """Open a socket from ``source`` as soon as the server has released a slot."""
-    deadline = time.monotonic() + timeout
-    while True:
+    async def attempt() -> Any:
         try:
             return await stack.enter_async_context(open_client(server, source=source))
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+        except InvalidStatus:
+            return None
+    return await wait_async(attempt, timeout, "the server to release a slot")
 
 
 async def test_the_cap_refuses_one_address_only_and_a_closed_socket_frees_its_slot(server_factory: Any) -> None:
