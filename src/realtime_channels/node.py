@@ -314,9 +314,10 @@ class Node:
     def track(self, stream: StreamKey, owner: Hashable, key: str, payload: Mapping[str, Any]) -> bool:
         """Track ``owner``'s presence; ``False`` (nothing changes) when the topic's state would
         grow past ``max_presence_state_bytes``."""
-        if self.replica.size_with(stream, owner, entry_size(key, payload)) > self.settings.max_presence_state_bytes:
+        size = entry_size(key, payload)
+        if self.replica.size_with(stream, owner, size) > self.settings.max_presence_state_bytes:
             return False
-        self._member_op(self.replica.track_op(stream, owner, key, payload, self.refs.next()))
+        self._member_op(self.replica.track_op(stream, owner, key, payload, self.refs.next(), size))
         return True
 
     def untrack(self, stream: StreamKey, owner: Hashable) -> None:

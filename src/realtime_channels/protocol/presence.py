@@ -102,9 +102,10 @@ class TopicPresence:
         return self.size - (old.size if old is not None else 0) + added
 
     def track(
-        self, owner: Owner, key: str, payload: Mapping[str, Any], phx_ref: str
+        self, owner: Owner, key: str, payload: Mapping[str, Any], phx_ref: str, size: int | None = None
     ) -> PresenceDiff | None:
-        """Track or replace ``owner``'s presence; ``None`` when nothing changed (§5.1, item 77)."""
+        """Track or replace ``owner``'s presence; ``None`` when nothing changed (§5.1, item 77).
+        ``size`` is the caller's ``entry_size(key, payload)``, if it has one."""
         old = self._entries.get(owner)
         if old is not None and old.key == key and _same_json(old.payload, payload):
             return None
@@ -112,7 +113,7 @@ class TopicPresence:
         # since phx_ref_prev only makes sense for a meta replaced under the same key.
         prev = old.meta[_REF] if old is not None and old.key == key else None
         entry = _Entry(key=key, payload=dict(payload), meta=_make_meta(payload, phx_ref, prev),
-                       size=entry_size(key, payload))
+                       size=entry_size(key, payload) if size is None else size)
         if old is not None:
             del self._entries[owner]
             self.size -= old.size

@@ -52,6 +52,8 @@ class TrackOp:
     payload: Mapping[str, Any]
     ref: str
     version: int
+    #: ``entry_size`` of key and payload when the origin knows it (not sent: 0 = work it out)
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +151,9 @@ class PresenceReplica:
     # ops this node publishes -----------------------------------------------------------------
 
     def track_op(self, stream: StreamKey, local_owner: Hashable, key: str, payload: Mapping[str, Any],
-                 ref: str) -> TrackOp:
+                 ref: str, size: int = 0) -> TrackOp:
         self.version += 1
-        return TrackOp(stream, (self.node_id, *_parts(local_owner)), key, dict(payload), ref, self.version)
+        return TrackOp(stream, (self.node_id, *_parts(local_owner)), key, dict(payload), ref, self.version, size)
 
     def size_with(self, stream: StreamKey, local_owner: Hashable, added: int) -> int:
         """The stream's presence state size (``TopicPresence.size``) if our ``local_owner``
@@ -241,7 +243,7 @@ class PresenceReplica:
     def _apply_member_op(self, op: MemberOp) -> Diffs:
         if isinstance(op, TrackOp):
             state = self.topics.setdefault(op.stream, TopicPresence())
-            diff = state.track(op.owner, op.key, op.payload or {}, op.ref)
+            diff = state.track(op.owner, op.key, op.payload or {}, op.ref, op.size or None)
         else:
             existing = self.topics.get(op.stream)
             if existing is None:
