@@ -84,6 +84,7 @@ def test_spec_example_payload() -> None:
         ),
         private=False,
         access_token="eyJhbGciOi.x.y",
+        postgres_changes_options={"wait": False, "timeout": 15000},
     )
 
 
@@ -150,7 +151,7 @@ def test_unknown_keys_ignored() -> None:
         "version": "realtime-js/2.119.0",
         "extra": [1, 2],
     }
-    assert parse_join(payload) == JoinParams()
+    assert parse_join(payload) == JoinParams(postgres_changes_options={"wait": True})
 
 
 @pytest.mark.parametrize("payload", [{}, {"access_token": "eyJ.a.b"}, None, [], "x", 5])

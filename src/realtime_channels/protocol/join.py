@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -43,6 +43,12 @@ class JoinParams:
     postgres_changes: tuple[dict[str, Any], ...] = ()
     private: bool = False
     access_token: str | None = None
+    #: ``config.broadcast.resume`` as sent (``None``: absent): offsets on this channel's
+    #: broadcasts, and where to resume from
+    broadcast_resume: Any = None
+    #: ``config.postgres_changes_options`` (``{}`` when absent or not an object): ``wait``,
+    #: ``timeout``, ``resume``
+    postgres_changes_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _object(value: Any) -> Mapping[str, Any]:
@@ -109,6 +115,8 @@ def parse_join(payload: Any) -> JoinParams:
         postgres_changes=changes,
         private=parse_flexible_bool(config.get("private")),
         access_token=_access_token(body),
+        broadcast_resume=broadcast.get("resume"),
+        postgres_changes_options=dict(_object(config.get("postgres_changes_options"))),
     )
 
 
