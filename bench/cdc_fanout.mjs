@@ -3,7 +3,8 @@
 // the table's changes and the topic's broadcasts.
 //
 // Protocol with the bench (one JSON object per line):
-//   stdin  <- first line: {"url", "token", "topic", "table", "subs", "vsns": ["1.0.0", "2.0.0"]}
+//   stdin  <- first line: {"url", "token", "topic", "table", "subs", "vsns": ["1.0.0", "2.0.0"],
+//             "offsets": false}   (offsets: join asking for offsets on broadcasts and changes)
 //             then "count" (answer with the counters) any number of times, then "stop"
 //   stdout -> {"type":"ready"}                       every socket got "Subscribed to PostgreSQL"
 //             {"type":"count", "changes", "broadcasts", "changeBytes", "broadcastBytes", "closed"}
@@ -72,6 +73,10 @@ class Sub {
       presence: { key: '', enabled: false },
       postgres_changes: [{ event: 'INSERT', schema: 'public', table: this.cfg.table }],
       private: false,
+    }
+    if (this.cfg.offsets) {
+      config.broadcast.resume = true
+      config.postgres_changes_options = { resume: true }
     }
     this.send(this.cfg.topic, 'phx_join', { config, access_token: this.cfg.token }, '1')
     this.heartbeat = setInterval(() => this.send('phoenix', 'heartbeat', {}, null), HEARTBEAT_MS)

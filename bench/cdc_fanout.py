@@ -151,17 +151,18 @@ class Subscribers:
 class Publisher:
     """One committed single-row INSERT, or one REST broadcast, per call."""
 
-    def __init__(self, dsn: str, port: int) -> None:
+    def __init__(self, dsn: str, port: int, table: str = TABLE, topic: str = TOPIC) -> None:
+        self.table, self.topic = table, topic
         self.db = psycopg.connect(dsn, autocommit=True)
         self.http = http.client.HTTPConnection("127.0.0.1", port)
         self.headers = {"apikey": token("service_role"), "content-type": "application/json"}
         self.pad = ""
 
     def insert(self, seq: int) -> None:
-        self.db.execute(f"insert into {TABLE} (seq, body) values (%s, %s)", (seq, BODY))
+        self.db.execute(f"insert into {self.table} (seq, body) values (%s, %s)", (seq, BODY))
 
     def broadcast(self, seq: int) -> None:
-        body = json.dumps({"messages": [{"topic": TOPIC, "event": "row",
+        body = json.dumps({"messages": [{"topic": self.topic, "event": "row",
                                          "payload": {"id": seq, "seq": seq, "body": BODY + self.pad}}]})
         self.http.request("POST", "/api/broadcast", body=body, headers=self.headers)
         resp = self.http.getresponse()
