@@ -54,8 +54,11 @@ class ChangeFeed(Protocol):
     async def stop(self) -> None: ...
 
     def subscribe(self, conn_id: int, peer: ChannelPeer, topic: str, join_ref: str | None,
-                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any]) -> None:
-        """Validate and create the channel's subscriptions; report with a ``system`` message."""
+                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any],
+                  ready: Callable[[errors.SubscribeError | None], None] | None = None) -> None:
+        """Validate and create the channel's subscriptions; report with a ``system`` message,
+        or (a join waiting for them, protocol.md §3.11) call ``ready`` once: ``None`` as soon as
+        they are live, else the error that refused them for good."""
 
     def unsubscribe(self, conn_id: int, topic: str) -> None: ...
 
@@ -375,10 +378,15 @@ class Node:
     # postgres_changes (protocol.md §6) -------------------------------------------------------
 
     def subscribe_postgres(self, conn_id: int, peer: ChannelPeer, topic: str, join_ref: str | None,
-                           bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any]) -> None:
-        """Without a database every binding fails with a ``system`` error (§6.3)."""
+                           bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any],
+                           ready: Callable[[errors.SubscribeError | None], None] | None = None) -> None:
+        """Without a database every binding fails with a ``system`` error (§6.3), or is
+        reported to ``ready`` (never from inside this call)."""
         if self.changes is not None:
-            self.changes.subscribe(conn_id, peer, topic, join_ref, bindings, claims)
+            self.changes.subscribe(conn_id, peer, topic, join_ref, bindings, claims, ready)
+            return
+        if ready is not None:
+            asyncio.get_running_loop().call_soon(ready, errors.PostgresNotConfigured())
             return
         payload = {
             "extension": "postgres_changes",

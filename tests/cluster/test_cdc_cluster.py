@@ -440,6 +440,29 @@ async def test_rls_users_on_different_nodes_each_see_only_their_rows(nodes: Node
     assert [g.id for g in seen["svc"]] == list(range(1, barrier + 3))
 
 
+# --- 5. joins that wait for their bindings (protocol.md §3.11) ------------------------------
+
+
+async def test_wait_join_on_every_node_replies_once_live(nodes: Nodes, db: Db) -> None:
+    """Followers register the subscriptions locally and know the stream's state from the reader:
+    a row committed right after a wait join's reply reaches the subscriber on every node."""
+    table = db.table("id int primary key, node int")
+    live = nodes.live
+    assert len(live) - len(nodes.leaders()) >= 1  # at least one follower is checked
+    binding = {"event": "INSERT", "schema": "public", "table": table}
+    async with clients_on(live) as clients:
+        for i, c in enumerate(clients):
+            topic = unique_topic(f"wait{i}")
+            reply = await c.join(topic, {"postgres_changes": [binding],
+                                         "postgres_changes_options": {"wait": True, "timeout": 10000}})
+            assert reply.payload["status"] == "ok", (live[i].port, reply.value)
+            db.execute(f"insert into {table} values (%s, %s)", (i, live[i].port))
+            system = await c.expect(event_is("system", topic), CHANGE_S)
+            assert system.payload["message"] == SUBSCRIBED
+            change = await c.expect(event_is("postgres_changes", topic), CHANGE_S)
+            assert change.payload["data"]["record"] == {"id": i, "node": live[i].port}
+
+
 # --- 3. fail-over ---------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@
 //   {"type":"presence","client","ch","kind":"sync|join|leave","key","presences","state"}
 //   {"type":"system","client","ch","payload"}
 //   {"type":"postgres_changes","client","ch","payload"}                    (with "postgres" bindings)
+//   {"type":"committed","client","ch","body"|"error"}                      (subscribe with "commitUrl")
 //   {"type":"log","client","kind","msg"}                                   (only with "log": true)
 // stdout carries nothing else: library console output is redirected to stderr.
 
@@ -183,6 +184,17 @@ const handlers = {
   async subscribe(cmd) {
     const { client, channel } = makeChannel(cmd)
     channel.subscribe((status, err) => {
+      if (status === 'SUBSCRIBED' && cmd.commitUrl) {
+        // What an app does to race its own subscription: write to the database from inside the
+        // SUBSCRIBED callback (here a GET to the test's endpoint, which commits a row, then
+        // answers); {"type":"committed","client","ch","body"|"error"} reports the outcome.
+        fetch(cmd.commitUrl)
+          .then((r) => r.text())
+          .then(
+            (body) => emit({ type: 'committed', client, ch: cmd.ch, body }),
+            (e) => emit({ type: 'committed', client, ch: cmd.ch, error: describeError(e) }),
+          )
+      }
       emit({ type: 'status', client, ch: cmd.ch, status, error: describeError(err), cause: safeJson(err?.cause) })
     }, cmd.timeout)
     return null

@@ -40,7 +40,7 @@ from .leader import Leadership
 from .record import Row, full_data
 from .replication import ReplicationReader
 from .rls import RlsChecker
-from .subscriptions import Subscriptions
+from .subscriptions import Ready, Subscriptions
 from .types import FeedState, ShareOp, StateShare, Transaction, TxnShare
 from .visibility import Matched, Visibility
 
@@ -241,9 +241,10 @@ class PostgresChanges:
     # subscriptions (subscriptions.py) ----------------------------------------------------------
 
     def subscribe(self, conn_id: int, peer: Peer, topic: str, join_ref: str | None,
-                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any]) -> None:
-        """Validate and create the channel's subscriptions; report with a ``system`` message."""
-        self.subscriptions.subscribe(conn_id, peer, topic, join_ref, bindings, claims)
+                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any], ready: Ready | None = None) -> None:
+        """Validate and create the channel's subscriptions; report with a ``system`` message,
+        or to ``ready`` for a join that waits for them (§3.11)."""
+        self.subscriptions.subscribe(conn_id, peer, topic, join_ref, bindings, claims, ready)
 
     def unsubscribe(self, conn_id: int, topic: str) -> None:
         self.subscriptions.unsubscribe(conn_id, topic)

@@ -6,6 +6,11 @@ subscriber's role may select, the role must exist.  The outcome is one ``system`
 (re)subscription; a failure is also logged at warning with its reason.  Valid bindings become
 ``Sub`` records indexed by table, which the router reads.  The checks run on their own side
 connection, so a burst of joins does not hold up routing.
+
+A join that waits for its bindings (protocol.md §3.11) passes ``ready``: it is called once,
+instead of the ``system`` message — with ``None`` right after the subscriptions are registered
+(before any later change can be routed to them), or with the error that refused them for good.
+Transient failures are retried without a word meanwhile.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ SUBSCRIBED = "Subscribed to PostgreSQL"
 
 TableKey = tuple[str, str]
 ChannelKey = tuple[int, str]
+#: told once whether a waiting join's subscriptions are live (``None``) or refused for good
+Ready = Callable[[errors.SubscribeError | None], None]
 
 
 def system(topic: str, join_ref: str | None, status: str, message: str) -> Message:
@@ -52,6 +59,7 @@ class ChannelSubs:
     subs: list[Sub] = field(default_factory=list)
     generation: int = 0
     retry: asyncio.TimerHandle | None = None
+    ready: Ready | None = None
 
 
 class Subscriptions:
@@ -80,12 +88,12 @@ class Subscriptions:
         return cached
 
     def subscribe(self, conn_id: int, peer: Peer, topic: str, join_ref: str | None,
-                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any]) -> None:
+                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any], ready: Ready | None = None) -> None:
         key = (conn_id, topic)
         old = self.channels.get(key)
         generation = old.generation + 1 if old is not None else 0
         self._drop(key)
-        ch = ChannelSubs(peer, topic, join_ref, tuple(bindings), claims, generation=generation)
+        ch = ChannelSubs(peer, topic, join_ref, tuple(bindings), claims, generation=generation, ready=ready)
         self.channels[key] = ch
         asyncio.get_running_loop().create_task(self._subscribe(key, ch))
 
@@ -118,7 +126,10 @@ class Subscriptions:
             if self.channels.get(key) is not ch:
                 return
             self._report_failure(ch, err)
-            ch.peer.send(system(ch.topic, ch.join_ref, "error", err.message))
+            if ch.ready is None:
+                ch.peer.send(system(ch.topic, ch.join_ref, "error", err.message))
+            elif not err.transient:
+                self._settle(ch, err)
             if err.transient:  # §6.3: transient problems are retried every 5–10 s
                 loop = asyncio.get_running_loop()
                 ch.retry = loop.call_later(RETRY_SECONDS, lambda: loop.create_task(self._subscribe(key, ch)))
@@ -129,7 +140,16 @@ class Subscriptions:
         for table_key, sub in resolved:
             self.by_table.setdefault(table_key, []).append(sub)
             self._fans.pop(table_key, None)
-        ch.peer.send(system(ch.topic, ch.join_ref, "ok", SUBSCRIBED))
+        if ch.ready is not None:
+            self._settle(ch, None)  # synchronously: the join's reply precedes any routed change
+        else:
+            ch.peer.send(system(ch.topic, ch.join_ref, "ok", SUBSCRIBED))
+
+    @staticmethod
+    def _settle(ch: ChannelSubs, err: errors.SubscribeError | None) -> None:
+        ready, ch.ready = ch.ready, None
+        if ready is not None:
+            ready(err)
 
     @staticmethod
     def _report_failure(ch: ChannelSubs, err: errors.SubscribeError) -> None:

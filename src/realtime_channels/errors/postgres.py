@@ -130,4 +130,35 @@ class PostgresNotConfigured(SubscribeError):
         "PostgreSQL is not configured (set REALTIME_DATABASE_URL)"
     )
 
-__all__ = ["SubscribeError", "FilterError", "SubscriptionParamsMissing", "SelectParamsInvalid", "SelectOnWildcard", "UnknownEvent", "NoRoleClaim", "TableNotPublished", "SubscriptionRejected", "ChangesUnavailable", "PostgresNotConfigured"]
+
+# --- waiting for the subscriptions in the join (protocol.md §3.11) -----------------------
+# ``config.postgres_changes_options.wait``: the join reply comes once the bindings are live,
+# or is one of these errors; nothing of the join is kept.
+
+
+class PostgresChangesSubscribeTimeout(JoinError):
+    """A join with ``postgres_changes_options.wait`` whose bindings did not become live within
+    its ``timeout`` (default 15000 ms, at most 20000 ms) — typically because the database's
+    change feed is not streaming."""
+
+    code = "PostgresChangesSubscribeTimeout"
+    message = "Timed out after <timeout>ms waiting for the postgres_changes subscription"
+
+    def __init__(self, timeout_ms: int) -> None:
+        self.timeout_ms = timeout_ms
+        super().__init__(f"Timed out after {timeout_ms}ms waiting for the postgres_changes subscription")
+
+
+class RealtimeDisabledForConfiguration(JoinError):
+    """A join with ``postgres_changes_options.wait`` whose bindings were refused for good; the
+    reason is the text the ``postgres_changes`` system error would carry without ``wait``
+    (table not published, bad filter, no ``role`` claim, no database…)."""
+
+    code = "RealtimeDisabledForConfiguration"
+    message = "<reason>"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+
+
+__all__ = ["PostgresChangesSubscribeTimeout", "RealtimeDisabledForConfiguration", "SubscribeError", "FilterError", "SubscriptionParamsMissing", "SelectParamsInvalid", "SelectOnWildcard", "UnknownEvent", "NoRoleClaim", "TableNotPublished", "SubscriptionRejected", "ChangesUnavailable", "PostgresNotConfigured"]

@@ -64,6 +64,10 @@ class Channel:
     replaces: tuple[Channel, ...] = ()
     #: the ``ref`` of the phx_join this channel answers
     join_msg_ref: str | None = None
+    #: a join waiting for its postgres_changes subscriptions (pgwait.py): the replayed
+    #: messages it holds meanwhile, and whether the subscriptions are live
+    held: tuple[ReplayedMessage, ...] = ()
+    pg_live: bool = False
 
     def join_reply(self, payload: dict[str, Any]) -> Message:
         return Message(self.topic, "phx_reply", payload, ref=self.join_msg_ref, join_ref=self.join_ref)

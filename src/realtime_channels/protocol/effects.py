@@ -2,7 +2,7 @@
 
 The adapter executes effects in order; those that need I/O (policy checks, function gates, the
 replication-ready wait) are answered by calling the session back (``Session.authorized``,
-``Session.gated``, ``Session.replication``).
+``Session.gated``, ``Session.replication``, ``Session.postgres_ready``).
 """
 
 from __future__ import annotations
@@ -85,6 +85,22 @@ class SubscribePostgres:
     join_ref: str | None
     bindings: tuple[dict[str, Any], ...]
     claims: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitPostgres:
+    """§3.11 ``postgres_changes_options.wait``: create the channel's postgres_changes
+    subscriptions (as ``SubscribePostgres`` does, but without their ``system`` messages) and
+    answer with ``Session.postgres_ready(topic, join_ref, error, now)`` as soon as every binding
+    is live (``error`` None), was refused for good (``RealtimeDisabledForConfiguration``), or
+    after ``timeout_ms`` (``PostgresChangesSubscribeTimeout``).  Transient failures are retried
+    meanwhile.  The answer for live bindings must run before any change is routed to them."""
+
+    topic: str
+    join_ref: str | None
+    bindings: tuple[dict[str, Any], ...]
+    claims: Mapping[str, Any]
+    timeout_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,5 +238,6 @@ Effect = (
     | Untrack
     | PushPresenceState
     | SubscribePostgres
+    | AwaitPostgres
     | UnsubscribePostgres
 )

@@ -44,6 +44,7 @@ from .effects import (  # re-exported: the effects are part of the session's int
     PRESENCE_WRITE as PRESENCE_WRITE,
     AuthResult as AuthResult,
     Authorize as Authorize,
+    AwaitPostgres as AwaitPostgres,
     AwaitReplication as AwaitReplication,
     Close as Close,
     Effect as Effect,
@@ -85,7 +86,7 @@ from .channel import (  # re-exported: part of the session's interface
     rewritten,
     join_message,
 )
-from . import authorizing, pushes
+from . import authorizing, pgwait, pushes
 
 __all__ = ["Session", "Verifier", "SessionConfig", "Channel", "ok_payload", "error_payload", "reply", "unmatched", "system_message", "phx_close", "replay_effects", "broadcast_of", "gate_subject", "rewritten", "join_message"]
 
@@ -166,6 +167,8 @@ class Session:
         effects: list[Effect] = []
         for ch in list(self.channels.values()):
             effects += self._teardown(ch)
+        for ch in self.joining.values():
+            effects += pgwait.abandon(ch)
         self.channels.clear()
         self.joining.clear()
         if self.counted and self.limits is not None:
@@ -191,6 +194,7 @@ class Session:
             # pushes queued behind it wait for the new join instead
             replaced = (*superseded.replaces, superseded)
             queued, superseded.queue = superseded.queue, []
+            effects += pgwait.abandon(superseded)
         try:
             ch = self._open_channel(msg, now)
         except errors.RealtimeError as err:
@@ -279,7 +283,10 @@ class Session:
         return ch.params.presence_enabled or self.config.presence_forced
 
     def _activate(self, ch: Channel, replayed: tuple[ReplayedMessage, ...], now: float) -> list[Effect]:
-        """Reply ok and start the channel's streams; pushes queued meanwhile run after (§3.7)."""
+        """Reply ok and start the channel's streams; pushes queued meanwhile run after (§3.7).
+        A join with ``postgres_changes_options.wait`` first waits for its bindings (§3.11)."""
+        if ch.bindings and not ch.pg_live and (wait_ms := pgwait.wait_timeout_ms(ch.params)) is not None:
+            return pgwait.hold(self, ch, replayed, wait_ms)
         self.channels[ch.topic] = ch
         if not self.counted and self.limits is not None:
             self.limits.add_user()
@@ -294,7 +301,8 @@ class Session:
                 self.limits.presence.add(now)
             effects.append(PushPresenceState(ch.presence_stream, ch.topic, ch.join_ref))
         if ch.bindings:
-            effects.append(SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, ch.claims))
+            effects.append(pgwait.subscribed(ch) if ch.pg_live
+                           else SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, ch.claims))
         if ch.params.replication_ready:
             effects.append(AwaitReplication(ch.topic, ch.join_ref))
         return effects + self._drain(ch, now)
@@ -321,7 +329,8 @@ class Session:
         joining = self.joining.get(msg.topic)
         if joining is not None and (msg.join_ref is None or msg.join_ref == joining.join_ref):
             del self.joining[msg.topic]  # the pending join is abandoned; its answer is ignored
-            effects: list[Effect] = [Send(reply(msg, ok_payload(), joining.join_ref))]
+            effects: list[Effect] = pgwait.abandon(joining)
+            effects.append(Send(reply(msg, ok_payload(), joining.join_ref)))
             effects += [Send(phx_close(c)) for c in (*joining.replaces, joining)]
             return effects + [Send(unmatched(m)) for m, _ in joining.queue]  # pushes it never ran
         ch = self.channels.get(msg.topic)
@@ -386,6 +395,7 @@ class Session:
     _refresh_authorized = authorizing.refresh_authorized
     _write_authorized = authorizing.write_authorized
     _need = authorizing.need
+    postgres_ready = pgwait.postgres_ready
     _publish = pushes.publish
     _presence = pushes.presence
     _access_token = pushes.access_token

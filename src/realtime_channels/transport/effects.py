@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from .. import errors
 from ..functions.events import RealtimeEvent
 from ..node import Gatekeeper, Node
 from ..protocol import session as s
@@ -190,6 +191,29 @@ def _close(conn: Conn, e: s.Close) -> None:
 @handles(s.SubscribePostgres)
 def _subscribe_postgres(conn: Conn, e: s.SubscribePostgres) -> None:
     conn.node.subscribe_postgres(conn.conn_id, conn, e.topic, e.join_ref, e.bindings, e.claims)
+
+
+@handles(s.AwaitPostgres)
+def _await_postgres(conn: Conn, e: s.AwaitPostgres) -> None:
+    """§3.11: the session is answered once — live, refused for good, or timed out.  The live
+    answer runs inside the feed's registration, so the join reply is written before any change
+    routed to the new subscriptions."""
+    settled = False
+
+    def answer(error: errors.RealtimeError | None) -> None:
+        nonlocal settled
+        if settled:
+            return
+        settled = True
+        timer.cancel()
+        if not conn.closing:
+            run(conn, conn.session.postgres_ready(e.topic, e.join_ref, error, time.time()))
+
+    def ready(failure: errors.SubscribeError | None) -> None:
+        answer(None if failure is None else errors.RealtimeDisabledForConfiguration(failure.message))
+
+    timer = conn.loop.call_later(e.timeout_ms / 1000, answer, errors.PostgresChangesSubscribeTimeout(e.timeout_ms))
+    conn.node.subscribe_postgres(conn.conn_id, conn, e.topic, e.join_ref, e.bindings, e.claims, ready)
 
 
 @handles(s.UnsubscribePostgres)
