@@ -60,6 +60,7 @@ async def test_migrate_creates_the_schema_objects(fresh_db: Any) -> None:
             "id": "uuid", "topic": "text", "extension": "text", "payload": "jsonb",
             "binary_payload": "bytea", "event": "text", "private": "boolean",
             "inserted_at": "timestamp without time zone", "updated_at": "timestamp without time zone",
+            "skip_broadcast": "boolean", "expires_at": "timestamp with time zone",  # §4.9
         }
         pk = conn.execute(
             "select array_agg(a.attname order by a.attname) from pg_index i"
@@ -137,7 +138,9 @@ async def test_existing_supabase_schema_is_used_as_it_is(fresh_db: Any) -> None:
         before = _columns(conn, "realtime.messages")
     await _migrate(fresh_db)
     with fresh_db.connect() as conn:
-        assert _columns(conn, "realtime.messages") == before  # no column added or changed
+        # nothing changed but the two columns persisted broadcasts need (§4.9)
+        assert _columns(conn, "realtime.messages") == {
+            **before, "skip_broadcast": "boolean", "expires_at": "timestamp with time zone"}
         assert conn.execute("select realtime.topic()").fetchone()[0] == "supabase-topic"
         assert conn.execute(
             "select policyname from pg_policies where schemaname = 'realtime' and tablename = 'messages'"

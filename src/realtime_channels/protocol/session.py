@@ -51,6 +51,9 @@ from .effects import (  # re-exported: the effects are part of the session's int
     GateJoin as GateJoin,
     GateSend as GateSend,
     GateVerdict as GateVerdict,
+    PERSIST as PERSIST,
+    Persist as Persist,
+    PersistResult as PersistResult,
     Publish as Publish,
     PushPresenceState as PushPresenceState,
     ReplayedMessage as ReplayedMessage,
@@ -386,6 +389,7 @@ class Session:
     _refresh_authorized = authorizing.refresh_authorized
     _write_authorized = authorizing.write_authorized
     _need = authorizing.need
+    persisted = authorizing.persisted
     _publish = pushes.publish
     _presence = pushes.presence
     _access_token = pushes.access_token
