@@ -15,8 +15,11 @@ from realtime_channels.protocol.codec import Broadcast, persist_ttl
 from realtime_channels.protocol.session import (
     BROADCAST_READ,
     BROADCAST_WRITE,
+    GATE_SEND,
     AuthResult,
     Authorize,
+    GateSend,
+    GateVerdict,
     Persist,
     PersistResult,
     Publish,
@@ -109,3 +112,15 @@ def test_an_answer_for_a_channel_that_left_is_ignored() -> None:
     s.receive(binary_push(DATA, False, metadata={"persist": True}), T0)
     s.receive(join_msg(private=True, ref="6", join_ref="6"), T0)  # rejoined: a new join_ref
     assert s.persisted(TOPIC, "1", PersistResult("row-1"), T0) == []
+
+
+def test_a_send_gate_rewrite_keeps_the_persist_request() -> None:
+    s = make_session(SessionConfig(private_allowed=True))
+    s.gates = lambda kind, sub_topic, event: kind == "authorize_send"
+    s.receive(join_msg(private=True), T0)
+    s.authorized(TOPIC, "1", "join", AuthResult({BROADCAST_READ: True}), T0)
+    s.channels[TOPIC].rights[BROADCAST_WRITE] = True
+    [gate] = s.receive(binary_push(DATA, False, metadata={"persist": {"ttl": 5}}), T0)
+    assert isinstance(gate, GateSend)
+    assert s.gated(TOPIC, "1", GATE_SEND, GateVerdict(True, payload={"y": 2}), T0) == [
+        persist_effect(5, b'{"y":2}')]

@@ -143,3 +143,25 @@ async def test_js_an_expired_message_is_no_longer_replayed(pdb: PrivateDb, node:
     pdb.execute("update realtime.messages set expires_at = now() - interval '1 second' where id = %s", (short_id,))
     assert await replayed_to_new_member(pdb, node, sub, "after") == [
         ("kept", {"n": 2}, {"replayed": True, "id": kept_id})]
+
+
+async def test_rest_persist_query_is_validated_and_needs_a_private_channel(pdb: PrivateDb) -> None:
+    from test_private_channels import post  # the raw REST call of the private-channel tests
+
+    sub, user = private_topic(), new_user()
+    pdb.grant(user, sub, (BROADCAST, WRITE), (PERSISTENCE, WRITE))
+    base = f"/api/broadcast/{sub.replace(':', '%3A')}/events/e"
+    invalid = {"message": 'UnableToPersistMessage: persist must be true or {"ttl": <seconds>} with a positive integer ttl'}
+    for query in ("private=true&persist=yes", "private=true&persist%5Bttl%5D=0", "private=true&persist%5Bttl%5D=1e3",
+                  "private=true&persist%5Bttl%5D=2147483648"):
+        assert await post(pdb, f"{base}?{query}", {}, pdb.token(user)) == (422, invalid), query
+    public = {"message": "UnableToPersistMessage: Only broadcasts of private channels can be persisted"}
+    assert await post(pdb, f"{base}?persist=true", {}, pdb.token(user)) == (422, public)
+    assert stored_rows(pdb, sub) == []
+    # persist=false is an ordinary broadcast; persist[ttl] wins over persist
+    assert await post(pdb, f"{base}?private=true&persist=false", {}, pdb.token(user)) == (202, None)
+    assert stored_rows(pdb, sub) == []
+    assert await post(pdb, f"{base}?private=true&persist=true&persist%5Bttl%5D=7", {"a": 1}, pdb.token(user)) == (
+        202, None)
+    [(_, event, payload, *_, ttl)] = stored_rows(pdb, sub)
+    assert (event, payload, ttl) == ("e", {"a": 1}, 7)
