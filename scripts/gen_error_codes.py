@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import sys
 from pathlib import Path
 
@@ -119,13 +120,13 @@ def text(cls: type[errors.RealtimeError], place: str) -> str:
         return span(err.reason)
     if place == errors.PUSH_REPLY:
         resp = err.response
-        return span(f'"{resp}"' if isinstance(resp, str) else f'{{"reason": "{resp["reason"]}"}}')
+        return span(f'"{resp}"' if isinstance(resp, str) else json.dumps(resp, ensure_ascii=False))
     if place == errors.CLOSE:
         return f"{cls.close_code} {span(str(cls.close_reason))}"
     if place == errors.HANDSHAKE:
         return f"{err.http_status} {span(err.handshake_error)}"
     if place == errors.REST:
-        return f"{err.http_status} {span(err.message)}"
+        return f"{err.http_status} {span(err.rest_message)}"
     return span(err.message)
 
 

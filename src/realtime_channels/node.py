@@ -30,6 +30,7 @@ from .protocol.session import (
     TOPIC_PREFIX,
     AuthResult,
     Authorize,
+    PersistResult,
     ReplayedMessage,
     stream_key,
 )
@@ -99,6 +100,9 @@ class Authorizer(Protocol):
                         extension: str) -> bool: ...
 
     async def replay(self, sub_topic: str, since_ms: int, limit: int) -> Sequence[ReplayRowLike]: ...
+
+    async def persist(self, sub_topic: str, claims: Mapping[str, Any], headers: Mapping[str, str], event: str,
+                      data: bytes, binary: bool, ttl: int | None) -> str | None: ...
 
 
 class EventSink(Protocol):
@@ -311,6 +315,19 @@ class Node:
             log.warning("could not evaluate policies for %s: %s", req.sub_topic, exc)
             return AuthResult({}, error=str(exc))
         return AuthResult(granted, replayed)
+
+    async def persist(self, sub_topic: str, claims: Mapping[str, Any], headers: Mapping[str, str], event: str,
+                      data: bytes, binary: bool, ttl: int | None) -> PersistResult:
+        """§4.9: store a private broadcast for replay if the persistence policy allows it;
+        never raises (a failure is logged and answered without an id)."""
+        if self.authorizer is None:
+            return PersistResult()
+        try:
+            msg_id = await self.authorizer.persist(sub_topic, claims, headers, event, data, binary, ttl)
+        except Exception as exc:  # noqa: BLE001 - answered as UnableToPersistMessage
+            log.warning("could not persist a broadcast on %s: %s", sub_topic, exc)
+            return PersistResult()
+        return PersistResult(msg_id) if msg_id is not None else PersistResult(denied=True)
 
     # presence (protocol.md §5), replicated across nodes (protocol/replica.py) --------------
 

@@ -168,6 +168,7 @@ function broadcastArgs(cmd) {
   const payload = cmd.binary !== undefined ? fromHex(cmd.binary) : cmd.payload
   const args = { type: cmd.kind ?? 'broadcast', event: cmd.event }
   if (payload !== undefined) args.payload = payload
+  if (cmd.persist !== undefined) args.persist = cmd.persist
   return args
 }
 
@@ -215,7 +216,9 @@ const handlers = {
   async httpSend(cmd) {
     const { channel } = getChannel(cmd.ch)
     const payload = cmd.binary !== undefined ? fromHex(cmd.binary) : cmd.payload
-    return await channel.httpSend(cmd.event, payload, cmd.timeout ? { timeout: cmd.timeout } : {})
+    const opts = cmd.timeout ? { timeout: cmd.timeout } : {}
+    if (cmd.persist !== undefined) opts.persist = cmd.persist
+    return await channel.httpSend(cmd.event, payload, opts)
   },
   async track(cmd) {
     const { channel } = getChannel(cmd.ch)

@@ -309,3 +309,53 @@ async def test_replay_only_private_broadcasts_of_the_topic(db: Any, authz: Chann
     ]
     assert json.loads(rows[0].payload_json or b"") == {"k": 1}
     assert await authz.replay(t, ms(base), 0) == []
+
+
+# --- persist (§4.9) -------------------------------------------------------------------------
+
+
+def stored(db: Any, t: str) -> list[tuple[Any, ...]]:
+    with db.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            "select id::text, extension, event, payload, binary_payload, private, skip_broadcast,"
+            " extract(epoch from expires_at - (inserted_at at time zone 'utc'))"
+            " from realtime.messages where topic = %s order by inserted_at", (t,)).fetchall()]
+
+
+async def test_persist_needs_the_persistence_insert_policy(db: Any, authz: ChannelAuthorizer) -> None:
+    t = topic()
+    with db.connect() as conn:
+        grant(conn, USER_A, t, "broadcast", "write")  # broadcast write alone is not enough
+    assert await authz.persist(t, claims(USER_A), {}, "note", b'{"a": 1}', False, None) is None
+    assert await authz.persist(t, claims(None, role="noprivs"), {}, "note", b"{}", False, None) is None
+    assert stored(db, t) == []
+    with db.connect() as conn:
+        grant(conn, USER_A, t, "persistence", "write")
+    json_id = await authz.persist(t, claims(USER_A), {}, "note", b'{"a": 1}', False, None)
+    bin_id = await authz.persist(t, claims(USER_A), {}, "blob", b"\x00\xff", True, 90)
+    assert stored(db, t) == [
+        (json_id, "broadcast", "note", {"a": 1}, None, True, True, None),
+        (bin_id, "broadcast", "blob", None, b"\x00\xff", True, True, 90),
+    ]
+    assert await authz.persist(t, claims(USER_B), {}, "note", b"{}", False, None) is None  # someone else
+
+
+async def test_replay_returns_persisted_rows_until_they_expire(db: Any, authz: ChannelAuthorizer) -> None:
+    t = topic()
+    with db.connect() as conn:
+        grant(conn, USER_A, t, "persistence", "write")
+    short = await authz.persist(t, claims(USER_A), {}, "short", b'{"n": 1}', False, 3600)
+    kept = await authz.persist(t, claims(USER_A), {}, "kept", b'{"n": 2}', False, None)
+    assert [r.id for r in await authz.replay(t, 0, 25)] == [short, kept]
+    with db.connect() as conn:  # the row's hour is over by the database clock
+        conn.execute("update realtime.messages set expires_at = now() - interval '1 ms' where id = %s", (short,))
+    assert [r.id for r in await authz.replay(t, 0, 25)] == [kept]
+
+
+async def test_persist_failure_raises_authz_unavailable(db: Any, authz: ChannelAuthorizer) -> None:
+    t = topic()
+    with db.connect() as conn:
+        grant(conn, USER_A, t, "persistence", "write")
+    with pytest.raises(AuthzUnavailable):  # jsonb refuses a NUL character
+        await authz.persist(t, claims(USER_A), {}, "note", b'{"a": "\\u0000"}', False, None)
+    assert stored(db, t) == []

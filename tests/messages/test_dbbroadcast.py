@@ -222,6 +222,21 @@ def test_message_from_row_rules() -> None:
         assert message_from_row(rel, pgoutput.TupleData(missing)) is None, i
     presence = (b"room", b"presence") + row[2:]
     assert message_from_row(rel, pgoutput.TupleData(presence)) is None
+    # §4.9: a persisted client broadcast was sent live already
+    rel = _relation("topic", "extension", "payload", "event", "private", "id", "skip_broadcast")
+    assert message_from_row(rel, pgoutput.TupleData(row + (b"t",))) is None
+    assert message_from_row(rel, pgoutput.TupleData(row + (b"f",))) is not None
+    assert message_from_row(rel, pgoutput.TupleData(row + (None,))) is not None
+
+
+async def test_persisted_rows_are_not_sent_again(db: Any, feed: Feed) -> None:
+    t = topic()
+    async with await db.aconnect() as conn:
+        await conn.execute("insert into realtime.messages (topic, extension, event, payload, private, skip_broadcast)"
+                           " values (%s, 'broadcast', 'persisted', '{}', true, true)", (t,))
+        await conn.execute("select realtime.send('{}', 'after', %s)", (t,))  # committed later: the barrier
+    await feed.wait_for(lambda: bool(feed.on_topic(t)), "the later message")
+    assert [m.event for m in feed.on_topic(t)] == ["after"]
 
 
 async def test_publication_and_slot_names_are_validated() -> None:

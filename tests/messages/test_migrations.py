@@ -18,6 +18,7 @@ from realtime_channels.messages.migrations import (
     ensure_publication,
     migrate,
     partition_name,
+    purge_expired,
 )
 
 
@@ -60,6 +61,7 @@ async def test_migrate_creates_the_schema_objects(fresh_db: Any) -> None:
             "id": "uuid", "topic": "text", "extension": "text", "payload": "jsonb",
             "binary_payload": "bytea", "event": "text", "private": "boolean",
             "inserted_at": "timestamp without time zone", "updated_at": "timestamp without time zone",
+            "skip_broadcast": "boolean", "expires_at": "timestamp with time zone",  # §4.9
         }
         pk = conn.execute(
             "select array_agg(a.attname order by a.attname) from pg_index i"
@@ -137,7 +139,9 @@ async def test_existing_supabase_schema_is_used_as_it_is(fresh_db: Any) -> None:
         before = _columns(conn, "realtime.messages")
     await _migrate(fresh_db)
     with fresh_db.connect() as conn:
-        assert _columns(conn, "realtime.messages") == before  # no column added or changed
+        # nothing changed but the two columns persisted broadcasts need (§4.9)
+        assert _columns(conn, "realtime.messages") == {
+            **before, "skip_broadcast": "boolean", "expires_at": "timestamp with time zone"}
         assert conn.execute("select realtime.topic()").fetchone()[0] == "supabase-topic"
         assert conn.execute(
             "select policyname from pg_policies where schemaname = 'realtime' and tablename = 'messages'"
@@ -150,6 +154,36 @@ async def test_existing_supabase_schema_is_used_as_it_is(fresh_db: Any) -> None:
         payload, private = conn.execute(
             "select payload, private from realtime.messages where topic = 'room-s'").fetchone()
         assert payload["x"] == 1 and "id" in payload and private is False
+
+
+async def test_persist_columns_supabase_already_has_are_kept(fresh_db: Any) -> None:
+    with fresh_db.connect() as conn:
+        conn.execute("create schema realtime")
+        conn.execute(
+            "create table realtime.messages (topic text not null, extension text not null, payload jsonb,"
+            " event text, private boolean default false, inserted_at timestamp not null default now(),"
+            " id uuid not null default gen_random_uuid(), skip_broadcast boolean not null default false,"
+            " primary key (id, inserted_at)) partition by range (inserted_at)")
+        before = _columns(conn, "realtime.messages")
+    await _migrate(fresh_db)
+    await _migrate(fresh_db)
+    with fresh_db.connect() as conn:
+        assert _columns(conn, "realtime.messages") == {**before, "expires_at": "timestamp with time zone"}
+        assert conn.execute("select attnotnull from pg_attribute where attrelid = 'realtime.messages'::regclass"
+                            " and attname = 'skip_broadcast'").fetchone()[0] is True  # theirs, unchanged
+
+
+async def test_purge_deletes_only_expired_rows(fresh_db: Any) -> None:
+    await _migrate(fresh_db)
+    with fresh_db.connect() as conn:
+        conn.execute("insert into realtime.messages (topic, extension, event, payload, expires_at) values"
+                     " ('t', 'broadcast', 'gone', '{}', now() - interval '1 s'),"
+                     " ('t', 'broadcast', 'soon', '{}', now() + interval '1 h'),"
+                     " ('t', 'broadcast', 'kept', '{}', null)")
+    async with await fresh_db.aconnect() as aconn:
+        assert await purge_expired(aconn) == 1
+    with fresh_db.connect() as conn:
+        assert [r[0] for r in conn.execute("select event from realtime.messages order by event")] == ["kept", "soon"]
 
 
 async def test_partitions_created_and_dropped_by_retention(fresh_db: Any) -> None:

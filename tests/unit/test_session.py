@@ -472,9 +472,10 @@ def test_non_object_broadcast_payload_is_not_relayed() -> None:
 # --- binary kind-3 push: §1.6, §4.3, items 12, 53–54 ------------------------------------------
 
 
-def binary_push(data: bytes, binary: bool, topic: str = TOPIC, ref: str | None = "4") -> BinaryBroadcastPush:
+def binary_push(data: bytes, binary: bool, topic: str = TOPIC, ref: str | None = "4",
+                metadata: dict[str, Any] | None = None) -> BinaryBroadcastPush:
     return BinaryBroadcastPush(
-        join_ref="1", ref=ref, topic=topic, event="cursor", metadata={"persist": True}, data=data, binary=binary
+        join_ref="1", ref=ref, topic=topic, event="cursor", metadata=metadata, data=data, binary=binary
     )
 
 

@@ -60,6 +60,11 @@ class RealtimeError(Exception):
         return self.message if self.bare_response else {"reason": self.reason}
 
     @property
+    def rest_message(self) -> str:
+        """The ``message`` of a refused REST call carrying this error."""
+        return self.message
+
+    @property
     def handshake_error(self) -> str:
         return self.handshake_message if self.handshake_message is not None else self.message
 

@@ -161,6 +161,57 @@ class PayloadSizeExceeded(PeerError):
     bare_response = True
 
 
+class UnableToPersistMessage(PeerError):
+    """Base of the refusals of a broadcast sent with ``persist`` (protocol.md §4.9): nothing is
+    stored and nothing is broadcast.  The reply's ``response`` is
+    ``{"error": "UnableToPersistMessage: …", "reason": …}`` (the same text twice; realtime-js
+    returns ``error`` from ``send()``), a REST call gets the text as its ``message``."""
+
+    code = "UnableToPersistMessage"
+    http_status = 422
+    where: ClassVar[Places] = (PUSH_REPLY, REST)
+
+    @property
+    def response(self) -> dict[str, str]:
+        return {"error": self.reason, "reason": self.reason}
+
+    @property
+    def rest_message(self) -> str:
+        return self.reason
+
+
+class PersistNotPrivate(UnableToPersistMessage):
+    """``persist`` on a public channel: only private channels store messages."""
+
+    message = "Only broadcasts of private channels can be persisted"
+
+
+class PersistParamsInvalid(UnableToPersistMessage):
+    """``persist`` is neither ``true`` nor ``{"ttl": <seconds>}`` (REST: ``persist=true`` or
+    ``persist[ttl]=<seconds>``) with a whole number of seconds from 1 to 2147483647."""
+
+    message = "persist must be true or {\"ttl\": <seconds>} with a positive integer ttl"
+
+
+class PersistDenied(UnableToPersistMessage):
+    """No INSERT policy on ``realtime.messages`` lets the caller insert a row with
+    ``extension = 'persistence'`` for the topic (checked on every persisted broadcast)."""
+
+    message = "You do not have permissions to persist messages on this Channel topic: <sub-topic>"
+    http_status = 403
+
+    def __init__(self, sub_topic: str) -> None:
+        super().__init__(f"You do not have permissions to persist messages on this Channel topic: {sub_topic}")
+
+
+class PersistFailed(UnableToPersistMessage):
+    """The database could not store the message (unreachable, a time-out, a policy, trigger or
+    constraint failing); the server log has the details."""
+
+    message = "The message could not be stored"
+    http_status = 500
+
+
 class PresencePayloadNotMap(PeerError):
     """A presence ``track`` whose ``payload`` is not a JSON object."""
 
@@ -264,4 +315,4 @@ class PayloadTooDeep(DecodeError):
         self.ref = ref
         self.join_ref = join_ref
 
-__all__ = ["JoinError", "TopicNameRequired", "ConnectionRateLimitReached", "AddressConnectionLimitReached", "ClientJoinRateLimitReached", "ChannelRateLimitReached", "PrivateOnly", "Unauthorized", "PermissionLost", "UnableToReplayMessages", "ReplayNotAllowed", "ReplayParamsInvalid", "UnableToConnectToProject", "ReplicationNotReady", "AuthzUnavailable", "UnmatchedTopic", "PayloadSizeExceeded", "PresencePayloadNotMap", "PresenceStateTooLarge", "ChannelShutdown", "MessageRateLimitReached", "ClientPresenceRateLimitReached", "PresenceRateLimitReached", "TrackMessageSizeExceeded", "FunctionDenied", "FunctionUnavailable", "DecodeError", "PayloadTooDeep"]
+__all__ = ["JoinError", "TopicNameRequired", "ConnectionRateLimitReached", "AddressConnectionLimitReached", "ClientJoinRateLimitReached", "ChannelRateLimitReached", "PrivateOnly", "Unauthorized", "PermissionLost", "UnableToReplayMessages", "ReplayNotAllowed", "ReplayParamsInvalid", "UnableToConnectToProject", "ReplicationNotReady", "AuthzUnavailable", "UnmatchedTopic", "PayloadSizeExceeded", "UnableToPersistMessage", "PersistNotPrivate", "PersistParamsInvalid", "PersistDenied", "PersistFailed", "PresencePayloadNotMap", "PresenceStateTooLarge", "ChannelShutdown", "MessageRateLimitReached", "ClientPresenceRateLimitReached", "PresenceRateLimitReached", "TrackMessageSizeExceeded", "FunctionDenied", "FunctionUnavailable", "DecodeError", "PayloadTooDeep"]

@@ -17,6 +17,11 @@ in policies see the channel and the caller.
   missing INSERT privilege (both ``insufficient_privilege``) means denied.  The reference wraps
   the insert in a savepoint; ours needs none because the whole transaction is rolled back.
 * The probe rows are never committed, so the database-broadcast feed never sees them (§4.7).
+* **Persist** (§4.9): one committed transaction.  Inside a savepoint that is always rolled back,
+  the JWT role inserts a row with ``extension = 'persistence'`` (the write check above); when
+  that passes, the login role stores the message as a private ``broadcast`` row with
+  ``skip_broadcast = true`` (the feed does not send it again) and ``expires_at`` = the row's
+  ``inserted_at`` + ttl, or null without a ttl.  Replay skips rows whose ``expires_at`` passed.
 
 Outcomes: a role that is missing from the claims or from the database, or that the login role
 cannot switch to, is *denied*.  Anything else going wrong — the database unreachable, a policy
@@ -73,6 +78,16 @@ _PROBE_SQL: Final = (
 )
 _VISIBLE_SQL: Final = "select extension from realtime.messages where id = any(%s)"
 _WRITE_SQL: Final = "insert into realtime.messages (topic, extension) values (%s, %s)"
+#: §4.9: the extension a persistence policy checks
+PERSISTENCE: Final = "persistence"
+# One clock reading for inserted_at (UTC, as our default) and expires_at = inserted_at + ttl.
+_PERSIST_SQL: Final = (
+    "insert into realtime.messages (topic, extension, payload, binary_payload, event, private,"
+    " skip_broadcast, inserted_at, expires_at)"
+    " select %(topic)s, 'broadcast', %(payload)s::jsonb, %(binary)s, %(event)s, true, true,"
+    " t.at at time zone 'utc', t.at + %(ttl)s::int * interval '1 second'"
+    " from (select pg_catalog.clock_timestamp() as at) as t returning id::text"
+)
 # §4.8: the newest `limit` rows since `since`, handed back oldest first.  (inserted_at, id)
 # orders rows of equal timestamps the same way in both directions.
 _REPLAY_SQL: Final = (
@@ -80,6 +95,7 @@ _REPLAY_SQL: Final = (
     " select id, event, payload, binary_payload, inserted_at from realtime.messages"
     " where topic = %s and private is true and extension = 'broadcast' and inserted_at >= %s"
     " and event is not null and (payload is not null or binary_payload is not null)"
+    " and (expires_at is null or expires_at > pg_catalog.now())"
     " order by inserted_at desc, id desc limit %s) as newest"
     " order by inserted_at, id"
 )
@@ -186,6 +202,47 @@ class ChannelAuthorizer:
             return True
 
         return await self._run(check)
+
+    async def persist(
+        self,
+        sub_topic: str,
+        claims: Mapping[str, Any],
+        headers: Mapping[str, str],
+        event: str,
+        data: bytes,
+        binary: bool,
+        ttl: int | None,
+    ) -> str | None:
+        """Store a private broadcast for replay (protocol.md §4.9) if the caller may insert an
+        ``extension = 'persistence'`` row for ``sub_topic``: the stored row's id, or ``None``
+        when denied.  ``data`` is JSON text, or the raw body when ``binary``; ``ttl`` seconds
+        (``None``: no expiry).  Raises ``AuthzUnavailable`` when it cannot be stored."""
+        role = _role_of(claims)
+        if role is None:
+            return None
+
+        async def store(conn: AsyncConnection[Any]) -> str | None:
+            async with conn.transaction():
+                if not await self._settings(conn, sub_topic, claims, headers, role):
+                    return None
+                try:
+                    async with conn.transaction(force_rollback=True):  # the role is reset after
+                        if not await _set_role(conn, role):
+                            return None
+                        await conn.execute(_WRITE_SQL, (sub_topic, PERSISTENCE))
+                except pg_errors.InsufficientPrivilege as exc:
+                    log.debug("persist check for role %s denied: %s", role, _first_line(exc))
+                    return None
+                row = await (await conn.execute(_PERSIST_SQL, {
+                    "topic": sub_topic,
+                    "payload": None if binary else data.decode("utf-8"),
+                    "binary": data if binary else None,
+                    "event": event,
+                    "ttl": ttl,
+                })).fetchone()
+            return str(row[0]) if row is not None else None
+
+        return await self._run(store)
 
     async def replay(self, sub_topic: str, since_ms: int, limit: int) -> list[ReplayRow]:
         """Stored private broadcasts of ``sub_topic`` inserted at or after ``since_ms`` (ms since

@@ -11,7 +11,8 @@ Theory of operation
   first makes sure ours exists with the table (``migrations.ensure_publication``), retrying with
   back-off while the database is unreachable or not migrated; only then does the reader run.
 * **Rows**: an INSERT is delivered when ``extension`` is ``broadcast`` and ``id``, ``topic``,
-  ``event``, ``private`` and a body (``payload`` or ``binary_payload``) are all present.  The body
+  ``event``, ``private`` and a body (``payload`` or ``binary_payload``) are all present, unless
+  ``skip_broadcast`` is true (a persisted client broadcast, already sent live, §4.9).  The body
   comes straight from pgoutput's text form: jsonb text *is* JSON text; bytea text (``\\x`` hex, or
   the escape format under ``bytea_output = escape``) is decoded to the raw bytes.  Presence rows,
   UPDATEs and DELETEs are ignored.  Probe rows of the §7.3 checks are always rolled back, so
@@ -87,7 +88,7 @@ class _Columns:
     """Positions of the columns we read in a ``realtime.messages`` relation (any may be absent:
     an older table without ``binary_payload``)."""
 
-    __slots__ = ("binary_payload", "event", "extension", "id", "payload", "private", "topic")
+    __slots__ = ("binary_payload", "event", "extension", "id", "payload", "private", "skip_broadcast", "topic")
 
     def __init__(self, relation: pgoutput.Relation) -> None:
         index = {c.name: i for i, c in enumerate(relation.columns)}
@@ -98,6 +99,7 @@ class _Columns:
         self.private = index.get("private")
         self.payload = index.get("payload")
         self.binary_payload = index.get("binary_payload")
+        self.skip_broadcast = index.get("skip_broadcast")
 
 
 def _value(values: tuple[pgoutput.TupleValue, ...], index: int | None) -> bytes | None:
@@ -118,6 +120,8 @@ def message_from_row(relation: pgoutput.Relation, row: pgoutput.TupleData) -> Db
     private = _value(values, cols.private)
     if extension != b"broadcast" or row_id is None or topic is None or event is None or private is None:
         return None
+    if _value(values, cols.skip_broadcast) == b"t":
+        return None  # §4.9: a persisted client broadcast, sent live when it was stored
     payload = _value(values, cols.payload)
     if payload is not None:
         data, binary = payload, False

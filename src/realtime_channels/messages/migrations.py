@@ -49,6 +49,7 @@ __all__ = [
     "ensure_publication",
     "migrate",
     "partition_name",
+    "purge_expired",
 ]
 
 log = logging.getLogger(__name__)
@@ -243,11 +244,38 @@ async def _v3_grants(conn: AsyncConnection[Any]) -> None:
         await conn.execute(sql.SQL("grant execute on function {} to {}").format(sql.SQL(signature), grantees))
 
 
+# --- version 4: persisted broadcasts --------------------------------------------------------
+
+# protocol.md §4.9: rows a client stored with `persist` are marked `skip_broadcast` (they were
+# broadcast live already, so the feed does not send them again) and may expire.  Added to our
+# table and to one Supabase created alike, keeping the columns when they exist.
+_PERSIST_SQL: Final = (
+    "alter table realtime.messages add column if not exists skip_broadcast boolean default false",
+    "alter table realtime.messages add column if not exists expires_at timestamptz",
+    "create index if not exists rc_messages_expires_idx on realtime.messages (expires_at)"
+    " where expires_at is not null",
+)
+
+
+async def _v4_persist(conn: AsyncConnection[Any]) -> None:
+    for statement in _PERSIST_SQL:
+        await conn.execute(statement)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "realtime.messages partitioned by day", _v1_messages),
     Migration(2, "realtime.topic, send, send_binary, broadcast_changes", _v2_functions),
     Migration(3, "grants for anon, authenticated, service_role", _v3_grants),
+    Migration(4, "skip_broadcast and expires_at for persisted broadcasts", _v4_persist),
 )
+
+
+async def purge_expired(conn: AsyncConnection[Any]) -> int:
+    """Delete the persisted broadcasts whose ttl has run out (protocol.md §4.9); replay already
+    skips them, this only frees the space before their partition is dropped."""
+    cur = await conn.execute(
+        "delete from realtime.messages where expires_at is not null and expires_at <= pg_catalog.now()")
+    return cur.rowcount
 
 
 # --- entry points ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import psycopg
 
 from ..cdc.sql import install_auth_helpers
 from .dbbroadcast import DatabaseBroadcasts, DbMessage
-from .migrations import ensure_partitions, migrate
+from .migrations import ensure_partitions, migrate, purge_expired
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,9 @@ class MessagesService:
                     await install_auth_helpers(conn)
                 log.info("realtime.messages schema is up to date")
             await ensure_partitions(conn, now, self.retention_days)
+            purged = await purge_expired(conn)
+            if purged:
+                log.info("deleted %d persisted broadcasts past their ttl", purged)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from .channel import (
     error_payload,
     join_message,
     phx_close,
+    ok_payload,
     reply,
     rewritten,
     unmatched,
@@ -25,6 +26,8 @@ from .effects import (
     GATE,
     GATE_JOIN,
     GateVerdict,
+    PERSIST,
+    PersistResult,
     PRESENCE_READ,
     Send,
     Subscribe,
@@ -135,3 +138,23 @@ def need(self: Session, ch: Channel, msg: Message | BinaryBroadcastPush, size: i
         return []
     ch.pending.update(checks)
     return [Authorize(ch.topic, ch.join_ref, "write", ch.sub_topic, ch.claims, checks)]
+
+
+# persisted broadcasts (§4.9) ---------------------------------------------------------------
+
+def persisted(self: Session, topic: str, join_ref: str | None, result: PersistResult,
+              now: float) -> list[Effect]:
+    """The adapter's answer to ``Persist`` (which already broadcast a stored message): ``ok``
+    when ``ack`` is on, or the ``UnableToPersistMessage`` error whatever ``ack``."""
+    ch = self.channels.get(topic)
+    if ch is None or ch.join_ref != join_ref or PERSIST not in ch.pending or not ch.queue:
+        return []  # left, superseded or shut down meanwhile
+    ch.pending.discard(PERSIST)
+    msg, _ = ch.queue.pop(0)
+    effects: list[Effect] = []
+    if result.id is None:
+        err = errors.PersistDenied(ch.sub_topic) if result.denied else errors.PersistFailed()
+        effects.append(Send(reply(msg, error_payload(err.response), ch.join_ref)))
+    elif ch.params.broadcast_ack:
+        effects.append(Send(reply(msg, ok_payload(), ch.join_ref)))
+    return effects + self._drain(ch, now)

@@ -136,7 +136,8 @@ def gate_subject(msg: Message | BinaryBroadcastPush) -> tuple[str | None, Any]:
 def rewritten(msg: Message | BinaryBroadcastPush, payload: Any) -> Message | BinaryBroadcastPush:
     """A broadcast whose user payload a send gate replaced (a binary one becomes JSON)."""
     if isinstance(msg, BinaryBroadcastPush):
-        return BinaryBroadcastPush(msg.join_ref, msg.ref, msg.topic, msg.event, None, orjson.dumps(payload), False)
+        return BinaryBroadcastPush(msg.join_ref, msg.ref, msg.topic, msg.event, msg.metadata, orjson.dumps(payload),
+                                   False)  # the metadata (``persist``, §4.9) still applies
     return Message(msg.topic, msg.event, {**msg.payload, "payload": payload}, ref=msg.ref, join_ref=msg.join_ref)
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "encode_broadcast",
     "encode_kind4",
     "parse_vsn",
+    "persist_ttl",
 ]
 
 
@@ -203,6 +204,31 @@ def decode_binary(vsn: Vsn, data: bytes) -> BinaryBroadcastPush:
         data=payload,
         binary=binary,
     )
+
+
+#: §4.9: the largest ``persist`` ttl (seconds) accepted, a PostgreSQL ``int``
+PERSIST_TTL_MAX = 2_147_483_647
+
+
+def persist_ttl(metadata: dict[str, Any] | None) -> tuple[bool, int | None]:
+    """What kind-3 ``metadata`` asks of ``persist`` (§4.9): ``(False, None)`` = not persisted
+    (no metadata, no key, ``false`` or ``null``); ``(True, None)`` = kept without a ttl
+    (``true``, or an object without ``ttl``); ``(True, ttl)`` = kept ``ttl`` seconds.
+    Raises ``ValueError`` for any other value, or a ttl that is not an integer 1…2147483647."""
+    if metadata is None:
+        return False, None
+    value = metadata.get("persist")
+    if value is None or value is False:
+        return False, None
+    if value is True:
+        return True, None
+    if isinstance(value, dict):
+        ttl = value.get("ttl")
+        if ttl is None:
+            return True, None
+        if isinstance(ttl, int) and not isinstance(ttl, bool) and 1 <= ttl <= PERSIST_TTL_MAX:
+            return True, ttl
+    raise ValueError("invalid persist metadata")
 
 
 # --- encoding ---------------------------------------------------------------------------

@@ -170,6 +170,37 @@ class AwaitReplication:
     join_ref: str | None
 
 
+#: a channel's pending marker while a persisted broadcast is being stored (§4.9)
+PERSIST = "persist"
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """§4.9: store the broadcast in ``realtime.messages`` (if the persistence INSERT policy
+    allows it), then — only once it is stored — execute ``publish`` with ``meta.id`` = the
+    stored row's id, and answer with ``Session.persisted(topic, join_ref, result, now)``.
+    ``ttl``: seconds the message is kept for replay (``None``: the table's retention)."""
+
+    topic: str
+    join_ref: str | None
+    sub_topic: str
+    claims: Mapping[str, Any]
+    event: str
+    data: bytes
+    binary: bool
+    ttl: int | None
+    publish: Publish
+
+
+@dataclass(frozen=True, slots=True)
+class PersistResult:
+    """The adapter's answer to ``Persist``: the stored row's ``id``; or ``denied`` by the
+    policies; or neither (the database failed)."""
+
+    id: str | None = None
+    denied: bool = False
+
+
 GATE = "gate"
 GATE_JOIN = "join"
 GATE_SEND = "send"
@@ -231,6 +262,7 @@ Effect = (
     | GateJoin
     | GateSend
     | Close
+    | Persist
     | Subscribe
     | Unsubscribe
     | Publish

@@ -7,7 +7,7 @@ from typing import Any, TYPE_CHECKING
 
 from .. import errors
 from .channel import Channel, error_payload, gate_subject, ok_payload, reply
-from .codec import BinaryBroadcastPush, Broadcast, Message
+from .codec import BinaryBroadcastPush, Broadcast, Message, persist_ttl
 from .effects import (
     Authorize,
     BROADCAST_READ,
@@ -15,6 +15,8 @@ from .effects import (
     Effect,
     GATE,
     GateSend,
+    PERSIST,
+    Persist,
     PRESENCE_READ,
     PRESENCE_WRITE,
     Publish,
@@ -32,6 +34,14 @@ if TYPE_CHECKING:
 
 def publish(self: Session, ch: Channel, msg: Message | BinaryBroadcastPush, b: Broadcast, now: float,
              size: int, gated: bool = False) -> list[Effect]:
+    persist, ttl = False, None
+    if isinstance(msg, BinaryBroadcastPush) and msg.metadata is not None:  # §4.9
+        try:
+            persist, ttl = persist_ttl(msg.metadata)
+        except ValueError:
+            return [Send(reply(msg, error_payload(errors.PersistParamsInvalid().response), ch.join_ref))]
+        if persist and not ch.private:
+            return [Send(reply(msg, error_payload(errors.PersistNotPrivate().response), ch.join_ref))]
     if ch.private:
         allowed = ch.can(BROADCAST_WRITE)
         if allowed is None:
@@ -52,6 +62,12 @@ def publish(self: Session, ch: Channel, msg: Message | BinaryBroadcastPush, b: B
             return self._shutdown(ch, errors.MessageRateLimitReached())
         self.limits.events.add(now)
     exclude = None if ch.params.broadcast_self else ch.topic
+    if persist and isinstance(msg, BinaryBroadcastPush):
+        # §4.9: stored first, broadcast once stored; later pushes wait behind the answer
+        ch.queue.insert(0, (msg, size))
+        ch.pending.add(PERSIST)
+        return [Persist(ch.topic, ch.join_ref, ch.sub_topic, ch.claims, msg.event, msg.data, msg.binary, ttl,
+                        Publish(ch.stream, b, exclude))]
     effects: list[Effect] = [Publish(ch.stream, b, exclude)]
     if ack:
         effects.append(Send(reply(msg, ok_payload(), ch.join_ref)))

@@ -52,6 +52,9 @@ from .effects import (  # re-exported: the effects are part of the session's int
     GateJoin as GateJoin,
     GateSend as GateSend,
     GateVerdict as GateVerdict,
+    PERSIST as PERSIST,
+    Persist as Persist,
+    PersistResult as PersistResult,
     Publish as Publish,
     PushPresenceState as PushPresenceState,
     ReplayedMessage as ReplayedMessage,
@@ -396,6 +399,7 @@ class Session:
     _write_authorized = authorizing.write_authorized
     _need = authorizing.need
     postgres_ready = pgwait.postgres_ready
+    persisted = authorizing.persisted
     _publish = pushes.publish
     _presence = pushes.presence
     _access_token = pushes.access_token

@@ -8,6 +8,7 @@ goes back to the session, and the session's answer runs here in turn.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -227,6 +228,21 @@ def _authorize(conn: Conn, e: s.Authorize) -> None:
         result = await conn.node.authorize(e, conn.headers)
         if not conn.closing:
             run(conn, conn.session.authorized(e.topic, e.join_ref, e.purpose, result, time.time()))
+
+    conn.loop.create_task(answer())
+
+
+@handles(s.Persist)
+def _persist(conn: Conn, e: s.Persist) -> None:
+    """§4.9: store, then broadcast (with ``meta.id`` = the row's id) — even when the channel
+    left meanwhile, since the message is stored — then answer the session (ack or error)."""
+    async def answer() -> None:
+        result = await conn.node.persist(e.sub_topic, e.claims, conn.headers, e.event, e.data, e.binary, e.ttl)
+        if result.id is not None:
+            b = dataclasses.replace(e.publish.broadcast, meta={"id": result.id})
+            _publish(conn, dataclasses.replace(e.publish, broadcast=b))
+        if not conn.closing:
+            run(conn, conn.session.persisted(e.topic, e.join_ref, result, time.time()))
 
     conn.loop.create_task(answer())
 

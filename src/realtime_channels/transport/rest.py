@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .. import errors
 from ..protocol import jsonexact
-from ..protocol.codec import Broadcast
+from ..protocol.codec import PERSIST_TTL_MAX, Broadcast
 from ..protocol.join import parse_flexible_bool
 from ..protocol.keys import TOPIC_PREFIX, stream_key
 from .state import AppState
@@ -196,14 +196,28 @@ class Rest:
         private = _private(request.query.get("private"))
         if private is None:
             return self._respond(422, {"errors": {"private": INVALID}})
+        try:
+            persist, ttl = _persist_query(request)
+            if persist and not private:
+                raise errors.PersistNotPrivate()
+        except errors.UnableToPersistMessage as err:
+            return self._respond(err.http_status, {"message": err.rest_message})
         if private:
             try:
                 if not await self._can_write(request, sub_topic, claims):
                     return self._refuse(errors.RestForbidden())  # §1.8
             except Exception:  # noqa: BLE001 - the database could not evaluate the policy
                 return self._refuse(errors.RestAuthorizationFailed())
+        meta = None
+        if persist:  # §4.9: stored first; broadcast only once stored, with the row's id
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            stored = await self.state.node.persist(sub_topic, claims, headers, event, data, binary, ttl)
+            if stored.id is None:
+                refusal = errors.PersistDenied(sub_topic) if stored.denied else errors.PersistFailed()
+                return self._respond(refusal.http_status, {"message": refusal.rest_message})
+            meta = {"id": stored.id}
         self.limits.events.add(now)
-        b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=data, binary=binary)
+        b = Broadcast(TOPIC_PREFIX + sub_topic, event=event, data=data, binary=binary, meta=meta)
         self.state.node.publish(stream_key(private, sub_topic), b, claims=claims)
         return self._respond(202)
 
@@ -219,6 +233,22 @@ def _private(value: Any) -> bool | None:
     if isinstance(value, bool) or isinstance(value, str) and value.lower() in ("true", "false"):
         return parse_flexible_bool(value)
     return None
+
+
+def _persist_query(request: web.Request) -> tuple[bool, int | None]:
+    """§4.9 ``persist=true`` or ``persist[ttl]=<seconds>`` (the latter wins); ``persist=false``
+    or neither: not persisted.  Raises ``PersistParamsInvalid`` for anything else."""
+    raw_ttl = request.query.get("persist[ttl]")
+    if raw_ttl is not None:
+        if raw_ttl.isascii() and raw_ttl.isdigit() and 1 <= int(raw_ttl) <= PERSIST_TTL_MAX:
+            return True, int(raw_ttl)
+        raise errors.PersistParamsInvalid()
+    raw = request.query.get("persist")
+    if raw is None or raw.lower() == "false":
+        return False, None
+    if raw.lower() == "true":
+        return True, None
+    raise errors.PersistParamsInvalid()
 
 
 def _is_uuid(value: Any) -> bool:
