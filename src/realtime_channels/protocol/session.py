@@ -54,6 +54,9 @@ from .effects import (  # re-exported: the effects are part of the session's int
     Publish as Publish,
     PushPresenceState as PushPresenceState,
     ReplayedMessage as ReplayedMessage,
+    ReleaseResume as ReleaseResume,
+    ResumeAnswer as ResumeAnswer,
+    ResumeBroadcasts as ResumeBroadcasts,
     Send as Send,
     SendBinary as SendBinary,
     Subscribe as Subscribe,
@@ -80,6 +83,7 @@ from .channel import (  # re-exported: part of the session's interface
     system_message,
     phx_close,
     replay_effects,
+    resume_params,
     broadcast_of,
     gate_subject,
     rewritten,
@@ -245,6 +249,7 @@ class Session:
         if params.private and not self.config.private_allowed:
             raise errors.Unauthorized(sub_topic)
         replay = self._replay_params(params.replay, params.private)
+        offsets, resume = resume_params(params.broadcast_resume, self.config.resume_enabled)
         return Channel(
             topic=msg.topic,
             sub_topic=sub_topic,
@@ -261,6 +266,8 @@ class Session:
             presence_stream=presence_stream_key(params.private, sub_topic),
             replay=replay,
             join_msg_ref=msg.ref,
+            offsets=offsets,
+            resume=resume,
         )
 
     def _replay_params(self, raw: Any, private: bool) -> tuple[int, int] | None:
@@ -289,6 +296,8 @@ class Session:
         effects += [Send(phx_close(old)) for old in ch.replaces]  # right after the new join's reply (§2.5)
         ch.replaces = ()
         effects += replay_effects(ch, replayed)
+        if ch.resume is not None and ch.can(BROADCAST_READ):  # §4.10, after §4.8's replay
+            effects.append(ResumeBroadcasts(ch.stream, ch.topic, ch.join_ref, *ch.resume))
         if self._presence_enabled(ch) and ch.can(PRESENCE_READ):
             if self.limits is not None:
                 self.limits.presence.add(now)
@@ -300,11 +309,12 @@ class Session:
         return effects + self._drain(ch, now)
 
     def _subscriptions(self, ch: Channel, skip_ids: frozenset[str] = frozenset()) -> list[Effect]:
+        broadcasts = Subscribe(ch.stream, ch.topic, skip_ids, ch.offsets, ch.resume is not None)
         if not ch.private:
-            return [Subscribe(ch.stream, ch.topic, skip_ids) if skip_ids else Subscribe(ch.stream, ch.topic)]
+            return [broadcasts]
         effects: list[Effect] = []
         if ch.can(BROADCAST_READ):
-            effects.append(Subscribe(ch.stream, ch.topic, skip_ids) if skip_ids else Subscribe(ch.stream, ch.topic))
+            effects.append(broadcasts)
         if ch.can(PRESENCE_READ):
             effects.append(Subscribe(ch.presence_stream, ch.topic))
         return effects
@@ -386,6 +396,7 @@ class Session:
     _refresh_authorized = authorizing.refresh_authorized
     _write_authorized = authorizing.write_authorized
     _need = authorizing.need
+    resumed = authorizing.resumed
     _publish = pushes.publish
     _presence = pushes.presence
     _access_token = pushes.access_token
