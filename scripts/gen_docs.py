@@ -98,6 +98,15 @@ MEANINGS: dict[str, str] = {
     "install_auth_helpers": "on a plain PostgreSQL, create `auth.uid()`, `auth.role()` and `auth.jwt()` "
     "(reading `request.jwt.claims`) when missing",
     "token_recheck_ms": "channel tokens are verified again at `exp` or after this long, whichever is sooner",
+    "resume_window_s": "seconds broadcasts are retained so that a channel joined with `config.broadcast.resume` "
+    "can pick up where it stopped ([protocol](protocol.md) §4.10); a stream idle this long is forgotten and "
+    "starts a new epoch; `0` turns offsets and resume off (such joins are refused)",
+    "resume_max_messages": "broadcasts retained per stream (topic, public or private, in memory or in Redis); "
+    "a resume from before the oldest one is told how many it missed",
+    "resume_max_bytes": "retained broadcast bytes on one process, all streams together (the in-memory backbone, "
+    "and a Redis node's own offsets while Redis is away); the least recently used stream gives up its oldest "
+    "messages first. With Redis the log lives in Redis and is bounded by the window, the per-stream count and "
+    "Redis's own `maxmemory`",
 }
 
 #: Supabase's own name for a setting (tenant field or environment variable), where one exists.

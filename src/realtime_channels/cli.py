@@ -151,11 +151,11 @@ async def serve(settings: Settings) -> None:
     if settings.redis_url:
         from .pubsub.redis import RedisPubSub
 
-        pubsub = RedisPubSub(settings.redis_url)
+        pubsub = RedisPubSub(settings.redis_url, limits=settings.resume_limits)
     else:
         from .pubsub.memory import MemoryPubSub
 
-        pubsub = MemoryPubSub()
+        pubsub = MemoryPubSub(limits=settings.resume_limits)
 
     jwks, _, url_source = await _load_jwks(settings)
     verifier = JwtVerifier(settings.effective_jwt_secret, jwks)

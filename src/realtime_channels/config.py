@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: Used when neither REALTIME_JWT_SECRET nor REALTIME_JWT_JWKS is set.  Printed with a warning:
 #: anyone who reads this file can mint tokens for a server running on it.
 DEV_JWT_SECRET = "realtime-channels-development-secret-not-for-production"
+
+if TYPE_CHECKING:
+    from .pubsub.retention import RetentionLimits
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -103,6 +106,15 @@ class Settings(BaseSettings):
     #: install auth.uid()/auth.role()/auth.jwt() on a plain PostgreSQL without Supabase's auth schema
     install_auth_helpers: bool = False
 
+    # broadcast offsets and resume (protocol.md §4.10)
+    #: how long broadcasts (and postgres changes) are retained for resume; 0 turns resume off
+    resume_window_s: float = Field(120, ge=0)
+    #: retained broadcasts per stream (topic, public or private)
+    resume_max_messages: int = Field(1000, gt=0)
+    #: retained broadcast bytes on one node, all streams together (memory backbone, and a Redis
+    #: node's local offsets while Redis is away); the least recently used stream gives way first
+    resume_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+
     # channel tokens are re-verified at min(exp, now + this) (protocol.md §3.9)
     token_recheck_ms: int = Field(300_000, gt=0)
 
@@ -120,6 +132,12 @@ class Settings(BaseSettings):
         if self.dev_secret_in_use:
             return DEV_JWT_SECRET
         return self.jwt_secret
+
+    @property
+    def resume_limits(self) -> RetentionLimits:
+        from .pubsub.retention import RetentionLimits
+
+        return RetentionLimits(self.resume_window_s, self.resume_max_messages, self.resume_max_bytes)
 
     @property
     def max_payload_bytes(self) -> int:

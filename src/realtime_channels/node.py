@@ -19,7 +19,7 @@ import orjson
 from . import errors
 from .config import Settings
 from .functions.events import GateResult, RealtimeEvent
-from .hub import Hub, SkipIds, Subscriber
+from .hub import Hub, Offsets, SkipIds, Subscriber
 from .protocol.codec import Broadcast, Message
 from .protocol.limits import TenantLimits
 from .protocol.keys import StreamKey, topic_of
@@ -37,6 +37,7 @@ from .protocol.session import (
 from .cdc.txwire import share_from_wire, share_to_wire
 from .cdc.types import FeedState, ShareOp
 from .pubsub import Envelope, PubSub
+from .pubsub.retention import Gap, History
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,12 @@ class Node:
     # streams ---------------------------------------------------------------------------------
 
     def subscribe(self, stream: StreamKey, sid: Hashable, sub: Subscriber,
-                  skip_ids: frozenset[str] = frozenset()) -> None:
-        if skip_ids:
+                  skip_ids: frozenset[str] = frozenset(), offsets: bool = False, hold: bool = False) -> None:
+        """``offsets``: the channel's broadcasts carry their offsets; ``hold``: keep live ones
+        back until :meth:`release_resume` (protocol.md §4.10)."""
+        if offsets:
+            sub = Offsets(sub, skip_ids, hold)
+        elif skip_ids:
             sub = SkipIds(sub, skip_ids)
         if self.hub.add(stream, sid, sub):
             self.pubsub.subscribe(stream)
@@ -246,9 +251,22 @@ class Node:
             return
         if env.broadcast is not None:
             exclude = env.exclude if env.origin == self.node_id else None
-            delivered = self.hub.fanout_broadcast(env.stream, env.broadcast, exclude)
+            delivered = self.hub.fanout_broadcast(env.stream, env.broadcast, exclude, env.offset, env.epoch)
             if delivered:  # §8: every per-channel delivery counts toward events/s
                 self.limits.events.add(time.time(), delivered)
+
+    # resume (protocol.md §4.10) ------------------------------------------------------------
+
+    @property
+    def resume_enabled(self) -> bool:
+        return self.pubsub.resume_enabled
+
+    async def broadcast_history(self, stream: StreamKey, epoch: str, after: int) -> tuple[History[Broadcast], Gap | None]:
+        return await self.pubsub.history(stream, epoch, after)
+
+    def release_resume(self, stream: StreamKey, sid: Hashable, epoch: str,
+                       replay: Sequence[tuple[int, Broadcast]], covered: int) -> None:
+        self.hub.release(stream, sid, epoch, replay, covered)
 
     # replication readiness (protocol.md §3.7) -----------------------------------------------
 

@@ -331,9 +331,10 @@ def test_node_rule_allows_the_interface() -> None:
 # --- the whole package: layered and acyclic ---------------------------------------------------
 
 #: protocol ← hub, pubsub, cdc (and the other services) ← node ← transport ← cli.  A module may
-#: import its own layer and the layers below it, never one above.
+#: import its own layer and the layers below it, never one above.  ``client`` (the resume helper
+#: for the Python realtime client) imports none of the server.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "protocol", "cdc.filters", "cdc.patterns", "cdc.pgoutput", "cdc.values", "cdc.walstream"),
+    ("client", "errors", "protocol", "cdc.filters", "cdc.patterns", "cdc.pgoutput", "cdc.values", "cdc.walstream"),
     ("hub", "pubsub", "cdc", "config", "auth", "messages", "functions"),
     ("node",),
     ("transport",),

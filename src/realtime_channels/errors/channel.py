@@ -113,6 +113,24 @@ class ReplayParamsInvalid(UnableToReplayMessages):
     message = "Replay params are not valid"
 
 
+class UnableToResumeMessages(JoinError):
+    """Base of the refusals of ``config.broadcast.resume``."""
+
+    code = "UnableToResumeMessages"
+
+
+class ResumeParamsInvalid(UnableToResumeMessages):
+    """``resume`` is neither ``true`` nor ``{"epoch": <string>, "offset": <integer ≥ 0>}``."""
+
+    message = "Resume parameters are invalid"
+
+
+class ResumeDisabled(UnableToResumeMessages):
+    """``resume`` was asked of a server whose ``REALTIME_RESUME_WINDOW_S`` is 0 (no retention)."""
+
+    message = "Resume is not enabled on this server"
+
+
 class UnableToConnectToProject(PeerError):
     """The database could not evaluate a private channel's policies after a token refresh:
     the channel is shut down (the system message carries no code)."""
@@ -315,4 +333,4 @@ class PayloadTooDeep(DecodeError):
         self.ref = ref
         self.join_ref = join_ref
 
-__all__ = ["JoinError", "TopicNameRequired", "ConnectionRateLimitReached", "AddressConnectionLimitReached", "ClientJoinRateLimitReached", "ChannelRateLimitReached", "PrivateOnly", "Unauthorized", "PermissionLost", "UnableToReplayMessages", "ReplayNotAllowed", "ReplayParamsInvalid", "UnableToConnectToProject", "ReplicationNotReady", "AuthzUnavailable", "UnmatchedTopic", "PayloadSizeExceeded", "UnableToPersistMessage", "PersistNotPrivate", "PersistParamsInvalid", "PersistDenied", "PersistFailed", "PresencePayloadNotMap", "PresenceStateTooLarge", "ChannelShutdown", "MessageRateLimitReached", "ClientPresenceRateLimitReached", "PresenceRateLimitReached", "TrackMessageSizeExceeded", "FunctionDenied", "FunctionUnavailable", "DecodeError", "PayloadTooDeep"]
+__all__ = ["JoinError", "TopicNameRequired", "ConnectionRateLimitReached", "AddressConnectionLimitReached", "ClientJoinRateLimitReached", "ChannelRateLimitReached", "PrivateOnly", "Unauthorized", "PermissionLost", "UnableToReplayMessages", "ReplayNotAllowed", "ReplayParamsInvalid", "UnableToConnectToProject", "ReplicationNotReady", "AuthzUnavailable", "UnmatchedTopic", "PayloadSizeExceeded", "UnableToPersistMessage", "PersistNotPrivate", "PersistParamsInvalid", "PersistDenied", "PersistFailed", "PresencePayloadNotMap", "PresenceStateTooLarge", "ChannelShutdown", "MessageRateLimitReached", "ClientPresenceRateLimitReached", "PresenceRateLimitReached", "TrackMessageSizeExceeded", "FunctionDenied", "FunctionUnavailable", "DecodeError", "PayloadTooDeep", "UnableToResumeMessages", "ResumeParamsInvalid", "ResumeDisabled"]

@@ -1,5 +1,5 @@
-"""The session's answers to the adapter: function-gate verdicts and private-channel
-authorization results (methods of ``Session``, kept here by topic; sans-I/O)."""
+"""The session's answers to the adapter: function-gate verdicts, private-channel
+authorization results and resume histories (methods of ``Session``, kept here by topic; sans-I/O)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from .. import errors
 from .channel import (
     Channel,
+    gap_message,
     broadcast_of,
     error_payload,
     join_message,
@@ -29,6 +30,8 @@ from .effects import (
     PERSIST,
     PersistResult,
     PRESENCE_READ,
+    ReleaseResume,
+    ResumeAnswer,
     Send,
     Subscribe,
 )
@@ -158,3 +161,19 @@ def persisted(self: Session, topic: str, join_ref: str | None, result: PersistRe
     elif ch.params.broadcast_ack:
         effects.append(Send(reply(msg, ok_payload(), ch.join_ref)))
     return effects + self._drain(ch, now)
+
+# resume (§4.10) ----------------------------------------------------------------------------
+
+def resumed(self: Session, topic: str, join_ref: str | None, answer: ResumeAnswer) -> list[Effect]:
+    """The adapter's answer to ``ResumeBroadcasts``: the gap (if any), then the replay and
+    the live broadcasts held meanwhile."""
+    ch = self.channels.get(topic)
+    if ch is None or ch.join_ref != join_ref or ch.resume is None:
+        return []  # left or superseded meanwhile: its hold went with its subscription
+    asked_epoch, after = ch.resume
+    effects: list[Effect] = []
+    if answer.gap:
+        effects.append(Send(gap_message(ch, answer.missed, answer.epoch, answer.next)))
+    covered = after if answer.epoch == asked_epoch else 0
+    effects.append(ReleaseResume(ch.stream, ch.topic, answer.epoch, answer.entries, covered))
+    return effects

@@ -35,6 +35,8 @@ class SessionConfig:
     private_only: bool = False
     #: §4.8: replay ``limit`` default and ceiling.
     replay_max: int = 25
+    #: §4.10: the backbone assigns offsets and retains broadcasts (``REALTIME_RESUME_WINDOW_S`` > 0)
+    resume_enabled: bool = True
 
 
 @dataclass(slots=True)
@@ -68,6 +70,9 @@ class Channel:
     #: messages it holds meanwhile, and whether the subscriptions are live
     held: tuple[ReplayedMessage, ...] = ()
     pg_live: bool = False
+    #: broadcasts carry offsets; ``resume`` = (epoch, offset) to replay after (§4.10)
+    offsets: bool = False
+    resume: tuple[str, int] | None = None
 
     def join_reply(self, payload: dict[str, Any]) -> Message:
         return Message(self.topic, "phx_reply", payload, ref=self.join_msg_ref, join_ref=self.join_ref)
@@ -96,6 +101,31 @@ def unmatched(msg: Message | BinaryBroadcastPush) -> Message:
 def system_message(ch: Channel, status: str, message: str, extension: str = "system") -> Message:
     payload = {"extension": extension, "status": status, "message": message, "channel": ch.sub_topic}
     return Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref)
+
+
+def resume_params(raw: Any, enabled: bool) -> tuple[bool, tuple[str, int] | None]:
+    """§4.10 ``config.broadcast.resume``: (offsets on, where to resume from)."""
+    if raw is None or raw is False:
+        return False, None
+    if raw is True:
+        position = None
+    elif isinstance(raw, dict) and isinstance(raw.get("epoch"), str) and type(raw.get("offset")) is int \
+            and raw["offset"] >= 0:
+        position = (raw["epoch"], raw["offset"])
+    else:
+        raise errors.ResumeParamsInvalid()
+    if not enabled:
+        raise errors.ResumeDisabled()
+    return True, position
+
+
+def gap_message(ch: Channel, missed: int | None, epoch: str, next_offset: int) -> Message:
+    """§4.10: broadcasts a resume cannot replay any more, said before what follows them."""
+    text = (f"ResumeGap: {missed} messages are no longer retained" if missed is not None else
+            "ResumeGap: the messages after the given offset are no longer retained (how many is unknown)")
+    msg = system_message(ch, "ok", text, extension="broadcast")
+    msg.payload["gap"] = {"missed": missed, "epoch": epoch, "next": next_offset}
+    return msg
 
 
 def phx_close(ch: Channel) -> Message:

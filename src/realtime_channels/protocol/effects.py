@@ -31,6 +31,46 @@ class Subscribe:
     stream: StreamKey
     topic: str
     skip_ids: frozenset[str] = frozenset()
+    #: broadcasts carry ``meta.offset``/``meta.epoch``; ``hold``: live ones wait for the
+    #: ``ReleaseResume`` that follows a ``ResumeBroadcasts`` (protocol.md §4.10)
+    offsets: bool = False
+    hold: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeBroadcasts:
+    """Read the retained broadcasts of ``stream`` after ``offset`` of ``epoch`` and answer with
+    ``Session.resumed(topic, join_ref, answer)``."""
+
+    stream: StreamKey
+    topic: str
+    join_ref: str | None
+    epoch: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeAnswer:
+    """What the stream retains for a resume: the entries to replay in the stream's current
+    ``epoch``, and the gap before them (``gap``; ``missed`` ``None`` = unknown count)."""
+
+    epoch: str
+    entries: tuple[tuple[int, Broadcast], ...]
+    gap: bool = False
+    missed: int | None = None
+    next: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResume:
+    """Write the replay to the held channel (marked ``replayed``), then the live broadcasts
+    held meanwhile that neither it nor the client (``epoch`` up to ``covered``) has seen."""
+
+    stream: StreamKey
+    topic: str
+    epoch: str
+    entries: tuple[tuple[int, Broadcast], ...]
+    covered: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +304,8 @@ Effect = (
     | Close
     | Persist
     | Subscribe
+    | ResumeBroadcasts
+    | ReleaseResume
     | Unsubscribe
     | Publish
     | Track

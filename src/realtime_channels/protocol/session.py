@@ -58,6 +58,9 @@ from .effects import (  # re-exported: the effects are part of the session's int
     Publish as Publish,
     PushPresenceState as PushPresenceState,
     ReplayedMessage as ReplayedMessage,
+    ReleaseResume as ReleaseResume,
+    ResumeAnswer as ResumeAnswer,
+    ResumeBroadcasts as ResumeBroadcasts,
     Send as Send,
     SendBinary as SendBinary,
     Subscribe as Subscribe,
@@ -84,6 +87,7 @@ from .channel import (  # re-exported: part of the session's interface
     system_message,
     phx_close,
     replay_effects,
+    resume_params,
     broadcast_of,
     gate_subject,
     rewritten,
@@ -252,6 +256,7 @@ class Session:
         if params.private and not self.config.private_allowed:
             raise errors.Unauthorized(sub_topic)
         replay = self._replay_params(params.replay, params.private)
+        offsets, resume = resume_params(params.broadcast_resume, self.config.resume_enabled)
         return Channel(
             topic=msg.topic,
             sub_topic=sub_topic,
@@ -268,6 +273,8 @@ class Session:
             presence_stream=presence_stream_key(params.private, sub_topic),
             replay=replay,
             join_msg_ref=msg.ref,
+            offsets=offsets,
+            resume=resume,
         )
 
     def _replay_params(self, raw: Any, private: bool) -> tuple[int, int] | None:
@@ -299,6 +306,8 @@ class Session:
         effects += [Send(phx_close(old)) for old in ch.replaces]  # right after the new join's reply (§2.5)
         ch.replaces = ()
         effects += replay_effects(ch, replayed)
+        if ch.resume is not None and ch.can(BROADCAST_READ):  # §4.10, after §4.8's replay
+            effects.append(ResumeBroadcasts(ch.stream, ch.topic, ch.join_ref, *ch.resume))
         if self._presence_enabled(ch) and ch.can(PRESENCE_READ):
             if self.limits is not None:
                 self.limits.presence.add(now)
@@ -311,11 +320,12 @@ class Session:
         return effects + self._drain(ch, now)
 
     def _subscriptions(self, ch: Channel, skip_ids: frozenset[str] = frozenset()) -> list[Effect]:
+        broadcasts = Subscribe(ch.stream, ch.topic, skip_ids, ch.offsets, ch.resume is not None)
         if not ch.private:
-            return [Subscribe(ch.stream, ch.topic, skip_ids) if skip_ids else Subscribe(ch.stream, ch.topic)]
+            return [broadcasts]
         effects: list[Effect] = []
         if ch.can(BROADCAST_READ):
-            effects.append(Subscribe(ch.stream, ch.topic, skip_ids) if skip_ids else Subscribe(ch.stream, ch.topic))
+            effects.append(broadcasts)
         if ch.can(PRESENCE_READ):
             effects.append(Subscribe(ch.presence_stream, ch.topic))
         return effects
@@ -400,6 +410,7 @@ class Session:
     _need = authorizing.need
     postgres_ready = pgwait.postgres_ready
     persisted = authorizing.persisted
+    resumed = authorizing.resumed
     _publish = pushes.publish
     _presence = pushes.presence
     _access_token = pushes.access_token

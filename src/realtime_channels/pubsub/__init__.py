@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from ..protocol.codec import Broadcast
 from ..protocol.keys import StreamKey
+from .retention import Gap, History
 
 
 class Health(enum.Enum):
@@ -30,6 +31,10 @@ class Envelope:
     set.  ``exclude`` names the sending channel
     on its ``origin`` node when the sender asked not to receive its own message (§4.2); other
     nodes ignore it.
+
+    ``offset``/``epoch`` are the broadcast's place in its stream (retention.py), set by the
+    backbone when it publishes the envelope; ``None`` before that, on control envelopes and
+    when retention is off.
     """
 
     stream: StreamKey
@@ -37,6 +42,8 @@ class Envelope:
     broadcast: Broadcast | None = None
     control: dict[str, Any] | None = None
     exclude: Any = None
+    offset: int | None = None
+    epoch: str | None = None
 
 
 Deliver = Callable[[Envelope], None]
@@ -76,4 +83,15 @@ class PubSub(Protocol):
         networked backend waits for the broker to confirm the subscription).  Never raises."""
 
     def publish(self, envelope: Envelope) -> None:
-        """Send ``envelope`` to every node subscribed to ``envelope.stream``."""
+        """Send ``envelope`` to every node subscribed to ``envelope.stream``; a broadcast gets
+        the stream's next offset on the way (when retention is on), and every node receives
+        a stream's broadcasts in offset order."""
+
+    @property
+    def resume_enabled(self) -> bool:
+        """Whether broadcasts get offsets and ``history`` can answer."""
+
+    async def history(self, stream: StreamKey, epoch: str, after: int) -> tuple[History[Broadcast], Gap | None]:
+        """The retained broadcasts of ``stream`` a client that stopped at ``(epoch, after)``
+        has not seen, oldest first, and the gap before them.  Never raises: a backbone that
+        cannot read its log answers with an unknown gap."""

@@ -2,28 +2,52 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
+import orjson
+
+from ..protocol.codec import Broadcast
 from . import Deliver, Envelope, Health
+from .retention import Gap, History, Retention, RetentionLimits
+
+
+def entry_size(b: Broadcast) -> int:
+    """Bytes a retained broadcast is counted for (its data, or its payload's JSON)."""
+    if b.event is not None:
+        return len(b.data) + len(b.topic) + len(b.event) + 64
+    try:
+        return len(orjson.dumps(b.payload)) + len(b.topic) + 64
+    except (TypeError, orjson.JSONEncodeError):
+        return len(b.topic) + 64
 
 
 class MemoryBroker:
-    """Shared by the :class:`MemoryPubSub` instances of one process (one per node)."""
+    """Shared by the :class:`MemoryPubSub` instances of one process (one per node), with the
+    offsets and retained broadcasts of every stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: RetentionLimits | None = None) -> None:
         self.subscribers: dict[str, set[MemoryPubSub]] = {}
+        self.retention: Retention[Broadcast] = Retention(limits or RetentionLimits())
 
 
 class MemoryPubSub:
-    """Delivers synchronously inside ``publish``: per-stream order is publish order, and a
-    message is delivered exactly once to each subscribed node (there is nothing to lose)."""
+    """Delivers synchronously inside ``publish``: per-stream order is publish order (and offset
+    order), and a message is delivered exactly once to each subscribed node (there is nothing
+    to lose)."""
 
-    def __init__(self, broker: MemoryBroker | None = None) -> None:
-        self._broker = broker if broker is not None else MemoryBroker()
+    def __init__(self, broker: MemoryBroker | None = None, limits: RetentionLimits | None = None) -> None:
+        self._broker = broker if broker is not None else MemoryBroker(limits)
         self._deliver: Deliver | None = None
         self._streams: set[str] = set()
 
     @property
     def health(self) -> Health:
         return Health.CONNECTED  # nothing between the nodes of one process can fail
+
+    @property
+    def resume_enabled(self) -> bool:
+        return self._broker.retention.limits.enabled
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -50,6 +74,14 @@ class MemoryPubSub:
         return None
 
     def publish(self, envelope: Envelope) -> None:
+        b = envelope.broadcast
+        retention = self._broker.retention
+        if b is not None and retention.limits.enabled:
+            offset, epoch = retention.append(envelope.stream, b, entry_size(b), time.monotonic())
+            envelope = dataclasses.replace(envelope, offset=offset, epoch=epoch)
         for node in tuple(self._broker.subscribers.get(envelope.stream, ())):
             if node._deliver is not None:
                 node._deliver(envelope)
+
+    async def history(self, stream: str, epoch: str, after: int) -> tuple[History[Broadcast], Gap | None]:
+        return self._broker.retention.history(stream, after, epoch, time.monotonic())

@@ -37,12 +37,23 @@ The outbox is bounded (``OUTBOX_MAX``): if Redis cannot keep up, the session is 
 the connection failed, which degrades to local delivery instead of growing without limit.
 
 State changes are logged once each and reported to ``on_state`` (for the health endpoint).
+
+Offsets
+-------
+With retention on, a broadcast is not PUBLISHed but run through ``redis_log.PUBLISH_LUA``
+(EVALSHA, pipelined like PUBLISH), which gives it its stream's next offset, stores it in the
+stream's retention log and PUBLISHes it with the offset; ``history`` reads that log.  While
+degraded, this node's own broadcasts get offsets from a node-local ring instead, in a local
+epoch (``L…``, never a Redis one): they are delivered here only, and a client that resumes
+from such an offset later, with Redis back, is told of a gap of unknown size.  The same holds
+for own broadcasts sent to Redis just before an outage and delivered locally when it began.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections import deque
@@ -51,9 +62,13 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
+from ..protocol.codec import Broadcast
 from . import Deliver, Envelope, Health
+from . import redis_log
+from .memory import entry_size
+from .retention import Gap, History, Retention, RetentionLimits, new_epoch
 from .redis_session import Session, SessionLost, client, describe, heartbeat, redact, stop_tasks
-from .wire import SENDER_LEN, WireError, decode_envelope, encode_envelope, read_header
+from .wire import SENDER_LEN, WireError, decode_envelope, encode_envelope, read_header, read_offset
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +83,8 @@ OUTBOX_MAX = 100_000
 UNECHOED_MAX = 65_536
 START_WAIT_S = 10.0
 
-# outbox operations: (kind, channel, frame)
-_PUB, _SUB, _UNSUB, _READY = range(4)
+# outbox operations: (kind, channel, frame); _EVAL's "channel" is the stream
+_PUB, _SUB, _UNSUB, _READY, _EVAL = range(5)
 _Op = tuple[int, str, bytes]
 
 
@@ -77,8 +92,12 @@ class RedisPubSub:
     """:class:`~realtime_channels.pubsub.PubSub` over Redis PUBLISH/SUBSCRIBE."""
 
     def __init__(self, url: str, *, prefix: str = "rc:", node_id: str | None = None,
-                 on_state: OnState | None = None) -> None:
+                 on_state: OnState | None = None, limits: RetentionLimits | None = None) -> None:
         self.url = url
+        self.limits = limits or RetentionLimits()
+        #: offsets of own broadcasts while Redis is away (module doc "Offsets")
+        self._local: Retention[Broadcast] = Retention(self.limits, epoch_prefix="L")
+        self._publish_sha = ""
         self.prefix = prefix
         self.node_id = node_id or os.urandom(6).hex()
         self.on_state = on_state
@@ -108,6 +127,10 @@ class RedisPubSub:
     @property
     def health(self) -> Health:
         return Health(self._state)
+
+    @property
+    def resume_enabled(self) -> bool:
+        return self.limits.enabled
 
     # --- PubSub protocol ------------------------------------------------------------------
 
@@ -169,8 +192,9 @@ class RedisPubSub:
             self._deliver_local(envelope)
             return
         self._seq += 1
+        offsets = envelope.broadcast is not None and self.limits.enabled
         try:
-            frame = encode_envelope(envelope, sender=self._sender, seq=self._seq)
+            frame = encode_envelope(envelope, sender=self._sender, seq=self._seq, offset_pending=offsets)
         except (TypeError, ValueError):
             # A value that cannot cross nodes is a programming error elsewhere; the local
             # subscribers still get the message rather than the caller getting an exception.
@@ -183,7 +207,10 @@ class RedisPubSub:
             self._unechoed.append((self._seq, envelope))
             if len(self._unechoed) > UNECHOED_MAX:
                 self._unechoed.popleft()  # never echoed (unsubscribed meanwhile): forget it
-        self._push((_PUB, self.prefix + envelope.stream, frame))
+        if offsets:
+            self._push((_EVAL, envelope.stream, frame))
+        else:
+            self._push((_PUB, self.prefix + envelope.stream, frame))
         if len(self._ops) > OUTBOX_MAX and self._session is not None:
             self._session.abort(f"outbox over {OUTBOX_MAX} envelopes: Redis is not keeping up")
             self._enter_degraded(f"outbox over {OUTBOX_MAX} envelopes")
@@ -198,6 +225,10 @@ class RedisPubSub:
         deliver = self._deliver
         if deliver is None or env.stream not in self._streams:
             return
+        b = env.broadcast
+        if b is not None and env.offset is None and self.limits.enabled:  # degraded: local offsets
+            offset, epoch = self._local.append(env.stream, b, entry_size(b), asyncio.get_running_loop().time())
+            env = dataclasses.replace(env, offset=offset, epoch=epoch)
         try:
             deliver(env)
         except Exception:  # a subscriber's bug must not stop the backbone
@@ -215,6 +246,8 @@ class RedisPubSub:
             env = self._take_echo(seq) if sender == self._sender else None
             if env is None:
                 env = decode_envelope(data)
+            elif (position := read_offset(data)) is not None:
+                env = dataclasses.replace(env, offset=position[0], epoch=position[1])
         except WireError as exc:
             log.warning("redis pubsub %s: ignoring malformed message (%s)", self.node_id, exc)
             return
@@ -300,6 +333,8 @@ class RedisPubSub:
         tasks: list[asyncio.Task[None]] = []
         try:
             await pub.ping()
+            if self.limits.enabled:
+                self._publish_sha = await pub.script_load(redis_log.PUBLISH_LUA)
             await ps.ping()  # opens the subscribe connection; the reader consumes the PONG
             session = Session(pub, sub, ps, asyncio.get_running_loop().time())
             # Re-subscribe the whole set, then go live once Redis confirmed it (_READY).
@@ -372,15 +407,19 @@ class RedisPubSub:
                 self._enter_connected(int(ops.popleft()[1]))
                 continue
             batch: list[_Op] = []
-            while ops and ops[0][0] == _PUB and len(batch) < PIPELINE_MAX:
+            while ops and ops[0][0] in (_PUB, _EVAL) and len(batch) < PIPELINE_MAX:
                 batch.append(ops.popleft())
-            if len(batch) == 1:
+            if len(batch) == 1 and batch[0][0] == _PUB:
                 await s.pub.publish(batch[0][1], batch[0][2])
-            else:
-                pipe = s.pub.pipeline(transaction=False)
-                for _kind, channel, frame in batch:
-                    pipe.publish(channel, frame)
-                await pipe.execute()
+                continue
+            pipe = s.pub.pipeline(transaction=False)
+            for kind, name, frame in batch:
+                if kind == _PUB:
+                    pipe.publish(name, frame)
+                else:
+                    args = redis_log.publish_args(self.limits, self.prefix + name, frame, new_epoch())
+                    pipe.evalsha(self._publish_sha, 2, *redis_log.keys(self.prefix, name), *args)
+            await pipe.execute()
 
     async def _send_subscriptions(self, s: Session, kind: int) -> None:
         ops = self._ops
@@ -393,3 +432,16 @@ class RedisPubSub:
             await s.ps.subscribe(*names)
         else:
             await s.ps.unsubscribe(*names)
+
+    # --- retention (module doc "Offsets") -----------------------------------------------------
+
+    async def history(self, stream: str, epoch: str, after: int) -> tuple[History[Broadcast], Gap | None]:
+        session = self._session
+        local = self._local.history(stream, after, epoch, asyncio.get_running_loop().time())
+        if session is None or self._state != "connected" or not self.limits.enabled:
+            return local
+        try:
+            return await redis_log.read_history(session.pub, self.prefix, self.limits, stream, epoch, after)
+        except (RedisError, OSError, WireError, ValueError) as exc:
+            log.warning("redis pubsub %s: cannot read the retention log of %r (%s)", self.node_id, stream, describe(exc))
+            return local

@@ -7,10 +7,15 @@ Layout, all integers big-endian::
     [broadcast]  topic:str  [payload:json]  [event:str]  data:blob  [meta:json]
     [control]    control:json
 
+    [offset]     offset:20 ASCII digits  epoch:12 ASCII characters   (at the very end)
+
 ``str``/``blob``/``json`` are a u32 length then the bytes (UTF-8 text, raw bytes, orjson text);
 bracketed parts are present only when their ``flags`` bit is set.  ``sender`` and ``seq`` are
 not part of the envelope: they let a backend recognise its own envelopes when Redis echoes them
-back (see ``redis.py``) by reading only the fixed-size header.
+back (see ``redis.py``) by reading only the fixed-size header.  The offset trailer is fixed-size
+text at the end so that the Redis script that assigns the offset can append it to a frame
+encoded without it (``OFFSET`` flag set, trailer missing: :func:`encode_envelope` with
+``offset_pending=True``).
 
 ``exclude`` is whatever the node passes (``(conn_id, topic)``, a probe id, ``None``), so it is
 written with a small tagged encoding that keeps tuples as tuples: the origin node compares the
@@ -48,6 +53,10 @@ _PAYLOAD = 0x04
 _EVENT = 0x08
 _BINARY = 0x10
 _META = 0x20
+_OFFSET = 0x40
+
+EPOCH_LEN = 12
+TRAILER_LEN = 20 + EPOCH_LEN
 
 # exclude value tags
 _T_NONE, _T_TRUE, _T_FALSE, _T_INT, _T_BIGINT, _T_FLOAT, _T_STR, _T_BYTES, _T_TUPLE = range(9)
@@ -62,8 +71,10 @@ class WireError(ValueError):
 # --- encoding -------------------------------------------------------------------------------
 
 
-def encode_envelope(env: Envelope, *, sender: bytes = NO_SENDER, seq: int = 0) -> bytes:
-    """Serialize ``env``; raises ``TypeError`` if a payload is not JSON or ``exclude`` is not
+def encode_envelope(env: Envelope, *, sender: bytes = NO_SENDER, seq: int = 0,
+                    offset_pending: bool = False) -> bytes:
+    """Serialize ``env`` (``offset_pending``: flagged for an offset trailer someone else
+    appends, see :func:`offset_trailer`); raises ``TypeError`` if a payload is not JSON or ``exclude`` is not
     made of None/bool/int/float/str/bytes/tuple (those cannot cross nodes faithfully)."""
     if len(sender) != SENDER_LEN:
         raise ValueError(f"sender must be {SENDER_LEN} bytes")
@@ -91,7 +102,32 @@ def encode_envelope(env: Envelope, *, sender: bytes = NO_SENDER, seq: int = 0) -
     if env.control is not None:
         flags |= _CONTROL
         _blob(parts, orjson.dumps(env.control))
+    if offset_pending or env.offset is not None:
+        flags |= _OFFSET
+        if not offset_pending:
+            assert env.epoch is not None
+            parts.append(offset_trailer(env.offset or 0, env.epoch))
     return _HEADER.pack(VERSION, sender, seq, flags) + b"".join(parts)
+
+
+def offset_trailer(offset: int, epoch: str) -> bytes:
+    raw = epoch.encode("ascii")
+    if len(raw) != EPOCH_LEN or not 0 <= offset < 10**20:
+        raise ValueError("an offset trailer needs a 12-character epoch and a 20-digit offset")
+    return b"%020d" % offset + raw
+
+
+def read_offset(data: bytes) -> tuple[int, str] | None:
+    """``(offset, epoch)`` of a serialized envelope, from its header and trailer only."""
+    if len(data) < _HEADER.size or not data[_HEADER.size - 1] & _OFFSET:
+        return None
+    if len(data) < _HEADER.size + TRAILER_LEN:
+        raise WireError("truncated offset trailer")
+    tail = data[-TRAILER_LEN:]
+    try:
+        return int(tail[:20]), tail[20:].decode("ascii")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WireError(f"malformed offset trailer: {exc}") from exc
 
 
 def _blob(parts: list[bytes], data: bytes) -> None:
@@ -150,6 +186,9 @@ def decode_envelope(data: bytes) -> Envelope:
     """Inverse of :func:`encode_envelope`; raises :class:`WireError` on malformed input."""
     read_header(data)
     flags = data[_HEADER.size - 1]
+    position = read_offset(data)
+    if position is not None:
+        data = data[:-TRAILER_LEN]
     r = _Reader(data, _HEADER.size)
     try:
         stream = r.text()
@@ -168,7 +207,9 @@ def decode_envelope(data: bytes) -> Envelope:
         raise WireError(f"malformed envelope: {exc}") from exc
     if r.pos != len(data):
         raise WireError("trailing bytes after envelope")
-    return Envelope(StreamKey(stream), origin, broadcast=broadcast, control=control, exclude=exclude)
+    offset, epoch = position if position is not None else (None, None)
+    return Envelope(StreamKey(stream), origin, broadcast=broadcast, control=control, exclude=exclude,
+                    offset=offset, epoch=epoch)
 
 
 def _json(data: bytes) -> Any:

@@ -148,10 +148,29 @@ def _publish(conn: Conn, e: s.Publish) -> None:
 
 @handles(s.Subscribe)
 def _subscribe(conn: Conn, e: s.Subscribe) -> None:
-    conn.node.subscribe(e.stream, (conn.conn_id, e.topic), conn, e.skip_ids)
+    conn.node.subscribe(e.stream, (conn.conn_id, e.topic), conn, e.skip_ids, e.offsets, e.hold)
     if e.topic not in conn.joined:
         conn.joined.add(e.topic)
         observe(conn, "channel.join", e.topic, None, None)
+
+
+@handles(s.ResumeBroadcasts)
+def _resume_broadcasts(conn: Conn, e: s.ResumeBroadcasts) -> None:
+    """§4.10: the channel is subscribed (held) and the backbone confirmed the stream, so the
+    history read now overlaps the live stream; the hub dedupes the overlap by offset."""
+    async def answer() -> None:
+        history, gap = await conn.node.broadcast_history(e.stream, e.epoch, e.offset)
+        result = s.ResumeAnswer(history.epoch, history.entries, gap is not None,
+                                gap.missed if gap is not None else None, gap.next if gap is not None else 0)
+        if not conn.closing:
+            run(conn, conn.session.resumed(e.topic, e.join_ref, result))
+
+    conn.loop.create_task(answer())
+
+
+@handles(s.ReleaseResume)
+def _release_resume(conn: Conn, e: s.ReleaseResume) -> None:
+    conn.node.release_resume(e.stream, (conn.conn_id, e.topic), e.epoch, e.entries, e.covered)
 
 
 @handles(s.Unsubscribe)

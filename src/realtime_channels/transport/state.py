@@ -50,6 +50,7 @@ class AppState:
             presence_forced=settings.presence_enabled,
             private_allowed=node.authorizer is not None,
             private_only=settings.private_only,
+            resume_enabled=node.resume_enabled,
         )
 
     def frame_budget(self) -> TokenBucket:
