@@ -397,11 +397,12 @@ async def test_api_ping(server: ServerProc) -> None:
 
 
 async def test_single_ignores_unknown_query_parameters(server: ServerProc) -> None:
-    # realtime-js may append persist=true / persist[ttl]=N (§1.8 compatibility note, §4.9).
+    # Parameters the server does not know are ignored (§1.8); `persist` is known (§4.9) and
+    # is refused on a public channel, which tests/private/test_persist_clients.py covers.
     topic = unique_topic("rest")
     async with open_client(server, V1) as c:
         await c.join_ok(topic)
-        for query in ("?persist=true", "?persist%5Bttl%5D=60", "?private=false&x=1"):
+        for query in ("?x=1", "?private=false&x=1", "?persisted=true&ttl%5Bx%5D=60"):
             resp = await post_json(server, single_path(topic, "q") + query, {"q": query})
             assert (resp.status, resp.body) == (202, b"")
             assert (await c.expect(is_broadcast)).payload["payload"] == {"q": query}
