@@ -98,11 +98,19 @@ MEANINGS: dict[str, str] = {
     "install_auth_helpers": "on a plain PostgreSQL, create `auth.uid()`, `auth.role()` and `auth.jwt()` "
     "(reading `request.jwt.claims`) when missing",
     "token_recheck_ms": "channel tokens are verified again at `exp` or after this long, whichever is sooner",
-    "resume_window_s": "seconds broadcasts are retained so that a channel joined with `config.broadcast.resume` "
-    "can pick up where it stopped ([protocol](protocol.md) §4.10); a stream idle this long is forgotten and "
-    "starts a new epoch; `0` turns offsets and resume off (such joins are refused)",
+    "resume_window_s": "seconds broadcasts and postgres changes are retained so that a channel joined with "
+    "`config.broadcast.resume` or `config.postgres_changes_options.resume` can pick up where it stopped "
+    "([protocol](protocol.md) §4.10); a broadcast stream idle this long is forgotten and starts a new epoch; the "
+    "replication slot is confirmed only up to changes older than this, so a restarted server reads them again; "
+    "`0` turns offsets and resume off (such joins are refused)",
     "resume_max_messages": "broadcasts retained per stream (topic, public or private, in memory or in Redis); "
     "a resume from before the oldest one is told how many it missed",
+    "resume_max_changes": "postgres changes retained on one process, all tables together, for "
+    "`config.postgres_changes_options.resume` ([protocol](protocol.md) §4.10); a resume from before the oldest "
+    "one gets a gap message",
+    "snapshot_max_rows": "rows a binding with `snapshot: true` may receive when its channel joins "
+    "([protocol](protocol.md) §6.10); more gives the channel a `SnapshotTooLarge` system error instead of rows, "
+    "and its changes flow as without a snapshot",
     "resume_max_bytes": "retained broadcast bytes on one process, all streams together (the in-memory backbone, "
     "and a Redis node's own offsets while Redis is away); the least recently used stream gives up its oldest "
     "messages first. With Redis the log lives in Redis and is bounded by the window, the per-stream count and "

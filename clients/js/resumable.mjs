@@ -43,11 +43,14 @@ export function resumable(channel) {
       }
     } else if (event === 'postgres_changes' && typeof ref === 'string' && ref) {
       seen.postgres = ref.split(';')[0]
-    } else if (event === 'system' && payload && payload.gap) {
+    } else if (event === 'system' && payload) {
       const gap = payload.gap
-      if (payload.extension === 'broadcast' && typeof gap.next === 'number') {
+      if (gap && payload.extension === 'broadcast' && typeof gap.next === 'number') {
         // nothing before gap.next can come any more: resume after it next time
         seen.broadcast = { epoch: gap.epoch, offset: gap.next - 1 }
+      }
+      if (payload.snapshot && typeof payload.snapshot.offset === 'string') {
+        seen.postgres = payload.snapshot.offset // a snapshot's rows: resume after it, not again
       }
     }
     return trigger(event, payload, ref, joinRef)

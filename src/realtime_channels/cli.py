@@ -178,7 +178,9 @@ async def serve(settings: Settings) -> None:
             triggers = None
         changes = PostgresChanges(settings.database_url, publication=settings.publication,
                                   slot=settings.slot_name, clustered=bool(settings.redis_url),
-                                  sink=triggers, rls_mode=settings.cdc_rls_mode)
+                                  sink=triggers, rls_mode=settings.cdc_rls_mode,
+                                  retention=settings.change_retention(),
+                                  snapshot_max_rows=settings.snapshot_max_rows)
         authorizer = ChannelAuthorizer(settings.database_url)
     gatekeeper = functions if functions is not None and functions.config.gates else None
     node = Node(settings, pubsub, changes=changes, authorizer=authorizer,

@@ -13,6 +13,7 @@ DEV_JWT_SECRET = "realtime-channels-development-secret-not-for-production"
 
 if TYPE_CHECKING:
     from .pubsub.retention import RetentionLimits
+    from .cdc.retention import ChangeRetention
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -114,6 +115,10 @@ class Settings(BaseSettings):
     #: retained broadcast bytes on one node, all streams together (memory backbone, and a Redis
     #: node's local offsets while Redis is away); the least recently used stream gives way first
     resume_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    #: retained postgres changes on one node, all tables together
+    resume_max_changes: int = Field(100_000, gt=0)
+    #: rows a ``snapshot: true`` binding may read at its join (protocol.md §6.10)
+    snapshot_max_rows: int = Field(10_000, gt=0)
 
     # channel tokens are re-verified at min(exp, now + this) (protocol.md §3.9)
     token_recheck_ms: int = Field(300_000, gt=0)
@@ -138,6 +143,16 @@ class Settings(BaseSettings):
         from .pubsub.retention import RetentionLimits
 
         return RetentionLimits(self.resume_window_s, self.resume_max_messages, self.resume_max_bytes)
+
+    def change_retention(self) -> ChangeRetention | None:
+        """Postgres changes kept for resume (§4.10); ``None`` with resume off."""
+        import time
+
+        from .cdc.retention import ChangeRetention
+
+        if self.resume_window_s <= 0:
+            return None
+        return ChangeRetention(self.resume_window_s, self.resume_max_changes, time.time)
 
     @property
     def max_payload_bytes(self) -> int:

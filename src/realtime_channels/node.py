@@ -57,7 +57,9 @@ class ChangeFeed(Protocol):
 
     def subscribe(self, conn_id: int, peer: ChannelPeer, topic: str, join_ref: str | None,
                   bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any],
-                  ready: Callable[[errors.SubscribeError | None], None] | None = None) -> None:
+                  ready: Callable[[errors.SubscribeError | None], None] | None = None,
+                  offsets: bool = False, resume_from: tuple[int, int] | None = None,
+                  snapshot: bool = True) -> None:
         """Validate and create the channel's subscriptions; report with a ``system`` message,
         or (a join waiting for them, protocol.md §3.11) call ``ready`` once: ``None`` as soon as
         they are live, else the error that refused them for good."""
@@ -414,11 +416,15 @@ class Node:
 
     def subscribe_postgres(self, conn_id: int, peer: ChannelPeer, topic: str, join_ref: str | None,
                            bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any],
-                           ready: Callable[[errors.SubscribeError | None], None] | None = None) -> None:
+                           ready: Callable[[errors.SubscribeError | None], None] | None = None, *,
+                           offsets: bool = False, resume_from: tuple[int, int] | None = None,
+                           snapshot: bool = True) -> None:
         """Without a database every binding fails with a ``system`` error (§6.3), or is
-        reported to ``ready`` (never from inside this call)."""
+        reported to ``ready`` (never from inside this call).  ``offsets``/``resume_from``:
+        §4.10."""
         if self.changes is not None:
-            self.changes.subscribe(conn_id, peer, topic, join_ref, bindings, claims, ready)
+            self.changes.subscribe(conn_id, peer, topic, join_ref, bindings, claims, ready, offsets, resume_from,
+                                   snapshot)
             return
         if ready is not None:
             asyncio.get_running_loop().call_soon(ready, errors.PostgresNotConfigured())

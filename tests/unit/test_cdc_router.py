@@ -149,7 +149,7 @@ def test_work_keeps_only_changes_of_subscribed_tables() -> None:
     c1, c2 = insert(1, "x").change, Change(other, "INSERT", pgoutput.TupleData((b"1", b"x", b"y")), None, None)
     fans = router.fans([sub(Peer(), "realtime:a", 1)])
     table_fans = {("public", "notes"): fans}
-    assert router.work(Transaction(1, 10, 11, 0, (c1, c2)), table_fans.get) == [(c1, fans)]
+    assert router.work(Transaction(1, 10, 11, 0, (c1, c2)), table_fans.get) == [(0, c1, fans)]
 
 
 def test_hub_frames_a_group_once_per_wire_format() -> None:

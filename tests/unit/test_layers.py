@@ -172,8 +172,8 @@ PROTOCOL_FILES = _files("protocol")
 #: pure modules outside protocol/ that the pure modules may use
 PURE_HELPERS = (f"{PKG}.cdc.patterns",)
 # The pure part of cdc/ (design.md §2): decoding, filters, routing and payloads, no I/O.
-CDC_PURE = ("bindings", "filters", "patterns", "pgoutput", "record", "router", "txwire", "types", "values",
-            "walstream")
+CDC_PURE = ("bindings", "filters", "patterns", "pgoutput", "record", "retention", "router", "txwire", "types",
+            "values", "walstream")
 CDC_PURE_FILES = [PKG_DIR / "cdc" / f"{name}.py" for name in CDC_PURE]
 LOWER_FILES = _files("hub.py") + _files("pubsub")
 

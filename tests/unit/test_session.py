@@ -687,7 +687,8 @@ def test_good_access_token_resubscribes_postgres_with_new_claims() -> None:
     fresh = token(1000, now=T0 + 10, sub="u2", role="authenticated")
     effects = s.receive(access_token_msg(fresh), T0 + 10)
     echoed = ({**BINDING_A, "id": binding_id(BINDING_A)},)
-    assert effects == [SubscribePostgres(TOPIC, "1", echoed, claims_of(fresh, T0 + 10))]
+    # a refresh re-subscribes without reading snapshots again (§6.10)
+    assert effects == [SubscribePostgres(TOPIC, "1", echoed, claims_of(fresh, T0 + 10), snapshot=False)]
     assert s.next_deadline() == T0 + 10 + 300
 
 

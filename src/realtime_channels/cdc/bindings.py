@@ -14,6 +14,7 @@ from .. import errors
 from ..hub import Subscriber
 from ..protocol.codec import Message
 from .filters import Condition, TypedCondition, parse_filter
+from .types import Snapshot
 
 __all__ = ["EVENTS", "Binding", "Peer", "Sub", "parse_binding", "parse_conditions"]
 
@@ -36,6 +37,8 @@ class Binding:
     table: str
     filter_text: str | None
     select: tuple[str, ...] | None
+    #: ``snapshot: true`` (§6.10): the rows matching it now are sent first, as INSERTs
+    snapshot: bool = False
 
     @property
     def is_wildcard(self) -> bool:
@@ -82,6 +85,7 @@ def parse_binding(raw: Mapping[str, Any]) -> Binding:
         table=table,
         filter_text=flt if isinstance(flt, str) and flt.strip() else None,
         select=tuple(select) if isinstance(select, list) else None,
+        snapshot=raw.get("snapshot") is True,
     )
 
 
@@ -106,6 +110,11 @@ class Sub:
     role: str
     claims: Mapping[str, Any]
     cohort: str
+    #: the channel asked for offsets (``postgres_changes_options.resume``, §4.10): its
+    #: messages carry one as ``ref``
+    offsets: bool = False
+    #: after a snapshot (§6.10): the transactions it contains, not sent again
+    seen: Snapshot | None = None
     #: the channel this subscription belongs to (a connection has one channel per topic)
     channel_key: tuple[int, str] = field(init=False)
 

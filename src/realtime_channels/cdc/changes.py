@@ -18,6 +18,17 @@ identical payload (topic, binding ids, visible columns); each group's ``data`` i
 all the group's connections (``hub.deliver``).
 
 Subscription checks, routing and function reporting each use their own side connection.
+
+Resume (protocol.md §4.10): every routed transaction is kept in ``retention``; a channel that
+asked for offsets gets each change's offset as the message ``ref``.  A channel that resumes is
+registered between two routed transactions (``_route_lock``), and the retained changes after
+its offset are routed to it alone — matched, RLS-checked and trimmed under its current claims —
+before any later transaction is routed.
+
+Snapshots (protocol.md §6.10) are read at the same point: a channel with ``snapshot: true``
+bindings is registered, the matching rows are read in one REPEATABLE READ transaction as the
+subscriber and sent as INSERTs, and the transactions that snapshot contains are not sent to the
+channel when they are routed later (``snapshot.Snapshot``).
 """
 
 from __future__ import annotations
@@ -33,18 +44,23 @@ import psycopg
 
 from .. import hub
 from ..protocol.codec import Message
-from . import catalog, pgoutput, router
-from .bindings import Peer
+from . import catalog, pgoutput, router, snapshot
+from .bindings import Peer, Sub
 from .connections import SideConnection
 from .leader import Leadership
 from .record import Row, full_data
 from .replication import ReplicationReader
+from .retention import ChangeRetention, Position, format_offset
 from .rls import RlsChecker
-from .subscriptions import Ready, Subscriptions
+from .subscriptions import ChannelSubs, Ready, Subscriptions
 from .types import FeedState, ShareOp, StateShare, Transaction, TxnShare
 from .visibility import Matched, Visibility
 
 log = logging.getLogger(__name__)
+
+
+class _TooLarge(Exception):
+    """A snapshot with more rows than ``snapshot_max_rows``."""
 
 
 #: followers consider the stream down when the leader has not reported for this long
@@ -52,6 +68,11 @@ LEADER_TTL_S = 6.0
 ECHO_TIMEOUT_S = 30.0
 #: a subscription made while the stream is (re)starting waits this long before failing
 STARTUP_GRACE_S = 3.0
+#: a resuming join waits this long, at start-up, for the slot's retained window to be read again
+HISTORY_WAIT_S = 10.0
+#: the largest snapshot a channel may read (REALTIME_SNAPSHOT_MAX_ROWS)
+SNAPSHOT_MAX_ROWS = 10_000
+GAP_UNKNOWN = "ResumeGap: the changes after the given offset are no longer retained (how many is unknown)"
 
 
 class ChangeSink(Protocol):
@@ -72,7 +93,8 @@ class PostgresChanges:
     def __init__(self, dsn: str, *, publication: str, slot: str, clustered: bool = False,
                  sink: ChangeSink | None = None,
                  on_state: Callable[[FeedState, str | None], None] | None = None,
-                 rls_mode: str = "batched") -> None:
+                 rls_mode: str = "batched", retention: ChangeRetention | None = None,
+                 snapshot_max_rows: int = SNAPSHOT_MAX_ROWS) -> None:
         self.dsn = dsn
         self.publication = publication
         self.slot = slot
@@ -80,11 +102,15 @@ class PostgresChanges:
         self._on_state = on_state
         self.visibility = Visibility(RlsChecker(), rls_mode)
         self.cache = catalog.CatalogCache()
+        self.retention = retention
+        self.snapshot_max_rows = snapshot_max_rows
+        #: held while a transaction is routed, and while a resuming channel is attached
+        self._route_lock = asyncio.Lock()
         self._subs_conn = SideConnection(dsn, on_open=self.cache.invalidate)
         self._route_conn = SideConnection(dsn, on_open=self.cache.invalidate)
         self._report_conn = SideConnection(dsn, on_open=self.cache.invalidate)
         self.subscriptions = Subscriptions(publication=publication, cache=self.cache,
-                                           conn=self._subs_conn, ready=self._ready)
+                                           conn=self._subs_conn, ready=self._ready, attach=self._attach)
         self._relations: dict[int, pgoutput.Relation] = {}
         self.reader = self._new_reader()
         self._leadership = (Leadership(dsn, slot, read=self._read, stop=self._stop_reader, beat=self._beat)
@@ -103,7 +129,8 @@ class PostgresChanges:
 
     def _new_reader(self) -> ReplicationReader:
         return ReplicationReader(self.dsn, slot=self.slot, publication=self.publication,
-                                 on_transaction=self._lead_transaction, on_state=self._state_changed)
+                                 on_transaction=self._lead_transaction, on_state=self._state_changed,
+                                 retention=self.retention)
 
     @property
     def leading(self) -> bool:
@@ -241,10 +268,14 @@ class PostgresChanges:
     # subscriptions (subscriptions.py) ----------------------------------------------------------
 
     def subscribe(self, conn_id: int, peer: Peer, topic: str, join_ref: str | None,
-                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any], ready: Ready | None = None) -> None:
+                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any], ready: Ready | None = None,
+                  offsets: bool = False, resume_from: Position | None = None, snapshot: bool = True) -> None:
         """Validate and create the channel's subscriptions; report with a ``system`` message,
-        or to ``ready`` for a join that waits for them (§3.11)."""
-        self.subscriptions.subscribe(conn_id, peer, topic, join_ref, bindings, claims, ready)
+        or to ``ready`` for a join that waits for them (§3.11).  ``offsets``: its messages carry
+        offsets; ``resume_from``: then send it the retained changes after that one (§4.10);
+        ``snapshot``: bindings with ``snapshot: true`` read theirs first (§6.10)."""
+        self.subscriptions.subscribe(conn_id, peer, topic, join_ref, bindings, claims, ready,
+                                     offsets or resume_from is not None, resume_from, snapshot)
 
     def unsubscribe(self, conn_id: int, topic: str) -> None:
         self.subscriptions.unsubscribe(conn_id, topic)
@@ -264,54 +295,167 @@ class PostgresChanges:
     # changes (§6.4–6.8) ----------------------------------------------------------------------
 
     async def _on_transaction(self, txn: Transaction) -> None:
-        work = router.work(txn, self.subscriptions.fans)
-        if not work:
-            return
+        async with self._route_lock:
+            work = router.work(txn, self.subscriptions.fans)
+            if work:
+                try:
+                    async with self._route_conn.use() as conn:
+                        await self._route(conn, txn, work)
+                except (psycopg.OperationalError, OSError) as exc:
+                    # The side connection broke: the transaction is not acknowledged, so the
+                    # reader will hand it over again once it reconnects (nothing is lost).
+                    log.error("postgres_changes: database error while routing a transaction: %s", exc)
+                    raise
+            if self.retention is not None:
+                self.retention.add(txn)
+
+    # resume (§4.10) ------------------------------------------------------------------------
+
+    async def _attach(self, ch: ChannelSubs, register: Callable[[], bool]) -> None:
+        """Register a resuming channel between two routed transactions, then route it the
+        retained changes after its offset, before anything routed later."""
+        reader = self.reader
+        if self.retention is not None and self.leading and not reader.caught_up.is_set():
+            # Just started: the slot's retained window is being read again.
+            try:
+                async with asyncio.timeout(HISTORY_WAIT_S):
+                    await reader.caught_up.wait()
+            except TimeoutError:
+                log.warning("postgres_changes: the retained window was not read again within %.0f s", HISTORY_WAIT_S)
+        async with self._route_lock:
+            if not register():
+                return
+            if ch.resume_from is not None and not await self._replay(ch):
+                return  # resumed without a gap: nothing to read again
+            if ch.snapshot and any(sub.binding.snapshot for sub in ch.subs):
+                await self._snapshot(ch)
+
+    async def _replay(self, ch: ChannelSubs) -> bool:
+        """Route the retained changes after the channel's offset to it; True when some may have
+        been dropped (the gap message is sent first)."""
+        retention, pos = self.retention, ch.resume_from
+        if retention is None or pos is None:
+            return False
+        gap = retention.has_gap(pos)
+        if gap:
+            payload = {"extension": "postgres_changes", "status": "ok", "channel": ch.topic.removeprefix("realtime:"),
+                       "message": GAP_UNKNOWN, "gap": {"missed": None, "retained_from": retention.first_offset()}}
+            ch.peer.send(Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref))
+        own: dict[tuple[str, str], list[Sub]] = {}
+        for sub in ch.subs:
+            own.setdefault(sub.table_key, []).append(sub)
+        fans = {table: router.fans(subs) for table, subs in own.items()}
+        try:
+            for txn, first in retention.after(pos):
+                work = router.work(txn, fans.get, first)
+                if work:
+                    async with self._route_conn.use() as conn:
+                        await self._route(conn, txn, work, replayed=True)
+        except (psycopg.OperationalError, OSError) as exc:
+            log.error("postgres_changes: database error while resuming %s: %s", ch.topic, exc)
+            payload = {"extension": "postgres_changes", "status": "ok", "channel": ch.topic.removeprefix("realtime:"),
+                       "message": GAP_UNKNOWN, "gap": {"missed": None, "retained_from": None}}
+            ch.peer.send(Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref))
+            return True
+        return gap
+
+    async def _snapshot(self, ch: ChannelSubs) -> None:
+        """§6.10: the rows matching the channel's snapshot bindings now, as INSERTs, then the
+        ``Snapshot complete`` message; from then on the transactions the snapshot contains are
+        not sent to it.  Runs under the route lock, right after the channel was registered."""
+        subs = [sub for sub in ch.subs if sub.binding.snapshot]
+        role = subs[0].role
+        channel = ch.topic.removeprefix("realtime:")
+        by_table: dict[tuple[str, str], list[Sub]] = {}
+        for sub in subs:
+            by_table.setdefault(sub.table_key, []).append(sub)
+        found: list[tuple[Row, Matched, frozenset[str]]] = []
         try:
             async with self._route_conn.use() as conn:
-                await self._route(conn, txn, work)
-        except (psycopg.OperationalError, OSError) as exc:
-            # The side connection broke: the transaction is not acknowledged, so the reader
-            # will hand it over again once it reconnects (nothing is lost).
-            log.error("postgres_changes: database error while routing a transaction: %s", exc)
-            raise
+                async with conn.transaction(force_rollback=True):
+                    seen, at_us = await snapshot.begin(conn, role, ch.claims)
+                    for (schema, table), table_subs in by_table.items():
+                        info = await self.cache.table_info(conn, schema, table)
+                        if info is None:
+                            continue
+                        allowed = await self.cache.selectable_columns(conn, role, info.relid)
+                        fans = router.fans(table_subs)
+                        async for change in snapshot.rows(conn, info, allowed):
+                            row = Row(change, info)
+                            matched = router.match(row, fans)
+                            if not matched:
+                                continue
+                            found.append((row, matched, allowed))
+                            if len(found) > self.snapshot_max_rows:
+                                raise _TooLarge
+        except _TooLarge:
+            message = (f"SnapshotTooLarge: more than {self.snapshot_max_rows} rows match; "
+                       "narrow the binding's filter (changes are sent from now on)")
+            payload = {"extension": "postgres_changes", "status": "error", "channel": channel, "message": message}
+            ch.peer.send(Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref))
+            return
+        except (psycopg.Error, OSError) as exc:
+            log.error("postgres_changes: could not read the snapshot of %s: %s", ch.topic, exc)
+            payload = {"extension": "postgres_changes", "status": "error", "channel": channel,
+                       "message": "SnapshotFailed: the snapshot could not be read (changes are sent from now on)"}
+            ch.peer.send(Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref))
+            return
+        commit_ts = pgoutput.commit_timestamp(at_us)
+        for row, matched, allowed in found:
+            self._deliver(row, router.plan(row, matched, None, {role: allowed}), commit_ts, None)
+        for sub in subs:
+            sub.seen = seen
+        for sub in ch.subs:
+            self.subscriptions.invalidate(sub.table_key)
+        offset = (format_offset(self.retention.last_lsn, 0xFFFFFFFF)
+                  if self.retention is not None and self.retention.last_lsn else None)
+        done: dict[str, Any] = {"extension": "postgres_changes", "status": "ok", "channel": channel,
+                                "message": f"Snapshot complete: {len(found)} rows",
+                                "snapshot": {"rows": len(found), "offset": offset}}
+        ch.peer.send(Message(ch.topic, "system", done, ref=None, join_ref=ch.join_ref))
 
-    def _note_relations(self, work: Sequence[tuple[Any, Sequence[router.Fan]]]) -> None:
+    def _note_relations(self, work: router.Work) -> None:
         """Compared by value: shared transactions carry fresh Relation objects.  A new shape
         means a schema change (pgoutput sends a Relation message after one)."""
-        for change, _ in work:
+        for _, change, _ in work:
             rel = change.relation
             if self._relations.get(rel.relid) != rel:
                 self._relations[rel.relid] = rel
                 self.cache.invalidate(rel.relid)
 
-    async def _route(self, conn: psycopg.AsyncConnection[Any], txn: Transaction,
-                     work: Sequence[tuple[Any, Sequence[router.Fan]]]) -> None:
+    async def _route(self, conn: psycopg.AsyncConnection[Any], txn: Transaction, work: router.Work,
+                     replayed: bool = False) -> None:
         commit_ts = pgoutput.commit_timestamp(txn.commit_ts_us)
         self._note_relations(work)
         prepared: list[tuple[Row, Matched]] = []
-        for change, fans in work:
+        indexes: list[int] = []
+        for index, change, fans in work:
             info = await self.cache.table_info(conn, change.relation.namespace, change.relation.name)
             if info is None:
                 continue
             row = Row(change, info)
-            matched = router.match(row, fans)
+            matched = router.match(row, fans, txn)
             if matched:
                 prepared.append((row, matched))
+                indexes.append(index)
         visible = await self.visibility.check(conn, txn, prepared)
+        suffix = ";replayed" if replayed else ""
         for idx, (row, matched) in enumerate(prepared):
             allowed = {role: await self.cache.selectable_columns(conn, role, row.info.relid)
                        for role in router.roles(matched)}
-            self._deliver(row, router.plan(row, matched, visible.get(idx), allowed), commit_ts)
+            offset = format_offset(txn.end_lsn, indexes[idx]) + suffix
+            self._deliver(row, router.plan(row, matched, visible.get(idx), allowed), commit_ts, offset)
 
-    def _deliver(self, row: Row, groups: Sequence[router.Group], commit_ts: str) -> None:
+    def _deliver(self, row: Row, groups: Sequence[router.Group], commit_ts: str, offset: str | None) -> None:
         """One message per group, its ``data`` encoded once per column set and the frame built
-        once per wire format for all the group's connections."""
+        once per wire format for all the group's connections; ``offset`` is the ``ref`` of
+        groups that asked for offsets."""
         encoded: dict[tuple[tuple[str, ...], bool], orjson.Fragment] = {}
         for group in groups:
             key = (group.cols, group.old_shown)
             data = encoded.get(key)
             if data is None:
                 data = encoded[key] = orjson.Fragment(orjson.dumps(row.data(group.cols, commit_ts, group.old_shown)))
-            msg = Message(group.topic, "postgres_changes", {"ids": list(group.ids), "data": data})
+            msg = Message(group.topic, "postgres_changes", {"ids": list(group.ids), "data": data},
+                          ref=offset if group.offsets else None)
             self.delivered += hub.deliver(msg, group.peers)

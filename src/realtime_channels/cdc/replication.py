@@ -28,6 +28,11 @@ Theory of operation
 * **Acknowledgements**: standby status on a timer even under constant data, at once when the
   server asks, and the keepalive ``wal_end`` when no transaction is pending, so writes to
   unpublished tables do not pin WAL (postgres-cdc.md "Ack keepalives when idle").
+* **Retention** (optional, ``retention``): the confirmed position is held back to what
+  ``retention.hold()`` allows, and streaming starts at the slot's confirmed position, so
+  after a restart the transactions routed in the retention window are read again; those at or
+  below the stored position go to ``retention.history`` instead of ``on_transaction``.
+  ``caught_up`` is set once the stream has passed the stored position.
 * **Faults**: any failure closes both connections, reports state ``"down"`` with a one-line
   detail and retries with exponential back-off; ``run`` never raises except on cancellation.
 """
@@ -46,6 +51,7 @@ from typing import Any, Final
 import psycopg
 
 from . import pgoutput, slot
+from .retention import ChangeRetention
 from .slot import ReplicationError, first_line
 from .types import Change, Transaction
 from .wakeup import Wakeup
@@ -104,6 +110,7 @@ class ReplicationReader:
         status_interval: float = 1.0,
         reconnect_min: float = 0.5,
         reconnect_max: float = 10.0,
+        retention: ChangeRetention | None = None,
     ) -> None:
         for what, name in (("slot", slot), ("publication", publication)):
             if not _NAME_RE.match(name):
@@ -118,6 +125,9 @@ class ReplicationReader:
         self._status_interval = status_interval
         self._reconnect_min = reconnect_min
         self._reconnect_max = reconnect_max
+        self._retention = retention
+        #: set once the stream has passed the position stored before this process started
+        self.caught_up = asyncio.Event()
 
         self._state = "down"
         self._detail: str | None = None
@@ -277,9 +287,16 @@ class ReplicationReader:
             # Handled before a connection loss but not stored yet.
             await self._store(side, self._handled)
         self._handled = max(self._handled, self._stored)
+        if self._retention is not None:
+            row = await (await side.execute(
+                "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s",
+                (self._slot,))).fetchone()
+            if row is not None and row[0] is not None:
+                self._retention.start(pgoutput.str_to_lsn(row[0]))
 
     async def _start(self, repl: psycopg.AsyncConnection[Any]) -> None:
-        start = pgoutput.lsn_to_str(self._handled)  # 0/0 = the slot's confirmed position
+        # 0/0 = the slot's confirmed position; with retention always, to read the window again
+        start = pgoutput.lsn_to_str(0 if self._retention is not None else self._handled)
         await repl.cursor().execute(
             f"START_REPLICATION SLOT {self._slot} LOGICAL {start}"
             f" (proto_version '1', publication_names '{self._publication}')"
@@ -327,6 +344,8 @@ class ReplicationReader:
                 if pending is None and msg.wal_end > self._ack:
                     # Nothing in flight: everything up to wal_end is handled or unpublished.
                     self._ack = msg.wal_end
+                if pending is None and msg.wal_end >= self._handled:
+                    self.caught_up.set()
                 if msg.reply_requested:
                     await self._send_status(repl)
                     next_status = loop.time() + self._status_interval
@@ -371,20 +390,18 @@ class ReplicationReader:
 
     async def _commit(self, pending: _Pending, commit: pgoutput.Commit, side: psycopg.AsyncConnection[Any]) -> None:
         if commit.end_lsn <= self._handled:
-            # Already handled (PG 15 resends after a restart): never deliver it twice.
+            # Already handled (PG 15 resends after a restart): never deliver it twice.  With
+            # retention it was read again on purpose (the window held back by ``hold``).
+            if self._retention is not None and pending.changes:
+                self._retention.history(_transaction(pending, commit))
             self._ack = max(self._ack, commit.end_lsn)
             return
+        self.caught_up.set()
         if pending.changes:
             if self._storing is not None:  # the previous position is stored before we route more
                 await self._storing
                 self._storing = None
-            txn = Transaction(
-                xid=pending.begin.xid,
-                commit_lsn=commit.commit_lsn,
-                end_lsn=commit.end_lsn,
-                commit_ts_us=commit.commit_ts_us,
-                changes=tuple(pending.changes),
-            )
+            txn = _transaction(pending, commit)
             try:
                 await self._on_transaction(txn)
             except Exception as exc:
@@ -404,6 +421,9 @@ class ReplicationReader:
     async def _send_status(self, repl: psycopg.AsyncConnection[Any]) -> None:
         pg = repl.pgconn
         ack = self._ack
+        hold = self._retention.hold() if self._retention is not None else None
+        if hold is not None:
+            ack = min(ack, hold)
         try:
             pg.put_copy_data(pgoutput.encode_standby_status(ack, ack, ack, _now_us_since_2000()))
             while pg.flush() == 1:  # non-blocking connection: wait until the rest can be written
@@ -422,6 +442,11 @@ class ReplicationReader:
         message = message or pg.get_error_message() or "the server ended the stream"
         message = message.strip().splitlines()[0].removeprefix("FATAL:").strip()
         return ReplicationError(f"replication connection lost: {message}")
+
+
+def _transaction(pending: _Pending, commit: pgoutput.Commit) -> Transaction:
+    return Transaction(xid=pending.begin.xid, commit_lsn=commit.commit_lsn, end_lsn=commit.end_lsn,
+                       commit_ts_us=commit.commit_ts_us, changes=tuple(pending.changes))
 
 
 def _change(relation: pgoutput.Relation, msg: pgoutput.Insert | pgoutput.Update | pgoutput.Delete) -> Change:

@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 
 from .bindings import Binding, Peer, Sub
 from .record import Row
-from .types import Change, Transaction
+from .types import Change, Snapshot, Transaction
 
-__all__ = ["Fan", "Group", "Seen", "cohorts", "fans", "match", "needs_rls", "plan", "roles", "work"]
+__all__ = ["Fan", "Group", "Seen", "Work", "cohorts", "fans", "match", "needs_rls", "plan", "roles", "work"]
 
 TableKey = tuple[str, str]
 
@@ -34,6 +34,10 @@ class Fan:
 
     topic: str
     role: str
+    #: its channels asked for offsets (every message gets its change's offset as ``ref``)
+    offsets: bool
+    #: its channel read a snapshot: the transactions the snapshot contains are not sent (§6.10)
+    seen: Snapshot | None
     #: the first channel's subscriptions on the table, in binding order (its bindings stand
     #: for every channel of the fan)
     subs: tuple[Sub, ...]
@@ -58,6 +62,7 @@ class Group(NamedTuple):
     cols: tuple[str, ...]
     old_shown: bool
     peers: tuple[Peer, ...]
+    offsets: bool = False
 
 
 @dataclass(slots=True)
@@ -76,27 +81,35 @@ def fans(subs: Sequence[Sub]) -> list[Fan]:
     out: dict[tuple[Any, ...], Fan] = {}
     for own in channels.values():
         first = own[0]
-        signature = (first.topic, first.role,
+        signature = (first.topic, first.role, first.offsets, id(first.seen) if first.seen is not None else 0,
                      tuple((s.binding.id, s.binding.event, s.binding.filter_text, s.binding.select) for s in own))
         fan = out.get(signature)
         if fan is None:
-            fan = out[signature] = Fan(first.topic, first.role, tuple(own))
+            fan = out[signature] = Fan(first.topic, first.role, first.offsets, first.seen, tuple(own))
         fan.cohorts.setdefault(first.cohort, (first.claims, []))[1].append(first.peer)
     return list(out.values())
 
 
-def work(txn: Transaction, fans_of: Callable[[TableKey], Sequence[Fan] | None]) -> list[tuple[Change, Sequence[Fan]]]:
-    """The transaction's changes that some subscription's table covers, with that table's fans."""
-    return [(change, table_fans) for change in txn.changes
-            if (table_fans := fans_of((change.relation.namespace, change.relation.name)))]
+Work = list[tuple[int, Change, Sequence[Fan]]]
 
 
-def match(row: Row, table_fans: Sequence[Fan]) -> list[tuple[Fan, list[Binding]]]:
+def work(txn: Transaction, fans_of: Callable[[TableKey], Sequence[Fan] | None], first: int = 0) -> Work:
+    """The transaction's changes (from index ``first``) that some subscription's table covers,
+    each with its index in the transaction and that table's fans."""
+    changes = txn.changes
+    return [(i, changes[i], table_fans) for i in range(first, len(changes))
+            if (table_fans := fans_of((changes[i].relation.namespace, changes[i].relation.name)))]
+
+
+def match(row: Row, table_fans: Sequence[Fan], txn: Transaction | None = None) -> list[tuple[Fan, list[Binding]]]:
     """§6.4: per fan, the bindings whose event and filter match (filters on the new row, or the
-    old identity for DELETE, §6.2); fans without a match are left out."""
+    old identity for DELETE, §6.2); fans without a match are left out, and so are fans whose
+    snapshot already contains ``txn`` (§6.10)."""
     out: list[tuple[Fan, list[Binding]]] = []
     kind = row.kind
     for fan in table_fans:
+        if fan.seen is not None and txn is not None and fan.seen.covers(txn):
+            continue
         by_kind = fan.by_kind
         if by_kind is not None:  # no filters: the answer depends on the event kind only
             hit = by_kind[kind]
@@ -167,5 +180,5 @@ def plan(row: Row, matched: Sequence[tuple[Fan, list[Binding]]], visible: Seen |
         for old_shown, peers in ((True, shown), (False, hidden)):
             if peers:
                 for ids_key, cols in payloads:
-                    out.append(Group(fan.topic, ids_key, cols, old_shown, tuple(peers)))
+                    out.append(Group(fan.topic, ids_key, cols, old_shown, tuple(peers), fan.offsets))
     return out

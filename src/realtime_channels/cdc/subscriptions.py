@@ -11,6 +11,10 @@ A join that waits for its bindings (protocol.md §3.11) passes ``ready``: it is 
 instead of the ``system`` message — with ``None`` right after the subscriptions are registered
 (before any later change can be routed to them), or with the error that refused them for good.
 Transient failures are retried without a word meanwhile.
+
+A channel that resumes (protocol.md §4.10) is registered through ``attach``, which the change
+feed supplies: it registers the subscriptions between two routed transactions and sends what
+the channel missed before anything routed later.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ TableKey = tuple[str, str]
 ChannelKey = tuple[int, str]
 #: told once whether a waiting join's subscriptions are live (``None``) or refused for good
 Ready = Callable[[errors.SubscribeError | None], None]
+#: ``attach(ch, register)``: call ``register()`` (False: the channel is gone) where no
+#: transaction is being routed, then send the channel what it missed
+Attach = Callable[["ChannelSubs", Callable[[], bool]], Awaitable[None]]
 
 
 def system(topic: str, join_ref: str | None, status: str, message: str) -> Message:
@@ -60,6 +67,12 @@ class ChannelSubs:
     generation: int = 0
     retry: asyncio.TimerHandle | None = None
     ready: Ready | None = None
+    #: messages carry offsets (§4.10)
+    offsets: bool = False
+    #: the offset to resume after, for this subscription only (not a token refresh's)
+    resume_from: tuple[int, int] | None = None
+    #: bindings with ``snapshot: true`` read their snapshot first (§6.10; not on a refresh)
+    snapshot: bool = True
 
 
 class Subscriptions:
@@ -67,11 +80,12 @@ class Subscriptions:
     why it does not (for the log; the client is told ``ChangesUnavailable`` and retried)."""
 
     def __init__(self, *, publication: str, cache: catalog.CatalogCache, conn: SideConnection,
-                 ready: Callable[[], Awaitable[str | None]]) -> None:
+                 ready: Callable[[], Awaitable[str | None]], attach: Attach | None = None) -> None:
         self._publication = publication
         self._cache = cache
         self._conn = conn
         self._ready = ready
+        self._attach = attach
         self.channels: dict[ChannelKey, ChannelSubs] = {}
         self.by_table: dict[TableKey, list[Sub]] = {}
         self._fans: dict[TableKey, list[router.Fan]] = {}
@@ -87,13 +101,19 @@ class Subscriptions:
             cached = self._fans[table] = router.fans(subs)
         return cached
 
+    def invalidate(self, table: TableKey) -> None:
+        """The table's fans are rebuilt on its next change (a subscription's fields changed)."""
+        self._fans.pop(table, None)
+
     def subscribe(self, conn_id: int, peer: Peer, topic: str, join_ref: str | None,
-                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any], ready: Ready | None = None) -> None:
+                  bindings: Sequence[dict[str, Any]], claims: Mapping[str, Any], ready: Ready | None = None,
+                  offsets: bool = False, resume_from: tuple[int, int] | None = None, snapshot: bool = True) -> None:
         key = (conn_id, topic)
         old = self.channels.get(key)
         generation = old.generation + 1 if old is not None else 0
         self._drop(key)
-        ch = ChannelSubs(peer, topic, join_ref, tuple(bindings), claims, generation=generation, ready=ready)
+        ch = ChannelSubs(peer, topic, join_ref, tuple(bindings), claims, generation=generation, ready=ready,
+                         offsets=offsets, resume_from=resume_from, snapshot=snapshot)
         self.channels[key] = ch
         asyncio.get_running_loop().create_task(self._subscribe(key, ch))
 
@@ -136,14 +156,25 @@ class Subscriptions:
             return
         if self.channels.get(key) is not ch:
             return  # left or re-subscribed while we were validating
-        ch.subs = [sub for _, sub in resolved]
-        for table_key, sub in resolved:
-            self.by_table.setdefault(table_key, []).append(sub)
-            self._fans.pop(table_key, None)
-        if ch.ready is not None:
-            self._settle(ch, None)  # synchronously: the join's reply precedes any routed change
+
+        def register() -> bool:
+            if self.channels.get(key) is not ch:
+                return False
+            ch.subs = [sub for _, sub in resolved]
+            for table_key, sub in resolved:
+                self.by_table.setdefault(table_key, []).append(sub)
+                self._fans.pop(table_key, None)
+            if ch.ready is not None:
+                self._settle(ch, None)  # synchronously: the join's reply precedes any routed change
+            else:
+                ch.peer.send(system(ch.topic, ch.join_ref, "ok", SUBSCRIBED))
+            return True
+
+        if self._attach is not None and (ch.resume_from is not None or (
+                ch.snapshot and any(sub.binding.snapshot for _, sub in resolved))):
+            await self._attach(ch, register)
         else:
-            ch.peer.send(system(ch.topic, ch.join_ref, "ok", SUBSCRIBED))
+            register()
 
     @staticmethod
     def _settle(ch: ChannelSubs, err: errors.SubscribeError | None) -> None:
@@ -194,7 +225,8 @@ class Subscriptions:
                     continue
                 allowed = await self._cache.selectable_columns(conn, role, info.relid)
                 typed = typed_conditions(b, conds[b.id], info, allowed)
-                out.append(((schema, table), Sub(ch.peer, ch.topic, (schema, table), b, typed, role, ch.claims, cohort)))
+                out.append(((schema, table), Sub(ch.peer, ch.topic, (schema, table), b, typed, role, ch.claims,
+                                                 cohort, ch.offsets)))
         return out
 
 

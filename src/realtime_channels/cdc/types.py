@@ -15,7 +15,10 @@ from typing import Literal
 
 from . import pgoutput
 
-__all__ = ["Change", "ColumnInfo", "FeedState", "ShareOp", "StateShare", "TableInfo", "Transaction", "TxnShare"]
+__all__ = ["Change", "ColumnInfo", "FeedState", "ShareOp", "Snapshot", "StateShare", "TableInfo", "Transaction",
+           "TxnShare"]
+
+_XID_SPAN = 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,31 @@ class Transaction:
     end_lsn: int  # strictly increasing across transactions; the position we store and ack
     commit_ts_us: int  # µs since 2000-01-01 UTC (pgoutput.commit_timestamp formats it)
     changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Which transactions a snapshot already contains (``pg_current_snapshot()`` and the WAL
+    insert position read after it)."""
+
+    xmin: int
+    xmax: int
+    xip: frozenset[int]
+    lsn: int
+
+    @classmethod
+    def parse(cls, snapshot: str, lsn: str) -> Snapshot:
+        xmin, xmax, xip = snapshot.split(":")
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x), pgoutput.str_to_lsn(lsn))
+
+    def covers(self, txn: Transaction) -> bool:
+        """True when ``txn`` committed before the snapshot (its rows are in it)."""
+        if txn.commit_lsn > self.lsn:
+            return False
+        # pgoutput's xid is 32 bits: widen it to the 64-bit id nearest the snapshot's xmax
+        delta = (txn.xid - self.xmax) % _XID_SPAN
+        full = self.xmax + (delta - _XID_SPAN if delta >= _XID_SPAN // 2 else delta)
+        return full < self.xmin or (full < self.xmax and full not in self.xip)
 
 
 class FeedState(StrEnum):

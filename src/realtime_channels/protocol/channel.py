@@ -14,6 +14,7 @@ from .effects import Effect, ReplayedMessage, Send, SendBinary
 from .join import JoinParams
 from .keys import StreamKey
 from .limits import FixedWindow
+from .offsets import parse_offset
 
 
 # --- configuration and per-channel state ----------------------------------------------------
@@ -73,6 +74,9 @@ class Channel:
     #: broadcasts carry offsets; ``resume`` = (epoch, offset) to replay after (§4.10)
     offsets: bool = False
     resume: tuple[str, int] | None = None
+    #: postgres changes carry offsets; ``pg_resume`` = (end LSN, index) to resume after (§4.10)
+    pg_offsets: bool = False
+    pg_resume: tuple[int, int] | None = None
 
     def join_reply(self, payload: dict[str, Any]) -> Message:
         return Message(self.topic, "phx_reply", payload, ref=self.join_msg_ref, join_ref=self.join_ref)
@@ -112,6 +116,21 @@ def resume_params(raw: Any, enabled: bool) -> tuple[bool, tuple[str, int] | None
     elif isinstance(raw, dict) and isinstance(raw.get("epoch"), str) and type(raw.get("offset")) is int \
             and raw["offset"] >= 0:
         position = (raw["epoch"], raw["offset"])
+    else:
+        raise errors.ResumeParamsInvalid()
+    if not enabled:
+        raise errors.ResumeDisabled()
+    return True, position
+
+
+def pg_resume_params(raw: Any, enabled: bool) -> tuple[bool, tuple[int, int] | None]:
+    """§4.10 ``config.postgres_changes_options.resume``: (offsets on, where to resume from)."""
+    if raw is None or raw is False:
+        return False, None
+    if raw is True:
+        position = None
+    elif isinstance(raw, dict) and (position := parse_offset(raw.get("offset"))) is not None:
+        pass
     else:
         raise errors.ResumeParamsInvalid()
     if not enabled:

@@ -125,6 +125,12 @@ class SubscribePostgres:
     join_ref: str | None
     bindings: tuple[dict[str, Any], ...]
     claims: Mapping[str, Any]
+    #: §4.10 ``postgres_changes_options.resume``: messages carry offsets; ``resume_from`` the
+    #: (end LSN, index) to send the retained changes after (the join's subscription only)
+    offsets: bool = False
+    resume_from: tuple[int, int] | None = None
+    #: bindings with ``snapshot: true`` read their snapshot (§6.10) — not on a token refresh
+    snapshot: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +147,8 @@ class AwaitPostgres:
     bindings: tuple[dict[str, Any], ...]
     claims: Mapping[str, Any]
     timeout_ms: int
+    offsets: bool = False
+    resume_from: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

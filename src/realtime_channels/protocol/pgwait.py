@@ -46,7 +46,7 @@ def hold(self: Session, ch: Channel, replayed: tuple[ReplayedMessage, ...], time
     ch.pending.add(PG_WAIT)
     ch.held = replayed
     self.joining[ch.topic] = ch
-    return [AwaitPostgres(ch.topic, ch.join_ref, ch.bindings, ch.claims, timeout_ms)]
+    return [AwaitPostgres(ch.topic, ch.join_ref, ch.bindings, ch.claims, timeout_ms, ch.pg_offsets, ch.pg_resume)]
 
 
 def subscribed(ch: Channel) -> Effect:

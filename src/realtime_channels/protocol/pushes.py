@@ -137,5 +137,5 @@ def access_token(self: Session, ch: Channel, token: Any, now: float) -> list[Eff
         ch.rights = {k: v for k, v in ch.rights.items() if k in (BROADCAST_READ, PRESENCE_READ)}
         effects.append(Authorize(ch.topic, ch.join_ref, "refresh", ch.sub_topic, claims, checks))
     if ch.bindings:
-        effects.append(SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, claims))
+        effects.append(SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, claims, ch.pg_offsets, snapshot=False))
     return effects

@@ -88,6 +88,7 @@ from .channel import (  # re-exported: part of the session's interface
     phx_close,
     replay_effects,
     resume_params,
+    pg_resume_params,
     broadcast_of,
     gate_subject,
     rewritten,
@@ -257,6 +258,9 @@ class Session:
             raise errors.Unauthorized(sub_topic)
         replay = self._replay_params(params.replay, params.private)
         offsets, resume = resume_params(params.broadcast_resume, self.config.resume_enabled)
+        pg_offsets, pg_resume = (pg_resume_params(params.postgres_changes_options.get("resume"),
+                                                  self.config.resume_enabled)
+                                 if params.postgres_changes else (False, None))
         return Channel(
             topic=msg.topic,
             sub_topic=sub_topic,
@@ -275,6 +279,8 @@ class Session:
             join_msg_ref=msg.ref,
             offsets=offsets,
             resume=resume,
+            pg_offsets=pg_offsets,
+            pg_resume=pg_resume,
         )
 
     def _replay_params(self, raw: Any, private: bool) -> tuple[int, int] | None:
@@ -314,7 +320,8 @@ class Session:
             effects.append(PushPresenceState(ch.presence_stream, ch.topic, ch.join_ref))
         if ch.bindings:
             effects.append(pgwait.subscribed(ch) if ch.pg_live
-                           else SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, ch.claims))
+                           else SubscribePostgres(ch.topic, ch.join_ref, ch.bindings, ch.claims,
+                                                  ch.pg_offsets, ch.pg_resume))
         if ch.params.replication_ready:
             effects.append(AwaitReplication(ch.topic, ch.join_ref))
         return effects + self._drain(ch, now)

@@ -210,7 +210,8 @@ def _close(conn: Conn, e: s.Close) -> None:
 
 @handles(s.SubscribePostgres)
 def _subscribe_postgres(conn: Conn, e: s.SubscribePostgres) -> None:
-    conn.node.subscribe_postgres(conn.conn_id, conn, e.topic, e.join_ref, e.bindings, e.claims)
+    conn.node.subscribe_postgres(conn.conn_id, conn, e.topic, e.join_ref, e.bindings, e.claims,
+                                 offsets=e.offsets, resume_from=e.resume_from, snapshot=e.snapshot)
 
 
 @handles(s.AwaitPostgres)
@@ -233,7 +234,8 @@ def _await_postgres(conn: Conn, e: s.AwaitPostgres) -> None:
         answer(None if failure is None else errors.RealtimeDisabledForConfiguration(failure.message))
 
     timer = conn.loop.call_later(e.timeout_ms / 1000, answer, errors.PostgresChangesSubscribeTimeout(e.timeout_ms))
-    conn.node.subscribe_postgres(conn.conn_id, conn, e.topic, e.join_ref, e.bindings, e.claims, ready)
+    conn.node.subscribe_postgres(conn.conn_id, conn, e.topic, e.join_ref, e.bindings, e.claims, ready,
+                                 offsets=e.offsets, resume_from=e.resume_from)
 
 
 @handles(s.UnsubscribePostgres)
