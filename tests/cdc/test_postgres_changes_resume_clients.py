@@ -1,8 +1,14 @@
 """The official clients with the resume helpers (clients/js/resumable.mjs,
-``realtime_channels.client.resumable``) on postgres_changes: while 1,000 rows are inserted the
-server is killed (SIGKILL) and a new one started on the same replication slot; a supabase-js and
-a Python ``realtime`` subscriber, reconnecting through a TCP proxy that now points at the new
-server, receive every row exactly once and in order (protocol.md §4.10)."""
+``realtime_channels.client.resumable``) on postgres_changes (protocol.md §4.10), each behind a
+TCP proxy:
+
+* a subscriber cut off for 5 s while 1,000 broadcasts and 1,000 row changes flow receives every
+  one of each exactly once and in order, supabase-js and Python alike;
+* while 1,000 rows are inserted the server is killed (SIGKILL) and a new one started on the same
+  replication slot; both clients, reconnecting through the proxy that now points at the new
+  server, receive every row exactly once and in order.
+
+The same over two nodes on Redis is in tests/cluster/test_cdc_cluster.py."""
 
 from __future__ import annotations
 
@@ -23,29 +29,20 @@ RESUME_DIR = os.path.join(HERE, "..", "resume")
 if RESUME_DIR not in sys.path:
     sys.path.insert(0, RESUME_DIR)
 
+from pgresume import (  # noqa: E402
+    TOTAL,
+    insert,
+    insert_paced,
+    mixed_outage,
+    python_mixed_outage,
+    record_id,
+    subscribed_pg,
+)
 from tcpproxy import TcpProxy  # noqa: E402
 
-TOTAL = 1000
 KILL_AT = 300
 DOWN = 400  # rows committed while no server runs
 PEER = os.path.join(RESUME_DIR, "resume_peer.mjs")
-
-
-def insert(dsn: str, table: str, first: int, count: int) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for i in range(first, first + count):
-            conn.execute(f"insert into {table} values (%s)", (i,))
-
-
-async def insert_paced(dsn: str, table: str, first: int, count: int, pace_s: float) -> None:
-    """Rows one by one, spread out so that some are committed while the clients rejoin."""
-    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-    try:
-        for i in range(first, first + count):
-            await conn.execute(f"insert into {table} values (%s)", (i,))
-            await asyncio.sleep(pace_s)  # pacing the writer, not waiting for a condition
-    finally:
-        await conn.close()
 
 
 @asynccontextmanager
@@ -53,7 +50,7 @@ async def js_subscriber(proxy: TcpProxy, key: str, topic: str, table: str) -> As
     proc = await asyncio.create_subprocess_exec(
         "node", PEER, f"http://127.0.0.1:{proxy.port}", key, topic, table,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    state: dict[str, Any] = {"rows": [], "status": [], "system": []}
+    state: dict[str, Any] = {"rows": [], "msgs": [], "status": [], "system": []}
 
     async def read() -> None:
         assert proc.stdout is not None
@@ -61,6 +58,8 @@ async def js_subscriber(proxy: TcpProxy, key: str, topic: str, table: str) -> As
             ev = json.loads(line)
             if ev["type"] == "row":
                 state["rows"].append(ev)
+            elif ev["type"] == "msg":
+                state["msgs"].append(ev)
             elif ev["type"] == "status":
                 state["status"].append(ev["status"])
             elif ev["type"] == "system":
@@ -74,18 +73,6 @@ async def js_subscriber(proxy: TcpProxy, key: str, topic: str, table: str) -> As
         proc.stdin.close()
         await proc.wait()
         await reader
-
-
-def subscribed_pg(system: list[Any]) -> bool:
-    """The JS peer reports plain objects; the Python client passes pydantic models."""
-    return any((p.get("message") if isinstance(p, dict) else getattr(p, "message", None))
-               == "Subscribed to PostgreSQL" for p in system)
-
-
-def _record_id(payload: Any) -> Any:
-    data = payload["data"] if isinstance(payload, dict) else payload.data
-    record = data["record"] if isinstance(data, dict) else data.record
-    return record["id"]
 
 
 async def test_both_clients_get_every_row_once_across_a_server_killed_and_restarted(cdc: Any, tmp_path: Any) -> None:
@@ -109,7 +96,7 @@ async def test_both_clients_get_every_row_once_across_a_server_killed_and_restar
     try:
         async with js_subscriber(proxy, first.anon_key, "rows-js", table) as js:
             channel = resumable(client.channel("rows-py"))
-            channel.on_postgres_changes("INSERT", lambda p: py_rows.append(_record_id(p)), table=table, schema="public")
+            channel.on_postgres_changes("INSERT", lambda p: py_rows.append(record_id(p)), table=table, schema="public")
             channel.on_system(lambda p: py_system.append(p))
 
             def on_state(state: RealtimeSubscribeStates, _err: Exception | None) -> None:
@@ -152,3 +139,46 @@ async def test_both_clients_get_every_row_once_across_a_server_killed_and_restar
             second.stop()
         with psycopg.connect(cdc.dsn, autocommit=True) as conn:
             conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+
+
+@asynccontextmanager
+async def feed_server(cdc: Any, tmp_path: Any, name: str) -> AsyncIterator[Any]:
+    slot = f"{cdc.slot[:44]}_{name}"
+    (tmp_path / name).mkdir()
+    server = start_server(str(tmp_path / name), REALTIME_DATABASE_URL=cdc.dsn, REALTIME_PUBLICATION=cdc.publication,
+                          REALTIME_SLOT_NAME=slot)
+    try:
+        yield server
+    finally:
+        server.stop()
+        with psycopg.connect(cdc.dsn, autocommit=True) as conn:
+            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+
+
+async def test_js_subscriber_cut_off_gets_every_broadcast_and_row_once(cdc: Any, tmp_path: Any) -> None:
+    table = cdc.table("id int primary key")
+    async with feed_server(cdc, tmp_path, "cutjs") as server:
+        proxy = TcpProxy(server.port)
+        await proxy.start()
+        try:
+            async with js_subscriber(proxy, server.anon_key, "mixed-js", table) as js:
+                await wait_until(lambda: subscribed_pg(js["system"]), 30, "the binding to be live")
+                await mixed_outage(server, cdc.dsn, proxy, "realtime:mixed-js", table,
+                                   lambda: [m["i"] for m in js["msgs"]], lambda: [r["i"] for r in js["rows"]],
+                                   lambda: js["status"].count("SUBSCRIBED"))
+                assert any(r["ref"].endswith(";replayed") for r in js["rows"])
+                assert any(m["meta"].get("replayed") for m in js["msgs"])
+                assert all("gap" not in s for s in js["system"])
+        finally:
+            await proxy.close()
+
+
+async def test_python_subscriber_cut_off_gets_every_broadcast_and_row_once(cdc: Any, tmp_path: Any) -> None:
+    table = cdc.table("id int primary key")
+    async with feed_server(cdc, tmp_path, "cutpy") as server:
+        proxy = TcpProxy(server.port)
+        await proxy.start()
+        try:
+            await python_mixed_outage(proxy, server, cdc.dsn, server.anon_key, "mixed-py", table)
+        finally:
+            await proxy.close()

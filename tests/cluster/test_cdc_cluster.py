@@ -39,14 +39,16 @@ import psycopg
 import pytest
 
 HERE = os.path.dirname(__file__)
-for _sub in ("integration",):  # rawclient
+for _sub in ("integration", "resume"):  # rawclient; pgresume, tcpproxy
     _path = os.path.join(HERE, "..", _sub)
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
 from pgcluster import create_database, drop_database, install_auth_helpers  # noqa: E402
+from pgresume import python_mixed_outage  # noqa: E402
 from rawclient import V2, RawClient, event_is, open_client, unique_topic  # noqa: E402
 from support import RedisServer, ServerProc, make_token, start_server  # noqa: E402
+from tcpproxy import TcpProxy  # noqa: E402
 
 T = TypeVar("T")
 
@@ -461,6 +463,62 @@ async def test_wait_join_on_every_node_replies_once_live(nodes: Nodes, db: Db) -
             assert system.payload["message"] == SUBSCRIBED
             change = await c.expect(event_is("postgres_changes", topic), CHANGE_S)
             assert change.payload["data"]["record"] == {"id": i, "node": live[i].port}
+
+
+async def test_a_python_subscriber_resumes_rows_and_broadcasts_on_another_node(nodes: Nodes, db: Db) -> None:
+    """Cut off from one node for 5 s while 1,000 broadcasts (sent to another node) and 1,000
+    row changes flow, the subscriber comes back through the other node and resumes there:
+    every broadcast and every row once, in order (the Redis log and every node's retention)."""
+    table = db.table("id int primary key")
+    first, second = nodes.live[:2]
+    proxy = TcpProxy(first.port)
+    await proxy.start()
+    try:
+        await python_mixed_outage(proxy, second, db.dsn, first.anon_key, f"resume-{uuid.uuid4().hex[:8]}", table,
+                                  on_cut=lambda: proxy.retarget(second.port))
+    finally:
+        await proxy.close()
+
+
+async def test_a_restarted_node_resumes_changes_it_never_routed(nodes: Nodes, db: Db) -> None:
+    """A node killed and started again asks the reading node for what it retained: a client
+    resuming on the new process gets every change after its offset — those the old process had
+    sent and those committed while no such process ran — once, in order, without a gap."""
+    table = db.table("id int primary key")
+    follower = next(n for n in nodes.live if n not in nodes.leaders())
+    topic = unique_topic("restart-resume")
+    binding = {"event": "INSERT", "schema": "public", "table": table}
+
+    def config(resume: Any) -> dict[str, Any]:
+        return {"postgres_changes": [binding], "postgres_changes_options": {"resume": resume}}
+
+    async with open_client(follower, V2) as c:
+        reply = await c.join(topic, config(True))
+        assert reply.payload["status"] == "ok", reply.value
+        assert (await c.expect(event_is("system", topic), READY_S)).payload["message"] == SUBSCRIBED
+        db.execute(f"insert into {table} values (1)")
+        db.execute(f"insert into {table} values (2)")
+        first = await c.expect(event_is("postgres_changes", topic), CHANGE_S)
+        await c.expect(event_is("postgres_changes", topic), CHANGE_S)
+    nodes.kill(follower)
+    for i in range(3, 7):
+        db.execute(f"insert into {table} values (%s)", (i,))
+    [fresh] = nodes.start(1)
+    await _wait_subscribable(fresh, table)
+    async with open_client(fresh, V2) as c:
+        reply = await c.join(topic, config({"offset": first.ref}))
+        assert reply.payload["status"] == "ok", reply.value
+        frames = []
+        while not frames or frames[-1].event != "postgres_changes" or frames[-1].payload["data"]["record"]["id"] != 6:
+            try:
+                frames.append(await c.expect(lambda f: f.topic == topic and f.event in ("system", "postgres_changes"),
+                                             CHANGE_S))
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; so far {[f.value for f in frames]}; log:\n{fresh.log()[-3000:]}") from None
+    assert [f.payload["message"] for f in frames if f.event == "system"] == [SUBSCRIBED], [f.value for f in frames]
+    rows = [f for f in frames if f.event == "postgres_changes"]
+    assert [f.payload["data"]["record"]["id"] for f in rows] == [2, 3, 4, 5, 6]
+    assert all(f.ref.endswith(";replayed") for f in rows)
 
 
 # --- 3. fail-over ---------------------------------------------------------------------------

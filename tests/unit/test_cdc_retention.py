@@ -90,3 +90,21 @@ def test_a_snapshot_covers_the_transactions_it_saw_committed() -> None:
     wrapped = Snapshot.parse(f"{(1 << 32) - 5}:{(1 << 32) + 5}:", "0/5000")
     assert wrapped.covers(at((1 << 32) - 2)) and wrapped.covers(at(3))
     assert not wrapped.covers(at(5)) and not wrapped.covers(at(9))
+
+
+def test_a_node_that_started_later_merges_what_the_reader_retained_in_parts() -> None:
+    clock = Clock()
+    late = ChangeRetention(120, 100, clock)
+    late.add(txn(500, commit_s=clock.now))  # routed live before the reader's answer came
+    parts = [[txn(100, commit_s=clock.now), txn(200, commit_s=clock.now)], [txn(300, commit_s=clock.now), txn(500, commit_s=clock.now)]]
+    late.merge_older(parts[0], None)
+    assert late.has_gap((50, 0)), "nothing is known before 100 yet"
+    late.merge_older(parts[1], 60)
+    assert [t.end_lsn for t in late.retained()] == [100, 200, 300, 500]
+    assert not late.has_gap((60, 0)) and late.has_gap((59, 0))
+    assert [t.end_lsn for t, _ in late.after((200, 0))] == [300, 500]
+    own = ChangeRetention(120, 2, clock)
+    for lsn in (700, 800, 900):
+        own.add(txn(lsn))
+    own.merge_older([txn(650, commit_s=clock.now)], 10)
+    assert own.complete_after == 700, "a boundary the node knows itself is kept"

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import orjson
 import psycopg
 
-from .. import hub
+from .. import errors, hub
 from ..protocol.codec import Message
 from . import catalog, pgoutput, router, snapshot
 from .bindings import Peer, Sub
@@ -53,7 +53,7 @@ from .replication import ReplicationReader
 from .retention import ChangeRetention, Position, format_offset
 from .rls import RlsChecker
 from .subscriptions import ChannelSubs, Ready, Subscriptions
-from .types import FeedState, ShareOp, StateShare, Transaction, TxnShare
+from .types import FeedState, HistoryAsk, HistoryShare, ShareOp, StateShare, Transaction, TxnShare
 from .visibility import Matched, Visibility
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ STARTUP_GRACE_S = 3.0
 HISTORY_WAIT_S = 10.0
 #: the largest snapshot a channel may read (REALTIME_SNAPSHOT_MAX_ROWS)
 SNAPSHOT_MAX_ROWS = 10_000
+#: changes per op when the reading node shares its retention with a node that started later
+HISTORY_CHUNK = 500
 GAP_UNKNOWN = "ResumeGap: the changes after the given offset are no longer retained (how many is unknown)"
 
 
@@ -103,6 +105,10 @@ class PostgresChanges:
         self.visibility = Visibility(RlsChecker(), rls_mode)
         self.cache = catalog.CatalogCache()
         self.retention = retention
+        #: this node's retention holds what the reading node retained (a node that reads the
+        #: slot fills it itself; one that started after the reader asks it, ``HistoryAsk``)
+        self._history_ready = asyncio.Event()
+        self._history_asked = False
         self.snapshot_max_rows = snapshot_max_rows
         #: held while a transaction is routed, and while a resuming channel is attached
         self._route_lock = asyncio.Lock()
@@ -119,7 +125,7 @@ class PostgresChanges:
         #: sends an op to every node (this one included); None = this node works alone
         self._share: Callable[[ShareOp], None] | None = None
         self._state_listeners: list[Callable[[], None]] = []
-        self._shared: asyncio.Queue[Transaction] = asyncio.Queue()
+        self._shared: asyncio.Queue[Transaction | HistoryAsk | HistoryShare] = asyncio.Queue()
         self._echo: dict[int, asyncio.Future[None]] = {}
         #: end LSN of the newest transaction this node has routed (fail-over de-duplication)
         self._routed_lsn = 0
@@ -158,11 +164,39 @@ class PostgresChanges:
         self._state_listeners.append(listener)
 
     def handle_shared(self, op: ShareOp) -> None:
-        """An op from the leader (or from this node as leader); transactions routed in order."""
+        """An op from the leader (or from this node as leader); transactions routed in order.
+        Ops other than transactions wait behind the transactions before them."""
         if isinstance(op, StateShare):
             self._remote = (op.state, time.monotonic())
+            if not self._history_asked and self.retention is not None and self._share is not None:
+                self._history_asked = True  # the first word from a reader: ask it what it retained
+                if not self.leading:
+                    self._share(HistoryAsk())
         elif isinstance(op, TxnShare):
             self._shared.put_nowait(op.txn)
+        else:
+            self._shared.put_nowait(op)
+
+    def _answer_history_ask(self) -> None:
+        if not self.leading or self.retention is None or self._share is None:
+            return
+        txns = self.retention.retained()
+        chunk: list[Transaction] = []
+        size = 0
+        for txn in txns:
+            chunk.append(txn)
+            size += len(txn.changes)
+            if size >= HISTORY_CHUNK:
+                self._share(HistoryShare(tuple(chunk), None, False))
+                chunk, size = [], 0
+        self._share(HistoryShare(tuple(chunk), self.retention.complete_after, True))
+
+    def _take_history(self, op: HistoryShare) -> None:
+        if self.leading or self.retention is None:
+            return
+        self.retention.merge_older(op.txns, op.complete_after if op.last else None)
+        if op.last:
+            self._history_ready.set()
 
     async def start(self) -> None:
         if self._leadership is None:
@@ -240,7 +274,14 @@ class PostgresChanges:
 
     async def _route_shared(self) -> None:
         while True:
-            txn = await self._shared.get()
+            op = await self._shared.get()
+            if isinstance(op, HistoryAsk):
+                self._answer_history_ask()
+                continue
+            if isinstance(op, HistoryShare):
+                self._take_history(op)
+                continue
+            txn = op
             fut = self._echo.get(txn.end_lsn)
             if txn.end_lsn <= self._routed_lsn:
                 # A new leader re-reads from the stored position, which can be one transaction
@@ -314,14 +355,17 @@ class PostgresChanges:
     async def _attach(self, ch: ChannelSubs, register: Callable[[], bool]) -> None:
         """Register a resuming channel between two routed transactions, then route it the
         retained changes after its offset, before anything routed later."""
-        reader = self.reader
-        if self.retention is not None and self.leading and not reader.caught_up.is_set():
-            # Just started: the slot's retained window is being read again.
-            try:
-                async with asyncio.timeout(HISTORY_WAIT_S):
-                    await reader.caught_up.wait()
-            except TimeoutError:
-                log.warning("postgres_changes: the retained window was not read again within %.0f s", HISTORY_WAIT_S)
+        if self.retention is not None:
+            # Just started: the slot's retained window is being read again (the reading node),
+            # or the reading node's retention is on its way (a node that started later).
+            ready = self.reader.caught_up if self.leading else self._history_ready
+            if not ready.is_set():
+                try:
+                    async with asyncio.timeout(HISTORY_WAIT_S):
+                        await ready.wait()
+                except TimeoutError:
+                    log.warning("postgres_changes: the retained changes did not arrive within %.0f s",
+                                HISTORY_WAIT_S)
         async with self._route_lock:
             if not register():
                 return
@@ -389,15 +433,14 @@ class PostgresChanges:
                             if len(found) > self.snapshot_max_rows:
                                 raise _TooLarge
         except _TooLarge:
-            message = (f"SnapshotTooLarge: more than {self.snapshot_max_rows} rows match; "
-                       "narrow the binding's filter (changes are sent from now on)")
-            payload = {"extension": "postgres_changes", "status": "error", "channel": channel, "message": message}
+            payload = {"extension": "postgres_changes", "status": "error", "channel": channel,
+                       "message": errors.SnapshotTooLarge(self.snapshot_max_rows).message}
             ch.peer.send(Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref))
             return
         except (psycopg.Error, OSError) as exc:
             log.error("postgres_changes: could not read the snapshot of %s: %s", ch.topic, exc)
             payload = {"extension": "postgres_changes", "status": "error", "channel": channel,
-                       "message": "SnapshotFailed: the snapshot could not be read (changes are sent from now on)"}
+                       "message": errors.SnapshotFailed().message}
             ch.peer.send(Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref))
             return
         commit_ts = pgoutput.commit_timestamp(at_us)

@@ -12,7 +12,7 @@ to PostgreSQL, so the slot keeps what is retained and a restarted server reads i
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..protocol.offsets import Position, format_offset, parse_offset
@@ -64,6 +64,25 @@ class ChangeRetention:
         self._changes += len(txn.changes)
         self._evict()
         return True
+
+    def merge_older(self, txns: Sequence[Transaction], complete_after: int | None) -> None:
+        """Transactions another node retained, for a node that started later (sent in several
+        parts, oldest first): those not retained here are merged in, in commit order; with
+        ``complete_after`` (the last part) nothing after it is missing any more (every node is
+        sent every transaction after those shared)."""
+        have = {k.txn.end_lsn for k in self._kept}
+        new = [_Kept(t, (t.commit_ts_us + _US_2000) / 1_000_000) for t in txns
+               if t.end_lsn not in have and (self.complete_after is None or t.end_lsn > self.complete_after)]
+        if new:
+            self._kept = deque(sorted([*self._kept, *new], key=lambda k: k.txn.end_lsn))
+            self._changes += sum(len(k.txn.changes) for k in new)
+        if complete_after is not None and self.complete_after is None:
+            self.complete_after = complete_after  # a boundary of this node's own stays: it is exact
+        self._evict()
+
+    def retained(self) -> list[Transaction]:
+        self._evict()
+        return [k.txn for k in self._kept]
 
     def history(self, txn: Transaction) -> None:
         """A transaction routed before this process started, read again from the slot: retained

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import pgoutput
-from .types import Change, FeedState, ShareOp, StateShare, Transaction, TxnShare
+from .types import Change, FeedState, HistoryAsk, HistoryShare, ShareOp, StateShare, Transaction, TxnShare
 
 _UNCHANGED = 0
 
@@ -72,9 +72,15 @@ def decode_transaction(data: dict[str, Any]) -> Transaction:
 
 
 def share_to_wire(op: ShareOp) -> dict[str, Any]:
-    """``{"op": "txn", "tx": …}`` or ``{"op": "state", "state": …}`` (the form nodes exchange)."""
+    """``{"op": "txn", "tx": …}``, ``{"op": "state", "state": …}``, ``{"op": "history_ask"}`` or
+    ``{"op": "history", "txs": […], "after": …, "last": …}`` (the form nodes exchange)."""
     if isinstance(op, TxnShare):
         return {"op": "txn", "tx": encode_transaction(op.txn)}
+    if isinstance(op, HistoryAsk):
+        return {"op": "history_ask"}
+    if isinstance(op, HistoryShare):
+        return {"op": "history", "txs": [encode_transaction(t) for t in op.txns], "after": op.complete_after,
+                "last": op.last}
     return {"op": "state", "state": op.state.value}
 
 
@@ -83,6 +89,12 @@ def share_from_wire(data: dict[str, Any]) -> ShareOp | None:
     kind = data.get("op")
     if kind == "txn":
         return TxnShare(decode_transaction(data["tx"]))
+    if kind == "history_ask":
+        return HistoryAsk()
+    if kind == "history":
+        after = data.get("after")
+        return HistoryShare(tuple(decode_transaction(t) for t in data.get("txs") or ()),
+                            int(after) if isinstance(after, int) else None, data.get("last") is True)
     if kind == "state":
         try:
             return StateShare(FeedState(str(data.get("state"))))

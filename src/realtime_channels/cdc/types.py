@@ -15,8 +15,8 @@ from typing import Literal
 
 from . import pgoutput
 
-__all__ = ["Change", "ColumnInfo", "FeedState", "ShareOp", "Snapshot", "StateShare", "TableInfo", "Transaction",
-           "TxnShare"]
+__all__ = ["Change", "ColumnInfo", "FeedState", "HistoryAsk", "HistoryShare", "ShareOp", "Snapshot", "StateShare",
+           "TableInfo", "Transaction", "TxnShare"]
 
 _XID_SPAN = 1 << 32
 
@@ -126,4 +126,20 @@ class StateShare:
     state: FeedState
 
 
-ShareOp = TxnShare | StateShare
+@dataclass(frozen=True, slots=True)
+class HistoryAsk:
+    """A node that started after the others asks the reading node for its retained transactions
+    (protocol.md §4.10: a client may resume on any node, also one just restarted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryShare:
+    """Retained transactions, oldest first, in answer to ``HistoryAsk`` (several ops, the last
+    with ``last``); ``complete_after``: the reader's retention holds every transaction after it."""
+
+    txns: tuple[Transaction, ...]
+    complete_after: int | None
+    last: bool
+
+
+ShareOp = TxnShare | StateShare | HistoryAsk | HistoryShare

@@ -136,6 +136,24 @@ class PostgresNotConfigured(SubscribeError):
 # or is one of these errors; nothing of the join is kept.
 
 
+class SnapshotTooLarge(SubscribeError):
+    """The channel's ``snapshot: true`` bindings match more than ``REALTIME_SNAPSHOT_MAX_ROWS``
+    rows (protocol.md §6.10).  No row is sent; the subscription is live."""
+
+    message = "SnapshotTooLarge: more than <n> rows match; narrow the binding's filter (changes are sent from now on)"
+
+    def __init__(self, max_rows: int) -> None:
+        super().__init__(f"SnapshotTooLarge: more than {max_rows} rows match; narrow the binding's filter "
+                         "(changes are sent from now on)")
+
+
+class SnapshotFailed(SubscribeError):
+    """The database failed while the snapshot was read (the cause goes to the server log).  The
+    subscription is live."""
+
+    message = "SnapshotFailed: the snapshot could not be read (changes are sent from now on)"
+
+
 class PostgresChangesSubscribeTimeout(JoinError):
     """A join with ``postgres_changes_options.wait`` whose bindings did not become live within
     its ``timeout`` (default 15000 ms, at most 20000 ms) — typically because the database's
@@ -161,4 +179,4 @@ class RealtimeDisabledForConfiguration(JoinError):
         super().__init__(reason)
 
 
-__all__ = ["PostgresChangesSubscribeTimeout", "RealtimeDisabledForConfiguration", "SubscribeError", "FilterError", "SubscriptionParamsMissing", "SelectParamsInvalid", "SelectOnWildcard", "UnknownEvent", "NoRoleClaim", "TableNotPublished", "SubscriptionRejected", "ChangesUnavailable", "PostgresNotConfigured"]
+__all__ = ["PostgresChangesSubscribeTimeout", "RealtimeDisabledForConfiguration", "SubscribeError", "FilterError", "SubscriptionParamsMissing", "SelectParamsInvalid", "SelectOnWildcard", "UnknownEvent", "NoRoleClaim", "TableNotPublished", "SubscriptionRejected", "ChangesUnavailable", "PostgresNotConfigured", "SnapshotTooLarge", "SnapshotFailed"]
