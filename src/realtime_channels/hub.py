@@ -208,6 +208,25 @@ class Hub:
                 delivered += 1
         return delivered
 
+    def outcomes(self, stream: str, b: Broadcast, exclude: SubId | None = None) -> list[tuple[SubId, str | None]]:
+        """For tracing: what ``fanout_broadcast`` does with ``b`` for each local subscriber of
+        the stream — ``None`` (written) or why not.  Not on the hot path."""
+        out: list[tuple[SubId, str | None]] = []
+        meta_id = b.meta.get("id") if b.meta else None
+        for sid, sub in self._streams.get(stream, {}).items():
+            inner = sub.sub if isinstance(sub, SkipIds | Offsets) else sub
+            if sid == exclude:
+                out.append((sid, "self: false (the sender's own channel)"))
+            elif meta_id is not None and isinstance(sub, SkipIds | Offsets) and meta_id in sub.skip_ids:
+                out.append((sid, "already replayed to this channel"))
+            elif getattr(inner, "closing", False):
+                out.append((sid, "slow consumer (connection closing)"))
+            elif _frame(sub.vsn, b) is None:
+                out.append((sid, "binary payload to a vsn 1.0.0 socket"))
+            else:
+                out.append((sid, None))
+        return out
+
     def fanout_message(self, stream: str, msg: Message) -> int:
         """Deliver a server message (e.g. ``presence_diff``) to every subscriber of the stream."""
         subs = self._streams.get(stream)

@@ -38,6 +38,7 @@ from .cdc.txwire import share_from_wire, share_to_wire
 from .cdc.types import FeedState, ShareOp
 from .pubsub import Envelope, PubSub
 from .pubsub.retention import Gap, History
+from .tracebus import TraceBus
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class ChannelPeer(Subscriber, Protocol):
 
 class ChangeFeed(Protocol):
     """postgres_changes (protocol.md §6): subscriptions per channel, fed by the database."""
+
+    #: where routing reports what it did with each change of a traced topic
+    trace: TraceBus | None
 
     async def start(self) -> None: ...
 
@@ -178,6 +182,10 @@ class Node:
         )
         self.node_id = node_id or os.urandom(6).hex()
         self.hub = Hub()
+        #: ``GET /api/trace`` watchers (tracebus.py)
+        self.trace = TraceBus()
+        if changes is not None:
+            changes.trace = self.trace
         self.replica = PresenceReplica(self.node_id)
         self.refs = RefGenerator(os.urandom(6))
         self._heartbeat: asyncio.Task[None] | None = None
@@ -253,9 +261,26 @@ class Node:
             return
         if env.broadcast is not None:
             exclude = env.exclude if env.origin == self.node_id else None
+            if self.trace.watching(env.broadcast.topic[len(TOPIC_PREFIX):]):
+                self._trace_broadcast(env.stream, env.broadcast, exclude)
             delivered = self.hub.fanout_broadcast(env.stream, env.broadcast, exclude, env.offset, env.epoch)
             if delivered:  # §8: every per-channel delivery counts toward events/s
                 self.limits.events.add(time.time(), delivered)
+
+    def _trace_broadcast(self, stream: StreamKey, b: Broadcast, exclude: Hashable | None) -> None:
+        written: list[Any] = []
+        skipped: list[dict[str, Any]] = []
+        for sid, why in self.hub.outcomes(stream, b, exclude):
+            socket = sid[0] if isinstance(sid, tuple) else sid
+            if why is None:
+                written.append(socket)
+            else:
+                skipped.append({"socket": socket, "why": why})
+        event = b.event if b.event is not None else (b.payload.get("event") if isinstance(b.payload, dict) else None)
+        size = len(b.data) if b.event is not None else len(orjson.dumps(b.payload))
+        self.trace.emit(b.topic[len(TOPIC_PREFIX):], {
+            "kind": "broadcast", "event": event, "private": stream.startswith("priv:"), "bytes": size,
+            "node": self.node_id, "written": written, "skipped": skipped})
 
     # resume (protocol.md §4.10) ------------------------------------------------------------
 

@@ -334,7 +334,7 @@ def test_node_rule_allows_the_interface() -> None:
 #: import its own layer and the layers below it, never one above.  ``client`` (the resume helper
 #: for the Python realtime client) imports none of the server.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("client", "errors", "protocol", "cdc.filters", "cdc.patterns", "cdc.pgoutput", "cdc.values", "cdc.walstream"),
+    ("client", "errors", "protocol", "tracebus", "cdc.filters", "cdc.patterns", "cdc.pgoutput", "cdc.values", "cdc.walstream"),
     ("hub", "pubsub", "cdc", "config", "auth", "messages", "functions"),
     ("node",),
     ("transport",),

@@ -55,6 +55,7 @@ from .rls import RlsChecker
 from .subscriptions import ChannelSubs, Ready, Subscriptions
 from .types import FeedState, HistoryAsk, HistoryShare, ShareOp, StateShare, Transaction, TxnShare
 from .visibility import Matched, Visibility
+from ..tracebus import TraceBus
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class PostgresChanges:
         self._history_ready = asyncio.Event()
         self._history_asked = False
         self.snapshot_max_rows = snapshot_max_rows
+        #: ``GET /api/trace`` (set by the node): what routing did with changes of traced topics
+        self.trace: TraceBus | None = None
         #: held while a transaction is routed, and while a resuming channel is attached
         self._route_lock = asyncio.Lock()
         self._subs_conn = SideConnection(dsn, on_open=self.cache.invalidate)
@@ -472,22 +475,63 @@ class PostgresChanges:
         self._note_relations(work)
         prepared: list[tuple[Row, Matched]] = []
         indexes: list[int] = []
+        trace = self.trace if self.trace is not None and self.trace.active else None
+        traced: list[tuple[Row, Sequence[router.Fan], Matched, int | None]] = []
         for index, change, fans in work:
             info = await self.cache.table_info(conn, change.relation.namespace, change.relation.name)
             if info is None:
                 continue
             row = Row(change, info)
             matched = router.match(row, fans, txn)
+            if trace is not None and any(trace.watching(f.topic.removeprefix("realtime:")) for f in fans):
+                traced.append((row, fans, matched, len(prepared) if matched else None))
             if matched:
                 prepared.append((row, matched))
                 indexes.append(index)
         visible = await self.visibility.check(conn, txn, prepared)
+        if trace is not None:
+            for row, fans, matched, idx in traced:
+                self._trace_change(trace, txn, row, fans, matched, visible.get(idx) if idx is not None else None)
         suffix = ";replayed" if replayed else ""
         for idx, (row, matched) in enumerate(prepared):
             allowed = {role: await self.cache.selectable_columns(conn, role, row.info.relid)
                        for role in router.roles(matched)}
             offset = format_offset(txn.end_lsn, indexes[idx]) + suffix
             self._deliver(row, router.plan(row, matched, visible.get(idx), allowed), commit_ts, offset)
+
+    @staticmethod
+    def _trace_change(trace: TraceBus, txn: Transaction, row: Row, fans: Sequence[router.Fan], matched: Matched,
+                      seen: router.Seen | None) -> None:
+        """What routing does with ``row`` for each traced channel: written, or skipped and why
+        (event, filter, a snapshot that contains it, RLS).  Sockets and reasons, no values."""
+        hit = {id(fan) for fan, _ in matched}
+        by_topic: dict[str, dict[str, list[Any]]] = {}
+        for fan in fans:
+            sub_topic = fan.topic.removeprefix("realtime:")
+            if not trace.watching(sub_topic):
+                continue
+            out = by_topic.setdefault(sub_topic, {"written": [], "skipped": []})
+            why: str | None = None
+            if id(fan) not in hit:
+                if fan.seen is not None and fan.seen.covers(txn):
+                    why = "the channel's snapshot already contains this change"
+                elif not any(s.binding.event in ("*", row.kind) for s in fan.subs):
+                    why = f"event: the bindings do not listen to {row.kind}"
+                else:
+                    why = "filter: the row does not match the binding's filter"
+            for cohort, (_claims, peers) in fan.cohorts.items():
+                reason = why
+                if reason is None and seen is not None and cohort not in seen.new:
+                    reason = f"RLS: the policies of {row.info.schema}.{row.info.name} hide the row from role {fan.role}"
+                for peer in peers:
+                    socket = getattr(peer, "conn_id", id(peer))
+                    if reason is None:
+                        out["written"].append(socket)
+                    else:
+                        out["skipped"].append({"socket": socket, "why": reason})
+        for sub_topic, out in by_topic.items():
+            trace.emit(sub_topic, {"kind": "postgres_changes", "schema": row.info.schema, "table": row.info.name,
+                                   "type": row.kind, "commit_lsn": f"{txn.commit_lsn:X}", **out})
 
     def _deliver(self, row: Row, groups: Sequence[router.Group], commit_ts: str, offset: str | None) -> None:
         """One message per group, its ``data`` encoded once per column set and the frame built

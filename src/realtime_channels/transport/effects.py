@@ -125,10 +125,26 @@ def claims_of(conn: Conn, topic: str) -> Mapping[str, Any]:
 
 @handles(s.Send)
 def _send(conn: Conn, e: s.Send) -> None:
+    trace = conn.node.trace
+    if trace.active and trace.watching(sub_topic(e.message.topic)):
+        _trace_refusal(conn, e.message)
     if e.delay > 0:
         conn.loop.call_later(e.delay, conn.send, e.message)
     else:
         conn.send(e.message)
+
+
+def _trace_refusal(conn: Conn, msg: Message) -> None:
+    """For ``GET /api/trace``: a push this socket made on the topic was refused (a rate limit
+    or another limit shut the channel down, or it was not joined)."""
+    payload = msg.payload if isinstance(msg.payload, dict) else {}
+    why: str | None = None
+    if msg.event == "system" and payload.get("status") == "error" and payload.get("extension") != "postgres_changes":
+        why = str(payload.get("message"))
+    elif msg.event == "phx_reply" and payload.get("response") == {"reason": errors.UnmatchedTopic.message}:
+        why = "not joined (unmatched topic)"
+    if why is not None:
+        conn.node.trace.emit(sub_topic(msg.topic), {"kind": "refused", "socket": conn.conn_id, "why": why})
 
 
 @handles(s.SendBinary)
