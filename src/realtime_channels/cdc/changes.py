@@ -53,7 +53,7 @@ from .replication import ReplicationReader
 from .retention import ChangeRetention, Position, format_offset
 from .rls import RlsChecker
 from .subscriptions import ChannelSubs, Ready, Subscriptions
-from .types import FeedState, HistoryAsk, HistoryShare, ShareOp, StateShare, Transaction, TxnShare
+from .types import FeedState, HistoryAsk, HistoryShare, ResetShare, ShareOp, StateShare, Transaction, TxnShare
 from .visibility import Matched, Visibility
 from ..tracebus import TraceBus
 
@@ -75,6 +75,8 @@ HISTORY_WAIT_S = 10.0
 SNAPSHOT_MAX_ROWS = 10_000
 #: changes per op when the reading node shares its retention with a node that started later
 HISTORY_CHUNK = 500
+FEED_RESET = ("ChangesGap: the replication slot or publication was dropped and has been recreated; "
+              "changes committed meanwhile were not delivered")
 GAP_UNKNOWN = "ResumeGap: the changes after the given offset are no longer retained (how many is unknown)"
 
 
@@ -128,7 +130,7 @@ class PostgresChanges:
         #: sends an op to every node (this one included); None = this node works alone
         self._share: Callable[[ShareOp], None] | None = None
         self._state_listeners: list[Callable[[], None]] = []
-        self._shared: asyncio.Queue[Transaction | HistoryAsk | HistoryShare] = asyncio.Queue()
+        self._shared: asyncio.Queue[Transaction | HistoryAsk | HistoryShare | ResetShare] = asyncio.Queue()
         self._echo: dict[int, asyncio.Future[None]] = {}
         #: end LSN of the newest transaction this node has routed (fail-over de-duplication)
         self._routed_lsn = 0
@@ -139,7 +141,7 @@ class PostgresChanges:
     def _new_reader(self) -> ReplicationReader:
         return ReplicationReader(self.dsn, slot=self.slot, publication=self.publication,
                                  on_transaction=self._lead_transaction, on_state=self._state_changed,
-                                 retention=self.retention)
+                                 retention=self.retention, on_reset=self._feed_reset)
 
     @property
     def leading(self) -> bool:
@@ -179,6 +181,22 @@ class PostgresChanges:
             self._shared.put_nowait(op.txn)
         else:
             self._shared.put_nowait(op)
+
+    def _feed_reset(self, lsn: int) -> None:
+        """The reader recreated its slot or publication (reader callback): every node's channels
+        are told that changes may be missing."""
+        if self._share is not None:
+            self._share(ResetShare(lsn))
+        else:
+            self._tell_reset(lsn)
+
+    def _tell_reset(self, lsn: int) -> None:
+        if self.retention is not None:
+            self.retention.reset(lsn)
+        for ch in list(self.subscriptions.channels.values()):
+            payload = {"extension": "postgres_changes", "status": "ok", "channel": ch.topic.removeprefix("realtime:"),
+                       "message": FEED_RESET, "gap": {"missed": None}}
+            ch.peer.send(Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref))
 
     def _answer_history_ask(self) -> None:
         if not self.leading or self.retention is None or self._share is None:
@@ -283,6 +301,9 @@ class PostgresChanges:
                 continue
             if isinstance(op, HistoryShare):
                 self._take_history(op)
+                continue
+            if isinstance(op, ResetShare):
+                self._tell_reset(op.lsn)
                 continue
             txn = op
             fut = self._echo.get(txn.end_lsn)

@@ -111,6 +111,8 @@ class ReplicationReader:
         reconnect_min: float = 0.5,
         reconnect_max: float = 10.0,
         retention: ChangeRetention | None = None,
+        before_session: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
+        on_reset: Callable[[int], None] | None = None,
     ) -> None:
         for what, name in (("slot", slot), ("publication", publication)):
             if not _NAME_RE.match(name):
@@ -126,6 +128,14 @@ class ReplicationReader:
         self._reconnect_min = reconnect_min
         self._reconnect_max = reconnect_max
         self._retention = retention
+        self._before_session = before_session
+        self._on_reset = on_reset
+        #: a session of this process got as far as streaming set-up before
+        self._set_up = False
+        #: the stream failed because the publication is gone: PostgreSQL decodes with the
+        #: catalog of the WAL's time, so a publication created again cannot be used for the WAL
+        #: written before it; the slot is advanced past it (those changes were not published)
+        self._publication_lost = False
         #: set once the stream has passed the position stored before this process started
         self.caught_up = asyncio.Event()
 
@@ -188,6 +198,9 @@ class ReplicationReader:
                         break
                     if self._reached_streaming and not isinstance(exc, _CallbackFailed):
                         delay = self._reconnect_min  # it worked until now: retry soon
+                    if f'publication "{self._publication}" does not exist' in str(exc):
+                        self._publication_lost = True
+                        delay = self._reconnect_min
                     detail = slot.describe(exc, self._slot)
                     self._set_state("down", detail)
                     unexpected = isinstance(exc, _CallbackFailed) or not isinstance(
@@ -279,7 +292,9 @@ class ReplicationReader:
 
     async def _setup(self, side: psycopg.AsyncConnection[Any]) -> None:
         """Check prerequisites, create what is missing, load the stored position."""
-        stored, created = await slot.prepare(side, slot=self._slot, publication=self._publication)
+        if self._before_session is not None:
+            await self._before_session(side)  # what the feed's own tables need, recreated if gone
+        stored, created, created_publication = await slot.prepare(side, slot=self._slot, publication=self._publication)
         if created:
             self._handled = 0  # a position of an earlier slot of this name means nothing now
         self._stored = stored
@@ -293,6 +308,22 @@ class ReplicationReader:
                 (self._slot,))).fetchone()
             if row is not None and row[0] is not None:
                 self._retention.start(pgoutput.str_to_lsn(row[0]))
+        if self._publication_lost:
+            self._publication_lost = False
+            await side.execute("select pg_catalog.pg_replication_slot_advance(%s, pg_catalog.pg_current_wal_lsn())",
+                               (self._slot,))
+            created_publication = True
+        if self._set_up and (created or created_publication):
+            # Dropped while we were running (a database reset, an operator): what was committed
+            # in between is not in the new slot, or was not published.  Carry on, and say so.
+            log.warning("replication slot %s or publication %s was gone and has been recreated; changes "
+                        "committed meanwhile are not delivered", self._slot, self._publication)
+            if self._on_reset is not None:
+                row = await (await side.execute(
+                    "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s",
+                    (self._slot,))).fetchone()
+                self._on_reset(pgoutput.str_to_lsn(row[0]) if row is not None and row[0] is not None else 0)
+        self._set_up = True
 
     async def _start(self, repl: psycopg.AsyncConnection[Any]) -> None:
         # 0/0 = the slot's confirmed position; with retention always, to read the window again

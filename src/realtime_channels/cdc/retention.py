@@ -80,6 +80,14 @@ class ChangeRetention:
             self.complete_after = complete_after  # a boundary of this node's own stays: it is exact
         self._evict()
 
+    def reset(self, lsn: int) -> None:
+        """The feed restarted from nothing at ``lsn`` (its slot was recreated): what is retained
+        is still true, but what came between it and ``lsn`` is missing, so a resume from before
+        ``lsn`` has a gap."""
+        self._kept.clear()
+        self._changes = 0
+        self.complete_after = lsn
+
     def retained(self) -> list[Transaction]:
         self._evict()
         return [k.txn for k in self._kept]

@@ -34,10 +34,11 @@ class ReplicationError(InternalError):
     """A failure with a one-line, operator-facing explanation (the ``"down"`` state detail)."""
 
 
-async def prepare(side: psycopg.AsyncConnection[Any], *, slot: str, publication: str) -> tuple[int, bool]:
+async def prepare(side: psycopg.AsyncConnection[Any], *, slot: str, publication: str) -> tuple[int, bool, bool]:
     """Check prerequisites and create what is missing; returns the stored position (end LSN,
-    0 when none) and whether the slot was created just now."""
+    0 when none), whether the slot was created just now, and whether the publication was."""
     created = False
+    created_publication = False
     row = await (await side.execute("show wal_level")).fetchone()
     if row is None or row[0] != "logical":
         level = row[0] if row else "unknown"
@@ -69,6 +70,7 @@ async def prepare(side: psycopg.AsyncConnection[Any], *, slot: str, publication:
         try:
             # Tables are enabled by adding them to the publication (protocol.md §6.9).
             await side.execute(f"create publication {publication}")
+            created_publication = True
             log.info("created empty publication %s", publication)
         except pg_errors.DuplicateObject:
             pass  # created concurrently by another server
@@ -95,7 +97,7 @@ async def prepare(side: psycopg.AsyncConnection[Any], *, slot: str, publication:
     row = await (await side.execute(
         "select end_lsn::text from realtime.rc_replication_position where slot_name = %s",
         (slot,))).fetchone()
-    return (pgoutput.str_to_lsn(row[0]) if row else 0), created
+    return (pgoutput.str_to_lsn(row[0]) if row else 0), created, created_publication
 
 
 async def store_position(side: psycopg.AsyncConnection[Any], slot: str, end_lsn: int) -> None:

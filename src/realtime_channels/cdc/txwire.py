@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import pgoutput
-from .types import Change, FeedState, HistoryAsk, HistoryShare, ShareOp, StateShare, Transaction, TxnShare
+from .types import Change, FeedState, HistoryAsk, HistoryShare, ResetShare, ShareOp, StateShare, Transaction, TxnShare
 
 _UNCHANGED = 0
 
@@ -78,6 +78,8 @@ def share_to_wire(op: ShareOp) -> dict[str, Any]:
         return {"op": "txn", "tx": encode_transaction(op.txn)}
     if isinstance(op, HistoryAsk):
         return {"op": "history_ask"}
+    if isinstance(op, ResetShare):
+        return {"op": "reset", "lsn": op.lsn}
     if isinstance(op, HistoryShare):
         return {"op": "history", "txs": [encode_transaction(t) for t in op.txns], "after": op.complete_after,
                 "last": op.last}
@@ -91,6 +93,9 @@ def share_from_wire(data: dict[str, Any]) -> ShareOp | None:
         return TxnShare(decode_transaction(data["tx"]))
     if kind == "history_ask":
         return HistoryAsk()
+    if kind == "reset":
+        lsn = data.get("lsn")
+        return ResetShare(lsn) if isinstance(lsn, int) else None
     if kind == "history":
         after = data.get("after")
         return HistoryShare(tuple(decode_transaction(t) for t in data.get("txs") or ()),

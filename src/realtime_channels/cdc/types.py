@@ -15,7 +15,7 @@ from typing import Literal
 
 from . import pgoutput
 
-__all__ = ["Change", "ColumnInfo", "FeedState", "HistoryAsk", "HistoryShare", "ShareOp", "Snapshot", "StateShare",
+__all__ = ["Change", "ColumnInfo", "FeedState", "HistoryAsk", "HistoryShare", "ResetShare", "ShareOp", "Snapshot", "StateShare",
            "TableInfo", "Transaction", "TxnShare"]
 
 _XID_SPAN = 1 << 32
@@ -142,4 +142,12 @@ class HistoryShare:
     last: bool
 
 
-ShareOp = TxnShare | StateShare | HistoryAsk | HistoryShare
+@dataclass(frozen=True, slots=True)
+class ResetShare:
+    """The reading node found its slot or publication gone and recreated it at ``lsn``:
+    changes committed in between were not delivered (every node tells its channels)."""
+
+    lsn: int
+
+
+ShareOp = TxnShare | StateShare | HistoryAsk | HistoryShare | ResetShare

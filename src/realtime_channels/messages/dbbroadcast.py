@@ -27,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 
@@ -155,8 +155,12 @@ class DatabaseBroadcasts:
         on_state: Callable[[str, str | None], None] | None = None,
         reconnect_min: float = 0.5,
         reconnect_max: float = 10.0,
+        prepare: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
     ) -> None:
+        """``prepare`` runs before each replication session (as the start-up migrations do), so
+        a database that was reset gets ``realtime.messages`` and its publication back."""
         self._dsn = dsn
+        self._prepare_db = prepare
         self._publication = publication
         self._slot = slot
         self._on_message = on_message
@@ -224,7 +228,13 @@ class DatabaseBroadcasts:
             on_state=self._set_state,
             reconnect_min=self._reconnect_min,
             reconnect_max=self._reconnect_max,
+            before_session=self._before_session,
         )
+
+    async def _before_session(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if self._prepare_db is not None:
+            await self._prepare_db(conn)
+        await ensure_publication(conn, self._publication)
 
     def _set_state(self, state: str, detail: str | None) -> None:
         if state == self._state and detail == self._detail:

@@ -33,7 +33,8 @@ class MessagesService:
         self.node = node
         self.retention_days = retention_days
         self.auth_helpers = auth_helpers
-        self.feed = DatabaseBroadcasts(dsn, publication=publication, slot=slot, on_message=self._on_message)
+        self.feed = DatabaseBroadcasts(dsn, publication=publication, slot=slot, on_message=self._on_message,
+                                       prepare=self._prepare_db)
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
@@ -70,6 +71,13 @@ class MessagesService:
                 await self._maintain(first=False)
             except (psycopg.Error, OSError) as exc:
                 log.warning("realtime.messages partition upkeep failed: %s", _first_line(exc))
+
+    async def _prepare_db(self, conn: Any) -> None:
+        """Before each session of the feed: a database that was reset meanwhile (its
+        ``realtime`` schema gone) is migrated again; otherwise this finds nothing to do."""
+        await migrate(conn, retention_days=self.retention_days, now=datetime.now(timezone.utc))
+        if self.auth_helpers:
+            await install_auth_helpers(conn)
 
     async def _maintain(self, *, first: bool) -> None:
         conn: Any = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
