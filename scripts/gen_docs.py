@@ -39,6 +39,8 @@ MEANINGS: dict[str, str] = {
     "jwt_jwks": "JWKS for RS/ES/EdDSA keys (and `oct` HS keys chosen by `kid`): JSON text, a file path, "
     "or an http(s) URL fetched at start and again on an unknown `kid` (at most every 30 s)",
     "log_level": "server log verbosity",
+    "log_format": "`text` lines, or `json`: one JSON object per line with the socket, topic and request "
+                  "each record was logged for ([observability](observability.md))",
     "database_url": "PostgreSQL URL, e.g. `postgresql://realtime:pw@db:5432/app`; enables postgres_changes, "
     "private channels, database broadcast and replay ([postgres](postgres.md))",
     "publication": "publication whose tables can be subscribed to (created empty when missing)",
@@ -251,6 +253,10 @@ def configuration_page() -> str:
         "official clients wait 10 s for a join reply and see the reason, but a client whose own timeout",
         "is 5 s or less reports a timeout instead of the reason. Lower the setting (e.g. to `1000`) when",
         "you use such a client; the error codes themselves are listed in [error codes](error-codes.md).",
+        "",
+        "**Traces** are configured by OpenTelemetry's standard variables, not by `REALTIME_*` ones:",
+        "`OTEL_TRACES_EXPORTER`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME` and the others the",
+        "SDK reads; they are off unless an exporter is set ([observability](observability.md)).",
         "",
         "## Command line",
         "",

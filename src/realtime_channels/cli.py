@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, errors, logs
+from . import __version__, errors, logs, tracing
 from .auth import MAX_TOKEN_CHARS, JwksRefresher, JwtVerifier, load_jwks_text, mint_token, parse_jwks_spec
 from .banner import client_snippet as client_snippet  # re-exported
 from .banner import dev_banner
@@ -207,7 +207,7 @@ async def serve(settings: Settings) -> None:
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else settings.port
     if settings.dev_secret_in_use and not settings.reuse_port:  # workers: the supervisor prints it
-        print(dev_banner(settings, port), file=sys.stderr, flush=True)
+        show_banner(settings, dev_banner(settings, port))
     log.info("realtime-channels listening on http://%s:%s (ws path /realtime/v1/websocket)", settings.host, port)
 
     stop = asyncio.Event()
@@ -223,6 +223,14 @@ async def serve(settings: Settings) -> None:
         await url_source[0].close()
 
 
+def show_banner(settings: Settings, banner: str) -> None:
+    """Printed as it is; with JSON logs, logged as one record (every line of the log is JSON)."""
+    if settings.log_format == "json":
+        log.warning("%s", banner.strip())
+    else:
+        print(banner, file=sys.stderr, flush=True)
+
+
 def run_async(coro: Any) -> None:
     try:
         import uvloop
@@ -235,12 +243,13 @@ def run_async(coro: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = build_settings(args)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     if settings.dev_secret_exposed and not settings.allow_dev_secret:
         log.error("%s", errors.DevSecretExposed(settings.host))
         return EXIT_CONFIG
     if settings.workers > 1:
         return supervise(settings)
+    tracing.configure_from_env()
     try:
         run_async(serve(settings))
     except errors.ConfigError as exc:
@@ -293,7 +302,7 @@ def supervise(settings: Settings) -> int:
     env["REALTIME_WORKERS"] = "1"
     env["REALTIME_REUSE_PORT"] = "true"
     if settings.dev_secret_in_use:
-        print(dev_banner(settings, settings.port), file=sys.stderr, flush=True)
+        show_banner(settings, dev_banner(settings, settings.port))
     cmd = [sys.executable, "-m", "realtime_channels", "serve"]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(settings.workers)]
     log.info("started %d workers on %s:%s: pids %s", settings.workers, settings.host, settings.port,
@@ -374,6 +383,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--jwt-jwks", dest="jwt_jwks", help="JWKS JSON, file or URL (REALTIME_JWT_JWKS)")
     sp.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"],
                     help="log verbosity (REALTIME_LOG_LEVEL, default info)")
+    sp.add_argument("--log-format", dest="log_format", choices=["text", "json"],
+                    help="text lines, or one JSON object per line (REALTIME_LOG_FORMAT, default text)")
     sp.add_argument("--database-url", dest="database_url", help="PostgreSQL URL (REALTIME_DATABASE_URL)")
     sp.add_argument("--redis-url", dest="redis_url", help="Redis URL: share channels between processes/machines")
     sp.add_argument("--workers", type=int, help="worker processes sharing the port (needs --redis-url)")

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     #: the development secret is refused on an address other than loopback unless this is set
     allow_dev_secret: bool = False
     log_level: LogLevel = "info"
+    log_format: Literal["text", "json"] = "text"
 
     # postgres_changes (protocol.md §6): enabled by a database URL
     database_url: str | None = Field(None, description="PostgreSQL URL; enables postgres_changes")

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import orjson
 import psycopg
 
-from .. import errors, hub
+from .. import errors, hub, tracing
 from ..protocol.codec import Message
 from . import catalog, pgoutput, router, snapshot
 from .bindings import Peer, Sub
@@ -492,33 +492,38 @@ class PostgresChanges:
 
     async def _route(self, conn: psycopg.AsyncConnection[Any], txn: Transaction, work: router.Work,
                      replayed: bool = False) -> None:
-        commit_ts = pgoutput.commit_timestamp(txn.commit_ts_us)
-        self._note_relations(work)
-        prepared: list[tuple[Row, Matched]] = []
-        indexes: list[int] = []
-        trace = self.trace if self.trace is not None and self.trace.active else None
-        traced: list[tuple[Row, Sequence[router.Fan], Matched, int | None]] = []
-        for index, change, fans in work:
-            info = await self.cache.table_info(conn, change.relation.namespace, change.relation.name)
-            if info is None:
-                continue
-            row = Row(change, info)
-            matched = router.match(row, fans, txn)
-            if trace is not None and any(trace.watching(f.topic.removeprefix("realtime:")) for f in fans):
-                traced.append((row, fans, matched, len(prepared) if matched else None))
-            if matched:
-                prepared.append((row, matched))
-                indexes.append(index)
-        visible = await self.visibility.check(conn, txn, prepared)
-        if trace is not None:
-            for row, fans, matched, idx in traced:
-                self._trace_change(trace, txn, row, fans, matched, visible.get(idx) if idx is not None else None)
-        suffix = ";replayed" if replayed else ""
-        for idx, (row, matched) in enumerate(prepared):
-            allowed = {role: await self.cache.selectable_columns(conn, role, row.info.relid)
-                       for role in router.roles(matched)}
-            offset = format_offset(txn.end_lsn, indexes[idx]) + suffix
-            self._deliver(row, router.plan(row, matched, visible.get(idx), allowed), commit_ts, offset)
+        with tracing.span("realtime.cdc.transaction", xid=txn.xid, changes=len(work), replayed=replayed) as span:
+            commit_ts = pgoutput.commit_timestamp(txn.commit_ts_us)
+            self._note_relations(work)
+            prepared: list[tuple[Row, Matched]] = []
+            indexes: list[int] = []
+            trace = self.trace if self.trace is not None and self.trace.active else None
+            traced: list[tuple[Row, Sequence[router.Fan], Matched, int | None]] = []
+            for index, change, fans in work:
+                info = await self.cache.table_info(conn, change.relation.namespace, change.relation.name)
+                if info is None:
+                    continue
+                row = Row(change, info)
+                matched = router.match(row, fans, txn)
+                if trace is not None and any(trace.watching(f.topic.removeprefix("realtime:")) for f in fans):
+                    traced.append((row, fans, matched, len(prepared) if matched else None))
+                if matched:
+                    prepared.append((row, matched))
+                    indexes.append(index)
+            span.set_attribute("matched", len(prepared))
+            visible = await self.visibility.check(conn, txn, prepared)
+            if trace is not None:
+                for row, fans, matched, idx in traced:
+                    self._trace_change(trace, txn, row, fans, matched, visible.get(idx) if idx is not None else None)
+            suffix = ";replayed" if replayed else ""
+            delivered = self.delivered
+            with tracing.span("realtime.cdc.fanout") as fanout:
+                for idx, (row, matched) in enumerate(prepared):
+                    allowed = {role: await self.cache.selectable_columns(conn, role, row.info.relid)
+                               for role in router.roles(matched)}
+                    offset = format_offset(txn.end_lsn, indexes[idx]) + suffix
+                    self._deliver(row, router.plan(row, matched, visible.get(idx), allowed), commit_ts, offset)
+                fanout.set_attribute("deliveries", self.delivered - delivered)
 
     @staticmethod
     def _trace_change(trace: TraceBus, txn: Transaction, row: Row, fans: Sequence[router.Fan], matched: Matched,

@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from .. import tracing
 from . import router
 from .bindings import Binding
 from .record import Row
@@ -53,10 +54,12 @@ class Visibility:
                     cohorts.setdefault(cohort, claims)
             for i in indexes:
                 result[i] = router.Seen(set(), set())
-            if self.mode == "per_subscriber":
-                await self._check_each(conn, txn, info, prepared, indexes, result)
-            else:
-                await self._check_images(conn, txn, info, prepared, indexes, cohorts, result)
+            with tracing.span("realtime.cdc.rls", table=f"{info.schema}.{info.name}", cohorts=len(cohorts),
+                              rows=len(indexes), mode=self.mode):
+                if self.mode == "per_subscriber":
+                    await self._check_each(conn, txn, info, prepared, indexes, result)
+                else:
+                    await self._check_images(conn, txn, info, prepared, indexes, cohorts, result)
         return result
 
     async def _check_images(self, conn: psycopg.AsyncConnection[Any], txn: Transaction, info: TableInfo,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from .. import errors
+from .. import errors, tracing
 from ..functions.events import RealtimeEvent
 from ..node import Gatekeeper, Node
 from ..protocol import session as s
@@ -132,6 +132,9 @@ def _send(conn: Conn, e: s.Send) -> None:
         conn.loop.call_later(e.delay, conn.send, e.message)
     else:
         conn.send(e.message)
+    if tracing.ENABLED:  # the reply to a join ends its span
+        m = e.message
+        tracing.replied(conn.conn_id, m.topic, m.event, m.ref, m.payload, e.delay)
 
 
 def _trace_refusal(conn: Conn, msg: Message) -> None:
@@ -262,7 +265,11 @@ def _unsubscribe_postgres(conn: Conn, e: s.UnsubscribePostgres) -> None:
 @handles(s.Authorize)
 def _authorize(conn: Conn, e: s.Authorize) -> None:
     async def answer() -> None:
-        result = await conn.node.authorize(e, conn.headers)
+        with tracing.span("realtime.authorize", topic=e.topic, purpose=e.purpose, checks=",".join(e.checks)) as sp:
+            result = await conn.node.authorize(e, conn.headers)
+            sp.set_attribute("granted", ",".join(sorted(k for k, v in result.granted.items() if v)))
+            if result.error is not None:
+                sp.set_attribute("error", result.error)
         if not conn.closing:
             run(conn, conn.session.authorized(e.topic, e.join_ref, e.purpose, result, time.time()))
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .. import errors
+from .. import errors, logs, tracing
 from ..protocol import jsonexact
 from ..protocol.codec import PERSIST_TTL_MAX, Broadcast
 from ..protocol.join import parse_flexible_bool
@@ -261,13 +262,30 @@ def _is_uuid(value: Any) -> bool:
     return True
 
 
+def observed(handler: Callable[[web.Request], Awaitable[web.Response]]
+             ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A REST broadcast with its log context (``request_id``, and ``topic`` for the single
+    endpoint) and its ``realtime.rest.broadcast`` span."""
+    async def observe(request: web.Request) -> web.Response:
+        sub_topic = request.match_info.get("topic")
+        topic = TOPIC_PREFIX + sub_topic if sub_topic is not None else None
+        with logs.bind(request_id=logs.request_id(request.headers.get("X-Request-Id")), topic=topic), \
+                tracing.span("realtime.rest.broadcast", topic=topic, event=request.match_info.get("event"),
+                             private=request.query.get("private")) as span:
+            response = await handler(request)
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    return observe
+
+
 def add_rest_routes(app: web.Application, state: AppState) -> None:
     rest = Rest(state)
     for prefix in ("", "/realtime/v1"):
         batch = prefix + "/api/broadcast"
         single = prefix + "/api/broadcast/{topic:.+}/events/{event}"
-        app.router.add_post(batch, rest.batch)
-        app.router.add_post(single, rest.single)
+        app.router.add_post(batch, observed(rest.batch))
+        app.router.add_post(single, observed(rest.single))
         app.router.add_route("OPTIONS", batch, rest.preflight)
         app.router.add_route("OPTIONS", single, rest.preflight)
 

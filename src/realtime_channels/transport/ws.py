@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .. import errors
+from .. import errors, logs, tracing
 from ..node import Node
 from ..protocol import handshake
 from ..protocol import session as s
@@ -163,7 +163,15 @@ class Connection:
             return None
 
     def handle(self, msg: Message | BinaryBroadcastPush, size: int) -> None:
-        self.run(self.session.receive(msg, time.time(), size))
+        topic = logs.TOPIC.set(msg.topic)  # the log context of what the frame causes
+        try:
+            if tracing.ENABLED and isinstance(msg, Message) and msg.event == "phx_join":
+                with tracing.join(self.conn_id, msg.topic, msg.ref, msg.payload):
+                    self.run(self.session.receive(msg, time.time(), size))
+            else:
+                self.run(self.session.receive(msg, time.time(), size))
+        finally:
+            logs.TOPIC.reset(topic)
 
     # timers: idle timeout (§2.2) and channel token expiry (§3.9) share one handle ------------
 
@@ -197,6 +205,8 @@ class Connection:
         if self.timer is not None:
             self.timer.cancel()
         self.run(self.session.closed())
+        if tracing.ENABLED:
+            tracing.connection_closed(self.conn_id)
 
 
 async def refuse(state: AppState, request: web.Request, refusal: handshake.Refusal) -> web.Response:
@@ -210,6 +220,11 @@ async def refuse(state: AppState, request: web.Request, refusal: handshake.Refus
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    with logs.bind(request_id=logs.request_id(request.headers.get("X-Request-Id"))):
+        return await _websocket(request)
+
+
+async def _websocket(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     checked = handshake.check_request(request.method, request.query.get("vsn"), request.headers, request.query)
     if isinstance(checked, handshake.Refusal):
@@ -246,21 +261,22 @@ async def serve_socket(state: AppState, request: web.Request, checked: handshake
     if transport is None:  # the peer vanished during the upgrade
         return ws
     keeper = state.node.gatekeeper
-    session = s.Session(verify=state.claims.verify_cached, conn_token=checked.api_key,
+    session = s.Session(verify=tracing.verifier(state.claims.verify_cached), conn_token=checked.api_key,
                         new_presence_key=lambda: str(uuid.uuid1()), config=state.session_config,
                         limits=state.node.limits, gates=keeper.has_gate if keeper is not None else None)
     headers = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-")}
     conn = Connection(state, ws, transport, checked.vsn, session, headers)
     state.connections.add(conn)
     conn.claims = claims
-    conn.observe("connection.open", "", None, None)
-    conn.arm_timer()
-    try:
-        await read_loop(conn, ws)
-    finally:
-        state.connections.discard(conn)
-        conn.finish()
-        conn.observe("connection.close", "", None, {"code": ws.close_code, "reason": close_reason(ws)})
+    with logs.bind(socket_id=logs.socket_id(conn.conn_id)):
+        conn.observe("connection.open", "", None, None)
+        conn.arm_timer()
+        try:
+            await read_loop(conn, ws)
+        finally:
+            state.connections.discard(conn)
+            conn.finish()
+            conn.observe("connection.close", "", None, {"code": ws.close_code, "reason": close_reason(ws)})
     return ws
 
 
