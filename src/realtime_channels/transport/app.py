@@ -13,6 +13,7 @@ from ..config import Settings
 from ..node import Node
 from ..protocol.codec import Message
 from .guard import mark_started
+from .inspector import add_inspector_routes
 from .ops import add_ops_routes
 from .rest import add_rest_routes
 from .state import STATE, AppState
@@ -31,6 +32,7 @@ def build_app(settings: Settings, node: Node, verifier: JwtVerifier,
         app.router.add_route("*", path, websocket_handler)
     add_ops_routes(app)
     add_rest_routes(app, state)
+    add_inspector_routes(app)
 
     async def start_node(_: web.Application) -> None:
         await node.start()
