@@ -57,6 +57,10 @@ async def test_without_a_key_the_page_asks_for_one_then_joins(server: Any, page:
     await expect(log_entry(page, "presence_state")).to_have_count(1)
     await expect(log_entry(page, "reply", "phx_join ok")).to_have_count(1)
 
+    await page.get_by_test_id("leave").click()
+    await expect(page.get_by_test_id("join-status")).to_have_text(f"left {topic}")
+    await expect(log_entry(page, "reply", "phx_leave ok")).to_have_count(1)
+
 
 async def test_a_key_the_server_refuses_is_named(server: Any, page: Page) -> None:
     await page.goto(inspector_url(server))
@@ -64,6 +68,24 @@ async def test_a_key_the_server_refuses_is_named(server: Any, page: Page) -> Non
     await page.get_by_test_id("connect").click()
     await expect(page.get_by_test_id("socket-status")).to_have_text(
         "not connected: the server did not accept this API key")
+
+
+async def test_the_user_token_of_a_link_authorizes_the_join(server: Any, page: Page) -> None:
+    topic = unique_topic("insp-token")
+    expired = make_token("authenticated", exp_in=-120)
+    await page.goto(inspector_url(server, topic=topic, apikey=server.anon_key, token=expired))
+    await expect(page.get_by_test_id("token")).to_have_value(expired)
+    await expect(page.get_by_test_id("join-status")).to_have_text("refused")
+    await expect(page.get_by_test_id("join-error")).to_have_text(
+        re.compile(r"^InvalidJWTToken: Token has expired \d+ seconds ago$"))
+    await expect(page.get_by_test_id("join-why")).to_be_visible()
+
+    # the same channel with the key alone joins
+    await page.get_by_test_id("token").fill("")
+    await page.get_by_test_id("join").click()
+    await expect(page.get_by_test_id("join-status")).to_have_text(f"joined {topic}")
+    await expect(page.get_by_test_id("join-error")).to_be_hidden()
+    await expect(page.get_by_test_id("join-why")).to_be_hidden()
 
 
 async def test_deep_link_joins_on_load_and_shows_a_supabase_js_broadcast(
