@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
-if str(TESTS_DIR / "conformance") not in sys.path:
-    sys.path.insert(0, str(TESTS_DIR / "conformance"))
+for _helpers in ("integration", "conformance"):  # rawclient.py, peers.py (plain modules)
+    if str(TESTS_DIR / _helpers) not in sys.path:
+        sys.path.insert(0, str(TESTS_DIR / _helpers))
 
 from inspector_browser import inspector_url, log_entry, page  # noqa: E402, F401 - page is a fixture
 from peers import NodePeer, node, unique_topic  # noqa: E402, F401 - node is a fixture
 from playwright.async_api import Page, expect  # noqa: E402
-from support import make_token  # noqa: E402
+from rawclient import V2, open_client  # noqa: E402
+from support import make_token, wait_until  # noqa: E402
 
 
 def compact(value: Any) -> str:
@@ -186,3 +188,17 @@ def test_stats_need_a_key_the_server_accepts(server: Any) -> None:
     assert body["replication"] is None and body["replication_lag_bytes"] is None
     status, _ = get_stats(server, {"authorization": f"Bearer {server.service_key}"})
     assert status == 200
+
+
+async def test_stats_count_every_join_and_message(server: Any) -> None:
+    key = {"apikey": server.anon_key}
+    _, before = get_stats(server, key)
+    async with open_client(server, V2) as c:
+        topic = "realtime:" + unique_topic("insp-count")
+        await c.join_ok(topic)  # counted before the reply is written
+        _, joined = get_stats(server, key)
+        assert joined["joins"] >= before["joins"] + 1
+        assert joined["connections"] >= 1
+        await c.broadcast(topic, "tick", {"n": 1})
+        await wait_until(lambda: get_stats(server, key)[1]["messages"] > joined["messages"] or None, 5,
+                         "the broadcast to be counted")
