@@ -149,6 +149,11 @@ class PostgresChanges:
         return self._leadership is None or self._leadership.leading
 
     @property
+    def lag_bytes(self) -> int | None:
+        """Replication lag in bytes of WAL, known only on the node that reads the slot."""
+        return self.reader.lag_bytes if self.leading else None
+
+    @property
     def state(self) -> FeedState:
         """The replication stream's state as this node knows it (the leader's, on followers)."""
         if self.leading or self._share is None:

@@ -154,6 +154,8 @@ class ReplicationReader:
         self._storing: asyncio.Future[None] | None = None
         #: flush/apply LSN we report to the server (per session; 0 means "nothing yet").
         self._ack = 0
+        #: the server's end of WAL as last reported (XLogData or keepalive; 0 before any).
+        self._wal_end = 0
         #: whether the current session got as far as streaming (resets the back-off).
         self._reached_streaming = False
 
@@ -162,6 +164,14 @@ class ReplicationReader:
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def lag_bytes(self) -> int | None:
+        """WAL the server has written past what this reader acknowledged (``None`` until the
+        server has reported its position)."""
+        if not self._wal_end or not self._ack or self._state != "streaming":
+            return None
+        return max(0, self._wal_end - self._ack)
 
     @property
     def detail(self) -> str | None:
@@ -333,6 +343,7 @@ class ReplicationReader:
             f" (proto_version '1', publication_names '{self._publication}')"
         )
         self._ack = 0  # an invalid flush LSN is ignored by the server until we have one
+        self._wal_end = 0
 
     async def _store(self, side: psycopg.AsyncConnection[Any], end_lsn: int) -> None:
         async with asyncio.timeout(_SQL_TIMEOUT):
@@ -369,6 +380,7 @@ class ReplicationReader:
                 raise self._stream_ended(repl)
 
             msg = pgoutput.decode_copy_data(data)
+            self._wal_end = max(self._wal_end, msg.wal_end)
             if isinstance(msg, pgoutput.XLogData):
                 pending = await self._on_xlog(pgoutput.decode_message(msg.payload), pending, relations, side)
             else:

@@ -14,6 +14,7 @@ from ..node import Node
 from ..protocol.codec import Message
 from .explain import add_explain_routes
 from .guard import mark_started
+from .inspector import add_inspector_routes
 from .ops import add_ops_routes
 from .rest import add_rest_routes
 from .state import STATE, AppState
@@ -33,6 +34,7 @@ def build_app(settings: Settings, node: Node, verifier: JwtVerifier,
     add_ops_routes(app)
     add_rest_routes(app, state)
     add_explain_routes(app)
+    add_inspector_routes(app)
 
     async def start_node(_: web.Application) -> None:
         await node.start()
