@@ -11,11 +11,13 @@ that may see it, and those that may also see its old image.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 
+from .. import metrics
 from . import router
 from .bindings import Binding
 from .record import Row
@@ -53,10 +55,12 @@ class Visibility:
                     cohorts.setdefault(cohort, claims)
             for i in indexes:
                 result[i] = router.Seen(set(), set())
+            started = time.perf_counter()
             if self.mode == "per_subscriber":
                 await self._check_each(conn, txn, info, prepared, indexes, result)
             else:
                 await self._check_images(conn, txn, info, prepared, indexes, cohorts, result)
+            metrics.rls_checked(len(indexes), started)
         return result
 
     async def _check_images(self, conn: psycopg.AsyncConnection[Any], txn: Transaction, info: TableInfo,

@@ -51,7 +51,7 @@ class RollingRate:
     has) so a burst right after start-up is not diluted by a minute of imagined silence.
     """
 
-    __slots__ = ("_buckets", "_bucket_seconds", "_counts", "_first")
+    __slots__ = ("_buckets", "_bucket_seconds", "_counts", "_first", "total")
 
     def __init__(self, buckets: int = 12, bucket_seconds: float = 5.0) -> None:
         if buckets < 1:
@@ -63,8 +63,11 @@ class RollingRate:
         # (bucket index, count), oldest first; only non-empty buckets are stored.
         self._counts: deque[list[int]] = deque()
         self._first: int | None = None
+        #: every event ever added (the /metrics counters read it)
+        self.total = 0
 
     def add(self, now: float, n: int = 1) -> None:
+        self.total += n
         idx = self._index(now)
         if self._first is None:
             self._first = idx

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .. import errors
+from .. import errors, metrics
 from ..protocol import jsonexact
 from ..protocol.codec import PERSIST_TTL_MAX, Broadcast
 from ..protocol.join import parse_flexible_bool
@@ -51,6 +51,7 @@ class Rest:
                             headers=headers)
 
     def _refuse(self, err: errors.RestError) -> web.Response:
+        metrics.refused(type(err).__name__)
         return self._respond(err.http_status, {"message": err.message})
 
     async def _can_write(self, request: web.Request, sub_topic: str, claims: dict[str, Any]) -> bool:
