@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -11,7 +12,6 @@ import jwt
 from aiohttp import web
 
 from .. import metrics
-from ..config import is_loopback
 from ..pubsub import Health
 from .state import STATE, json_response
 
@@ -36,6 +36,17 @@ async def health(request: web.Request) -> web.Response:
     return json_response(200, body)
 
 
+def loopback_peer(remote: str) -> bool:
+    """A peer address on this machine: 127.0.0.0/8, ::1, or 127.x seen through a dual-stack socket."""
+    try:
+        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
 def metrics_allowed(remote: str | None, headers: Mapping[str, str], secret: str | None,
                     address_header: str | None = None) -> bool:
     """Who may read ``/metrics`` (docs/metrics.md): with ``REALTIME_METRICS_JWT_SECRET`` (Supabase's
@@ -52,7 +63,7 @@ def metrics_allowed(remote: str | None, headers: Mapping[str, str], secret: str 
             return False
         return True
     proxied = ("Forwarded", "X-Forwarded-For", "X-Real-IP", *((address_header,) if address_header else ()))
-    return remote is not None and is_loopback(remote) and not any(h in headers for h in proxied)
+    return remote is not None and loopback_peer(remote) and not any(h in headers for h in proxied)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
