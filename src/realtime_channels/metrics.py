@@ -145,7 +145,7 @@ FUNCTION_COUNTERS = {name: Counter(f"realtime_function_{name}", help_, (*LABELS,
                      for name, help_ in (("delivered", "Events a function handled (gates: requests allowed)."),
                                          ("retried", "Attempts retried after a failure."),
                                          ("failed", "Events given up on, as dead letters (gates: denials)."),
-                                         ("errors", "Unusable gate replies and failed attempts."))}
+                                         ("errors", "Failed attempts (gates: unusable replies)."))}
 FUNCTION_GAUGES = {name: Gauge(f"realtime_function_{name}", help_, (*LABELS, "trigger"), registry=REGISTRY,
                                multiprocess_mode="livesum" if name == "queued" else "livemax")
                    for name, help_ in (("queued", "Events waiting for the function."),
