@@ -99,6 +99,9 @@ MEANINGS: dict[str, str] = {
     "messages_retention_days": "daily partitions of `realtime.messages` older than this are dropped",
     "install_auth_helpers": "on a plain PostgreSQL, create `auth.uid()`, `auth.role()` and `auth.jwt()` "
     "(reading `request.jwt.claims`) when missing",
+    "metrics_jwt_secret": "`GET /metrics` answers only requests with `Authorization: Bearer <a JWT signed with this "
+    "secret (HS256/384/512)>`, others get 403; unset: only clients on this machine (loopback, not through a proxy) "
+    "may read it ([metrics](metrics.md))",
     "token_recheck_ms": "channel tokens are verified again at `exp` or after this long, whichever is sooner",
     "resume_window_s": "seconds broadcasts and postgres changes are retained so that a channel joined with "
     "`config.broadcast.resume` or `config.postgres_changes_options.resume` can pick up where it stopped "
@@ -137,6 +140,7 @@ SUPABASE_NAMES: dict[str, str] = {
     "presence_enabled": "tenant `presence_enabled`",
     "private_only": "tenant `private_only`",
     "publication": "publication `supabase_realtime`",
+    "metrics_jwt_secret": "`METRICS_JWT_SECRET`",
 }
 
 

@@ -282,7 +282,10 @@ def supervise(settings: Settings) -> int:
     Each worker is a full node; a worker that dies is restarted (with back-off).  SIGTERM or
     SIGINT stops them all."""
     import os
+    import shutil
     import subprocess
+
+    from . import metrics
 
     if not settings.redis_url:
         log.error("--workers %d needs REALTIME_REDIS_URL (or --redis-url): worker processes share "
@@ -301,6 +304,7 @@ def supervise(settings: Settings) -> int:
             env[f"REALTIME_{key.upper()}"] = ("true" if value else "false") if isinstance(value, bool) else str(value)
     env["REALTIME_WORKERS"] = "1"
     env["REALTIME_REUSE_PORT"] = "true"
+    env[metrics.MULTIPROC_ENV] = metrics_dir = metrics.workers_directory()  # one /metrics for all workers
     if settings.dev_secret_in_use:
         show_banner(settings, dev_banner(settings, settings.port))
     cmd = [sys.executable, "-m", "realtime_channels", "serve"]
@@ -335,6 +339,7 @@ def supervise(settings: Settings) -> int:
                 log.error("worker pid %d exited with %s; restarting in %.1f s", p.pid, p.returncode, delay)
                 time.sleep(delay)
                 restarts[i] += 1
+                metrics.worker_exited(p.pid, metrics_dir)
                 procs[i] = subprocess.Popen(cmd, env=env)
         time.sleep(0.5)
     for p in procs:
@@ -342,6 +347,7 @@ def supervise(settings: Settings) -> int:
             p.wait(10)
         except subprocess.TimeoutExpired:
             p.kill()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
 
 

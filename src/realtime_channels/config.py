@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Used when neither REALTIME_JWT_SECRET nor REALTIME_JWT_JWKS is set.  Printed with a warning:
@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     resume_max_changes: int = Field(100_000, gt=0)
     #: rows a ``snapshot: true`` binding may read at its join (protocol.md §6.10)
     snapshot_max_rows: int = Field(10_000, gt=0)
+
+    # /metrics (docs/metrics.md): a bearer JWT signed with this secret; unset: loopback clients only
+    metrics_jwt_secret: str | None = Field(
+        None, validation_alias=AliasChoices("REALTIME_METRICS_JWT_SECRET", "METRICS_JWT_SECRET"))
 
     # channel tokens are re-verified at min(exp, now + this) (protocol.md §3.9)
     token_recheck_ms: int = Field(300_000, gt=0)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from . import errors
+from . import errors, metrics
 from .config import Settings
 from .functions.events import GateResult, RealtimeEvent
 from .hub import Hub, Offsets, SkipIds, Subscriber
@@ -243,7 +243,7 @@ class Node:
                 claims: Mapping[str, Any] | None = None) -> None:
         """Fan ``b`` out on every node; a function sees it once, as a ``broadcast`` event,
         whatever its source (a client, REST, the database, a function's own reply)."""
-        self.pubsub.publish(Envelope(stream, self.node_id, broadcast=b, exclude=exclude))
+        self.pubsub.publish(Envelope(stream, self.node_id, broadcast=b, exclude=exclude, accepted=time.perf_counter()))
         if self.functions is not None:
             sub_topic = b.topic[len(TOPIC_PREFIX):]
             self.functions.observe(RealtimeEvent("broadcast", sub_topic, *broadcast_event(b), claims))
@@ -266,6 +266,8 @@ class Node:
             delivered = self.hub.fanout_broadcast(env.stream, env.broadcast, exclude, env.offset, env.epoch)
             if delivered:  # §8: every per-channel delivery counts toward events/s
                 self.limits.events.add(time.time(), delivered)
+                if env.accepted is not None:
+                    metrics.PUBLISH_TO_WRITE.observe(time.perf_counter() - env.accepted)
 
     def _trace_broadcast(self, stream: StreamKey, b: Broadcast, exclude: Hashable | None) -> None:
         written: list[Any] = []

@@ -158,6 +158,8 @@ class ReplicationReader:
         self._wal_end = 0
         #: whether the current session got as far as streaming (resets the back-off).
         self._reached_streaming = False
+        #: the commit time of the last transaction handled (/metrics: replication lag in seconds)
+        self.handled_commit_us = 0
 
     # --- public surface -----------------------------------------------------------------
 
@@ -449,7 +451,7 @@ class ReplicationReader:
                 await self._on_transaction(txn)
             except Exception as exc:
                 raise _CallbackFailed(f"on_transaction failed: {type(exc).__name__}: {first_line(exc)}") from exc
-            self._handled = commit.end_lsn
+            self._handled, self.handled_commit_us = commit.end_lsn, commit.commit_ts_us
             # The position write runs while the next transaction is read and decoded; it is
             # awaited before that one is routed, so a crash still replays at most this one.
             self._storing = asyncio.ensure_future(self._store(side, commit.end_lsn))

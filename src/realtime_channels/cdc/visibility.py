@@ -11,12 +11,14 @@ that may see it, and those that may also see its old image.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 
 from .. import tracing
+from .. import metrics
 from . import router
 from .bindings import Binding
 from .record import Row
@@ -54,12 +56,14 @@ class Visibility:
                     cohorts.setdefault(cohort, claims)
             for i in indexes:
                 result[i] = router.Seen(set(), set())
+            started = time.perf_counter()
             with tracing.span("realtime.cdc.rls", table=f"{info.schema}.{info.name}", cohorts=len(cohorts),
                               rows=len(indexes), mode=self.mode):
                 if self.mode == "per_subscriber":
                     await self._check_each(conn, txn, info, prepared, indexes, result)
                 else:
                     await self._check_images(conn, txn, info, prepared, indexes, cohorts, result)
+            metrics.rls_checked(len(indexes), started)
         return result
 
     async def _check_images(self, conn: psycopg.AsyncConnection[Any], txn: Transaction, info: TableInfo,

@@ -63,7 +63,7 @@ class RollingRate:
         # (bucket index, count), oldest first; only non-empty buckets are stored.
         self._counts: deque[list[int]] = deque()
         self._first: int | None = None
-        #: every event ever added (the inspector derives per-second rates from successive totals)
+        #: every event ever added (the /metrics counters and the inspector read it)
         self.total = 0
 
     def add(self, now: float, n: int = 1) -> None:

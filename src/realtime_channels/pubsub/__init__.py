@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..protocol.codec import Broadcast
@@ -44,6 +44,8 @@ class Envelope:
     exclude: Any = None
     offset: int | None = None
     epoch: str | None = None
+    #: ``perf_counter()`` when the origin node accepted the broadcast (never crosses nodes; /metrics)
+    accepted: float | None = field(default=None, compare=False)
 
 
 Deliver = Callable[[Envelope], None]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from .. import errors, tracing
+from .. import errors, metrics, tracing
 from ..functions.events import RealtimeEvent
 from ..node import Gatekeeper, Node
 from ..protocol import session as s
@@ -42,6 +42,7 @@ class Conn(Protocol):
     joined: set[str]
     headers: dict[str, str]
     backlog: list[list[s.Effect]] | None
+    joins: dict[str | None, float]
 
     @property
     def node(self) -> Node: ...
@@ -125,6 +126,7 @@ def claims_of(conn: Conn, topic: str) -> Mapping[str, Any]:
 
 @handles(s.Send)
 def _send(conn: Conn, e: s.Send) -> None:
+    metrics.replied(conn, e.message)
     trace = conn.node.trace
     if trace.active and trace.watching(sub_topic(e.message.topic)):
         _trace_refusal(conn, e.message)

@@ -1,12 +1,17 @@
-"""Endpoints for operators: liveness, readiness (/health) and Prometheus metrics."""
+"""Endpoints for operators: liveness, readiness (/health) and Prometheus metrics (/metrics)."""
 
 from __future__ import annotations
 
-import time
+import asyncio
+import ipaddress
+import os
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import jwt
 from aiohttp import web
 
+from .. import metrics
 from ..pubsub import Health
 from .state import STATE, json_response
 
@@ -31,22 +36,64 @@ async def health(request: web.Request) -> web.Response:
     return json_response(200, body)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format: connections, events/s, nodes, per-trigger function metrics."""
+def loopback_peer(remote: str) -> bool:
+    """A peer address on this machine: 127.0.0.0/8, ::1, or 127.x seen through a dual-stack socket."""
+    try:
+        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def metrics_allowed(remote: str | None, headers: Mapping[str, str], secret: str | None,
+                    address_header: str | None = None) -> bool:
+    """Who may read ``/metrics`` (docs/metrics.md): with ``REALTIME_METRICS_JWT_SECRET`` (Supabase's
+    ``METRICS_JWT_SECRET``), whoever sends ``Authorization: Bearer <a JWT signed with it>``;
+    without one, only this machine — a loopback peer whose request did not come through a proxy
+    (a proxy on the same machine would make every client look local)."""
+    if secret is not None:
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        try:
+            jwt.decode(token.strip(), secret, algorithms=["HS256", "HS384", "HS512"])
+        except jwt.PyJWTError:
+            return False
+        return True
+    proxied = ("Forwarded", "X-Forwarded-For", "X-Real-IP", *((address_header,) if address_header else ()))
+    return remote is not None and loopback_peer(remote) and not any(h in headers for h in proxied)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text exposition (prometheus-client); 403 unless ``metrics_allowed``."""
     state = request.app[STATE]
-    node = state.node
-    now = time.time()
-    lines = [
-        "# TYPE realtime_connections gauge", f"realtime_connections {len(state.connections)}",
-        "# TYPE realtime_events_per_second gauge", f"realtime_events_per_second {node.limits.events.rate(now):.3f}",
-        "# TYPE realtime_cluster_nodes gauge", f"realtime_cluster_nodes {1 + len(node.replica.peers)}",
-    ]
-    if node.functions is not None:
-        for trigger, values in sorted(node.functions.metrics().items()):
-            for name, value in sorted(values.items()):
-                label = trigger.replace("\\", "\\\\").replace('"', '\\"')
-                lines.append(f'realtime_function_{name}{{trigger="{label}"}} {float(value):g}')
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    settings = state.settings
+    if not metrics_allowed(request.remote, request.headers, settings.metrics_jwt_secret,
+                           settings.client_address_header):
+        return web.Response(status=403, body=b"")
+    metrics.sync(state)
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE_LATEST})
+
+
+async def _poll_metrics(app: web.Application) -> AsyncIterator[None]:
+    """``--workers`` (multiprocess mode): every worker keeps its polled series fresh, since any
+    worker may answer a scrape for all of them; its live gauges go when it stops."""
+    if not metrics.multiprocess():
+        yield
+        return
+    state = app[STATE]
+
+    async def poll() -> None:
+        while True:
+            metrics.sync(state)
+            await asyncio.sleep(metrics.POLL_S)
+
+    task = asyncio.create_task(poll(), name="metrics-poll")
+    yield
+    task.cancel()
+    metrics.worker_exited(os.getpid())
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -56,6 +103,7 @@ async def ping(request: web.Request) -> web.Response:
 def add_ops_routes(app: web.Application) -> None:
     app.router.add_get("/healthcheck", healthcheck)
     app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.cleanup_ctx.append(_poll_metrics)
     for prefix in ("", "/realtime/v1"):
         app.router.add_get(prefix + "/api/ping", ping)

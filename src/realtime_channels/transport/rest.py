@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .. import errors, logs, tracing
+from .. import errors, logs, metrics, tracing
 from ..protocol import jsonexact
 from ..protocol.codec import PERSIST_TTL_MAX, Broadcast
 from ..protocol.join import parse_flexible_bool
@@ -52,6 +52,7 @@ class Rest:
                             headers=headers)
 
     def _refuse(self, err: errors.RestError) -> web.Response:
+        metrics.refused(type(err).__name__)
         return self._respond(err.http_status, {"message": err.message})
 
     async def _can_write(self, request: web.Request, sub_topic: str, claims: dict[str, Any]) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .. import errors, logs, tracing
+from .. import errors, logs, metrics, tracing
 from ..node import Node
 from ..protocol import handshake
 from ..protocol import session as s
@@ -54,7 +54,7 @@ class Connection:
     """One WebSocket: owns its Session, hands its effects to ``effects.run``, writes frames."""
 
     __slots__ = ("allowance", "backlog", "claims", "close_due", "close_task", "closing", "conn_id", "headers",
-                 "joined", "last_rx", "loop", "session", "state", "timer", "timer_at", "transport",
+                 "joined", "joins", "last_rx", "loop", "session", "state", "timer", "timer_at", "transport",
                  "vsn", "ws")
 
     def __init__(self, state: AppState, ws: web.WebSocketResponse, transport: asyncio.BaseTransport,
@@ -83,6 +83,8 @@ class Connection:
         self.timer_at = float("inf")
         #: how far the outbox may exceed the cap: the size of the last frame let in over it
         self.allowance = 0
+        #: ``phx_join`` ref → when it arrived, until its reply is written (/metrics join latency)
+        self.joins: dict[str | None, float] = {}
 
     @property
     def node(self) -> Node:
@@ -108,6 +110,7 @@ class Connection:
                 # the cap plus this frame
                 self.allowance = len(frame)
                 return
+            metrics.SLOW_CONSUMERS.inc()
             log.warning("closing slow consumer conn=%s (outbox over %d bytes)",
                         self.conn_id, self.state.settings.outbox_max_bytes)
             self.close(*close_frame_of(errors.SlowConsumer), abort_after=SLOW_CONSUMER_GRACE_S)
@@ -163,6 +166,7 @@ class Connection:
             return None
 
     def handle(self, msg: Message | BinaryBroadcastPush, size: int) -> None:
+        metrics.join_received(self, msg)
         topic = logs.TOPIC.set(msg.topic)  # the log context of what the frame causes
         try:
             if tracing.ENABLED and isinstance(msg, Message) and msg.event == "phx_join":
@@ -212,6 +216,7 @@ class Connection:
 async def refuse(state: AppState, request: web.Request, refusal: handshake.Refusal) -> web.Response:
     """§1.4: refusals are logged and paced to slow reconnect storms."""
     log.info("refused WebSocket upgrade from %s: %s", request.remote, refusal.reason)
+    metrics.refused(refusal.reason.partition(":")[0])
     if refusal.paced:
         await asyncio.sleep(state.settings.connect_error_backoff_ms / 1000)
     if refusal.body is None:
