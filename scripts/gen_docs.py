@@ -32,6 +32,18 @@ ENV_PREFIX = "REALTIME_"
 #: What each setting means, for users (a field not listed here uses its ``Field(description=...)``).
 #: A new setting with neither makes the generator fail, so every variable is documented.
 MEANINGS: dict[str, str] = {
+    "tenants_database_url": "PostgreSQL URL of the server's own database: tenants live in its `_realtime` schema "
+    "(Supabase's tables, created by versioned migrations) and the admin API `/api/tenants` manages them; each request "
+    "is served for the tenant its Host header names ([tenants](tenants.md)); unset: the environment defines the one "
+    "tenant and every Host maps to it",
+    "db_enc_key": "16-character key that encrypts tenants' JWT secrets and database settings (AES-128-ECB, as Supabase); "
+    "required with `REALTIME_TENANTS_DATABASE_URL`",
+    "db_enc_key_gcm": "32-character key of AES-256-GCM values (`g1:` prefix) Supabase may have written; they are read "
+    "with it",
+    "api_jwt_secret": "secret that signs the bearer tokens of the tenant admin API; unset: `REALTIME_JWT_SECRET`",
+    "seed_self_host": "with tenants in a database, create or update the self-host tenant at start from the JWT secret "
+    "(or JWKS) and `REALTIME_DATABASE_URL`",
+    "self_host_tenant_name": "external id of the self-host tenant (`SEED_SELF_HOST`)",
     "host": "bind address; use `0.0.0.0` to accept connections from other machines",
     "port": "port to listen on (`0` picks a free one)",
     "jwt_secret": "HS256/384/512 secret that verifies API keys, channel tokens and REST tokens. "
@@ -124,6 +136,11 @@ MEANINGS: dict[str, str] = {
 
 #: Supabase's own name for a setting (tenant field or environment variable), where one exists.
 SUPABASE_NAMES: dict[str, str] = {
+    "db_enc_key": "`DB_ENC_KEY`",
+    "db_enc_key_gcm": "`DB_ENC_KEY_GCM`",
+    "api_jwt_secret": "`API_JWT_SECRET`",
+    "seed_self_host": "`SEED_SELF_HOST`",
+    "self_host_tenant_name": "`SELF_HOST_TENANT_NAME`",
     "jwt_secret": "tenant `jwt_secret`",
     "jwt_jwks": "tenant `jwt_jwks`",
     "join_error_backoff_ms": "`CHANNEL_ERROR_BACKOFF_MS`",

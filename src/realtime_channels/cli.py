@@ -55,35 +55,6 @@ def build_settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-async def _load_jwks(settings: Settings) -> tuple[dict[str, Any] | None, JwksRefresher | None, Any]:
-    """Returns the initial JWKS, a refresher for URL sources, and its HTTP session (or None)."""
-    if settings.jwt_jwks is None:
-        return None, None, None
-    kind, value = parse_jwks_spec(settings.jwt_jwks)
-    if kind == "json":
-        return load_jwks_text(value), None, None
-    if kind == "file":
-        try:
-            return load_jwks_text(Path(value).read_text(encoding="utf-8")), None, None
-        except OSError as exc:
-            raise errors.ConfigError(f"REALTIME_JWT_JWKS: cannot read {value}: {exc.strerror}") from exc
-    import aiohttp
-
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-
-    async def fetch() -> dict[str, Any]:
-        async with http.get(value) as resp:
-            resp.raise_for_status()
-            return load_jwks_text(await resp.text())
-
-    try:
-        jwks: dict[str, Any] | None = await fetch()
-    except Exception as exc:  # noqa: BLE001 - start anyway; unknown kids trigger a refresh
-        log.error("could not fetch JWKS from %s (%s); will retry on the first unknown key id", value, exc)
-        jwks = None
-    return jwks, None, (http, fetch)
-
-
 def build_functions(settings: Settings, current_node: Callable[[], Any]) -> Any:
     """Load and validate the functions file (a bad file refuses to start, naming the line)."""
     import orjson
@@ -143,23 +114,11 @@ async def serve(settings: Settings) -> None:
     from aiohttp import web
 
     from .node import Node
-    from .pubsub import PubSub
+    from .runtime import build_node, load_verifier
     from .transport.app import build_app, shutdown_connections
     from .transport.guard import SlowRequestGuard, raise_descriptor_limit
 
-    pubsub: PubSub
-    if settings.redis_url:
-        from .pubsub.redis import RedisPubSub
-
-        pubsub = RedisPubSub(settings.redis_url, limits=settings.resume_limits)
-    else:
-        from .pubsub.memory import MemoryPubSub
-
-        pubsub = MemoryPubSub(limits=settings.resume_limits)
-
-    jwks, _, url_source = await _load_jwks(settings)
-    verifier = JwtVerifier(settings.effective_jwt_secret, jwks)
-    refresher = JwksRefresher(verifier, url_source[1]) if url_source is not None else None
+    verifier, refresher, closers = await load_verifier(settings)
     node: Node | None = None
 
     def current_node() -> Node:  # the functions' callbacks run once the node exists
@@ -167,33 +126,14 @@ async def serve(settings: Settings) -> None:
         return node
 
     functions = build_functions(settings, current_node) if settings.functions_config else None
-    changes = None
-    authorizer = None
-    if settings.database_url:
-        from .cdc.changes import PostgresChanges
-        from .messages.authz import ChannelAuthorizer
-
-        triggers = PostgresTriggers(functions) if functions is not None else None
-        if triggers is not None and not triggers.tables:
+    triggers = None
+    if settings.database_url and functions is not None:
+        triggers = PostgresTriggers(functions)
+        if not triggers.tables:
             triggers = None
-        changes = PostgresChanges(settings.database_url, publication=settings.publication,
-                                  slot=settings.slot_name, clustered=bool(settings.redis_url),
-                                  sink=triggers, rls_mode=settings.cdc_rls_mode,
-                                  retention=settings.change_retention(),
-                                  snapshot_max_rows=settings.snapshot_max_rows)
-        authorizer = ChannelAuthorizer(settings.database_url)
-    gatekeeper = functions if functions is not None and functions.config.gates else None
-    node = Node(settings, pubsub, changes=changes, authorizer=authorizer,
-                services=[functions] if functions is not None else [], events=functions,
-                gatekeeper=gatekeeper)
-    if settings.database_url:
-        from .messages.service import MessagesService
-
-        node.services.append(MessagesService(
-            settings.database_url, node, publication=settings.messages_publication,
-            slot=settings.messages_slot_name, retention_days=settings.messages_retention_days,
-            auth_helpers=settings.install_auth_helpers))
-    app = build_app(settings, node, verifier, refresher)
+    node = build_node(settings, functions=functions, triggers=triggers)
+    tenants = await open_tenants(settings) if settings.tenants_database_url else None
+    app = build_app(settings, node, verifier, refresher, tenants=tenants)
     raise_descriptor_limit()
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5,
                            keepalive_timeout=KEEPALIVE_S,
@@ -219,8 +159,46 @@ async def serve(settings: Settings) -> None:
     await shutdown_connections(app)
     await guard.stop()
     await runner.cleanup()
-    if url_source is not None:
-        await url_source[0].close()
+    for closer in closers:
+        await closer.close()
+
+
+async def open_tenants(settings: Settings) -> Any:
+    """Tenants in the server's database: migrated now, and with ``SEED_SELF_HOST`` the self-host
+    tenant created or updated from the environment's JWT secret (or JWKS) and database."""
+    from .tenants.crypto import Crypto
+    from .tenants.model import Tenant
+    from .tenants.store import TenantStore
+
+    if not settings.db_enc_key:
+        raise errors.ConfigError("REALTIME_TENANTS_DATABASE_URL needs DB_ENC_KEY (16 characters) to encrypt tenant secrets")
+    try:
+        crypto = Crypto(settings.db_enc_key, settings.db_enc_key_gcm)
+    except ValueError as exc:
+        raise errors.ConfigError(str(exc)) from exc
+    assert settings.tenants_database_url is not None
+    store = TenantStore(settings.tenants_database_url, crypto)
+    await store.migrate()
+    if settings.seed_self_host:
+        import urllib.parse
+
+        import orjson
+
+        extensions: dict[str, dict[str, Any]] = {}
+        if settings.database_url:
+            url = urllib.parse.urlsplit(settings.database_url)
+            extensions["postgres_cdc_rls"] = {
+                "db_host": url.hostname or "localhost", "db_port": str(url.port or 5432),
+                "db_name": urllib.parse.unquote(url.path.lstrip("/")) or "postgres",
+                "db_user": urllib.parse.unquote(url.username or "postgres"),
+                "db_password": urllib.parse.unquote(url.password or ""), "region": "local",
+                "publication": settings.publication, "ssl_enforced": False}
+        secret = settings.api_jwt_secret or settings.jwt_secret
+        jwks = orjson.loads(settings.jwt_jwks) if settings.jwt_jwks and settings.jwt_jwks.lstrip().startswith("{") else None
+        name = settings.self_host_tenant_name
+        await store.put(Tenant(external_id=name, name=name, jwt_secret=secret, jwt_jwks=jwks, extensions=extensions))
+        log.info("tenants: self-host tenant %s created or updated", name)
+    return store
 
 
 def show_banner(settings: Settings, banner: str) -> None:

@@ -121,6 +121,18 @@ class Settings(BaseSettings):
     #: rows a ``snapshot: true`` binding may read at its join (protocol.md §6.10)
     snapshot_max_rows: int = Field(10_000, gt=0)
 
+    # tenants in a database (docs/tenants.md); unset: the environment defines the one tenant
+    tenants_database_url: str | None = None
+    #: encrypts tenants' JWT secrets and database settings as Supabase does (AES-128, 16 bytes)
+    db_enc_key: str | None = Field(None, validation_alias=AliasChoices("REALTIME_DB_ENC_KEY", "DB_ENC_KEY"))
+    db_enc_key_gcm: str | None = Field(None, validation_alias=AliasChoices("REALTIME_DB_ENC_KEY_GCM", "DB_ENC_KEY_GCM"))
+    #: signs the bearer tokens of the tenant admin API (/api/tenants); unset: the JWT secret
+    api_jwt_secret: str | None = Field(None, validation_alias=AliasChoices("REALTIME_API_JWT_SECRET", "API_JWT_SECRET"))
+    #: create or update the self-host tenant at start (from the JWT secret or JWKS and the database URL)
+    seed_self_host: bool = Field(False, validation_alias=AliasChoices("REALTIME_SEED_SELF_HOST", "SEED_SELF_HOST"))
+    self_host_tenant_name: str = Field("realtime-dev", validation_alias=AliasChoices(
+        "REALTIME_SELF_HOST_TENANT_NAME", "SELF_HOST_TENANT_NAME"))
+
     # /metrics (docs/metrics.md): a bearer JWT signed with this secret; unset: loopback clients only
     metrics_jwt_secret: str | None = Field(
         None, validation_alias=AliasChoices("REALTIME_METRICS_JWT_SECRET", "METRICS_JWT_SECRET"))

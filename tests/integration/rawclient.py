@@ -478,13 +478,20 @@ async def open_client(
     params: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
     source: str | None = None,
+    host: str | None = None,
 ) -> AsyncIterator[RawClient]:
     """Connect (apikey defaults to the server's anon key) and yield a RawClient; ``source``
-    is a local address to connect from (e.g. ``127.0.0.2``)."""
+    is a local address to connect from (e.g. ``127.0.0.2``); ``host`` the name the request's
+    Host header carries (the socket still goes to the server's own address)."""
     url = ws_url(server, path, _params(server, vsn, apikey, params))
+    target: dict[str, Any] = {}
+    if host is not None:
+        url = url.replace("127.0.0.1", host, 1)
+        target = {"host": "127.0.0.1", "port": server.port}
     ws = await connect(
         url,
         **_source(source),
+        **target,
         additional_headers=dict(headers or {}),
         compression=None,
         max_size=None,

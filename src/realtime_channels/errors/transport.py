@@ -165,4 +165,34 @@ class Notice:
     REPLICATION_READY = "Replication connection established"
     DISCONNECT = "Server requested disconnect"
 
-__all__ = ["RestError", "RestUnauthorized", "RestForbidden", "RestInvalidJson", "RestJsonTooDeep", "RestBodyUnreadable", "RestBodyTooLarge", "RestBodyTimeout", "RestRateLimited", "RestBatchTooLarge", "RestAuthorizationFailed", "RestUnsupportedMedia", "RestFieldError", "JoinDenied", "SendDenied", "IdleTimeout", "SlowConsumer", "ServerRestart", "Notice"]
+class TenantNotFound(PeerError):
+    """Tenants live in the database (``REALTIME_TENANTS_DATABASE_URL``) and none has the
+    external id the request's Host names: the upgrade is refused with 404."""
+
+    code = "TenantNotFound"
+    message = "Tenant not found"
+    http_status = 404
+    where: ClassVar[Places] = (HANDSHAKE,)
+
+    def __init__(self, external_id: str | None = None) -> None:
+        super().__init__()
+        self.external_id = external_id
+
+
+class TenantSuspended(PeerError):
+    """The tenant is suspended (``suspend: true``): upgrades are refused with 403."""
+
+    code = "RealtimeDisabledForTenant"
+    message = "Realtime was disabled for this tenant"
+    http_status = 403
+    where: ClassVar[Places] = (HANDSHAKE,)
+
+
+class RestTenantNotFound(RestError):
+    """A REST call whose Host names no tenant of the database."""
+
+    message = "Tenant not found in database"
+    http_status = 401
+
+
+__all__ = ["TenantNotFound", "TenantSuspended", "RestTenantNotFound", "RestError", "RestUnauthorized", "RestForbidden", "RestInvalidJson", "RestJsonTooDeep", "RestBodyUnreadable", "RestBodyTooLarge", "RestBodyTimeout", "RestRateLimited", "RestBatchTooLarge", "RestAuthorizationFailed", "RestUnsupportedMedia", "RestFieldError", "JoinDenied", "SendDenied", "IdleTimeout", "SlowConsumer", "ServerRestart", "Notice"]

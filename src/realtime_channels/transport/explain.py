@@ -24,7 +24,7 @@ from ..messages.authz import AuthzUnavailable, ChannelAuthorizer
 from ..messages.explain import policy_verdicts
 from ..protocol.join import parse_flexible_bool
 from ..protocol.keys import TOPIC_PREFIX
-from .state import STATE, AppState
+from .state import AppState, state_for
 
 SERVICE_ROLE = "service_role"
 #: events a slow trace reader may fall behind by before the oldest are dropped
@@ -216,8 +216,17 @@ def _sse(kind: str, data: Mapping[str, Any]) -> bytes:
 
 
 def add_explain_routes(app: web.Application) -> None:
-    explain = Explain(app[STATE])
+    def route(method: Any) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                state = await state_for(request)
+            except (errors.TenantNotFound, errors.TenantSuspended):
+                return _json(401, {"message": errors.RestTenantNotFound().message})
+            response: web.StreamResponse = await method(Explain(state), request)
+            return response
+        return handle
+
     for prefix in ("", "/realtime/v1"):
-        app.router.add_get(prefix + "/api/explain/join", explain.join)
-        app.router.add_get(prefix + "/api/explain/change", explain.change)
-        app.router.add_get(prefix + "/api/trace", explain.trace)
+        app.router.add_get(prefix + "/api/explain/join", route(Explain.join))
+        app.router.add_get(prefix + "/api/explain/change", route(Explain.change))
+        app.router.add_get(prefix + "/api/trace", route(Explain.trace))

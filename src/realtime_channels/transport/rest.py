@@ -17,7 +17,7 @@ from ..protocol import jsonexact
 from ..protocol.codec import PERSIST_TTL_MAX, Broadcast
 from ..protocol.join import parse_flexible_bool
 from ..protocol.keys import TOPIC_PREFIX, stream_key
-from .state import AppState
+from .state import DIRECTORY, AppState, state_for
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -280,13 +280,31 @@ def observed(handler: Callable[[web.Request], Awaitable[web.Response]]
     return observe
 
 
+def per_tenant(state: AppState, method: Callable[[Rest, web.Request], Awaitable[web.Response]]
+               ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler for the request's tenant (with tenants in a database, the one its Host
+    names; a Host naming none is answered 401 ``Tenant not found in database``, as Supabase)."""
+    single = Rest(state)
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.app.get(DIRECTORY) is None:
+            return await method(single, request)
+        try:
+            tenant = await state_for(request)
+        except (errors.TenantNotFound, errors.TenantSuspended):
+            return single._refuse(errors.RestTenantNotFound())
+        return await method(Rest(tenant), request)
+
+    return handle
+
+
 def add_rest_routes(app: web.Application, state: AppState) -> None:
     rest = Rest(state)
     for prefix in ("", "/realtime/v1"):
         batch = prefix + "/api/broadcast"
         single = prefix + "/api/broadcast/{topic:.+}/events/{event}"
-        app.router.add_post(batch, observed(rest.batch))
-        app.router.add_post(single, observed(rest.single))
+        app.router.add_post(batch, observed(per_tenant(state, Rest.batch)))
+        app.router.add_post(single, observed(per_tenant(state, Rest.single)))
         app.router.add_route("OPTIONS", batch, rest.preflight)
         app.router.add_route("OPTIONS", single, rest.preflight)
 

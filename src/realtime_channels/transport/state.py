@@ -75,6 +75,33 @@ class AppState:
 STATE: web.AppKey[AppState] = web.AppKey("state", AppState)
 
 
+class Directory(Protocol):
+    """Tenants kept in a database (transport/directory.py)."""
+
+    async def resolve(self, external_id: str) -> AppState: ...
+
+    def states(self) -> list[AppState]: ...
+
+
+DIRECTORY: web.AppKey[Directory] = web.AppKey("directory", Directory)
+
+
+async def state_for(request: web.Request) -> AppState:
+    """The state of the request's tenant: with tenants in a database, the one its Host names
+    (raises ``TenantNotFound`` / ``TenantSuspended``); otherwise the one the environment defines."""
+    directory = request.app.get(DIRECTORY)
+    if directory is None:
+        return request.app[STATE]
+    from ..tenants.model import tenant_of_host
+
+    return await directory.resolve(tenant_of_host(request.headers.get("Host")))
+
+
+def all_states(app: web.Application) -> list[AppState]:
+    directory = app.get(DIRECTORY)
+    return [app[STATE], *(directory.states() if directory is not None else [])]
+
+
 def json_response(status: int, body: Any) -> web.Response:
     """A JSON body with the exact ``Content-Type: application/json`` Supabase sends."""
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")

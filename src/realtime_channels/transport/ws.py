@@ -27,7 +27,7 @@ from ..protocol import session as s
 from ..protocol.codec import BinaryBroadcastPush, DecodeError, Message, Vsn, decode_binary, decode_text, encode_utf8
 from ..protocol.wsframe import build_text_frame
 from . import effects
-from .state import STATE, AppState, json_response
+from .state import STATE, AppState, json_response, state_for
 
 log = logging.getLogger("realtime_channels.transport")
 
@@ -230,7 +230,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def _websocket(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+    try:
+        state = await state_for(request)
+    except (errors.TenantNotFound, errors.TenantSuspended) as err:
+        return await refuse(request.app[STATE], request, handshake.refusal(err))
     checked = handshake.check_request(request.method, request.query.get("vsn"), request.headers, request.query)
     if isinstance(checked, handshake.Refusal):
         return await refuse(state, request, checked)
