@@ -42,10 +42,12 @@ from typing import Any, Protocol
 import orjson
 import psycopg
 
-from .. import errors, hub, tracing
+from .. import hub, tracing
+from ..tracebus import TraceBus
 from ..protocol.codec import Message
-from . import catalog, pgoutput, router, snapshot
-from .bindings import Peer, Sub
+from . import catalog, catchup, pgoutput, router
+from .bindings import Peer
+from .changetrace import trace_change
 from .connections import SideConnection
 from .leader import Leadership
 from .record import Row, full_data
@@ -55,13 +57,8 @@ from .rls import RlsChecker
 from .subscriptions import ChannelSubs, Ready, Subscriptions
 from .types import FeedState, HistoryAsk, HistoryShare, ResetShare, ShareOp, StateShare, Transaction, TxnShare
 from .visibility import Matched, Visibility
-from ..tracebus import TraceBus
 
 log = logging.getLogger(__name__)
-
-
-class _TooLarge(Exception):
-    """A snapshot with more rows than ``snapshot_max_rows``."""
 
 
 #: followers consider the stream down when the leader has not reported for this long
@@ -71,13 +68,10 @@ ECHO_TIMEOUT_S = 30.0
 STARTUP_GRACE_S = 3.0
 #: a resuming join waits this long, at start-up, for the slot's retained window to be read again
 HISTORY_WAIT_S = 10.0
-#: the largest snapshot a channel may read (REALTIME_SNAPSHOT_MAX_ROWS)
-SNAPSHOT_MAX_ROWS = 10_000
 #: changes per op when the reading node shares its retention with a node that started later
 HISTORY_CHUNK = 500
 FEED_RESET = ("ChangesGap: the replication slot or publication was dropped and has been recreated; "
               "changes committed meanwhile were not delivered")
-GAP_UNKNOWN = "ResumeGap: the changes after the given offset are no longer retained (how many is unknown)"
 
 
 class ChangeSink(Protocol):
@@ -99,7 +93,7 @@ class PostgresChanges:
                  sink: ChangeSink | None = None,
                  on_state: Callable[[FeedState, str | None], None] | None = None,
                  rls_mode: str = "batched", retention: ChangeRetention | None = None,
-                 snapshot_max_rows: int = SNAPSHOT_MAX_ROWS) -> None:
+                 snapshot_max_rows: int = catchup.SNAPSHOT_MAX_ROWS) -> None:
         self.dsn = dsn
         self.publication = publication
         self.slot = slot
@@ -398,93 +392,10 @@ class PostgresChanges:
         async with self._route_lock:
             if not register():
                 return
-            if ch.resume_from is not None and not await self._replay(ch):
+            if ch.resume_from is not None and not await catchup.replay(self, ch):
                 return  # resumed without a gap: nothing to read again
             if ch.snapshot and any(sub.binding.snapshot for sub in ch.subs):
-                await self._snapshot(ch)
-
-    async def _replay(self, ch: ChannelSubs) -> bool:
-        """Route the retained changes after the channel's offset to it; True when some may have
-        been dropped (the gap message is sent first)."""
-        retention, pos = self.retention, ch.resume_from
-        if retention is None or pos is None:
-            return False
-        gap = retention.has_gap(pos)
-        if gap:
-            payload = {"extension": "postgres_changes", "status": "ok", "channel": ch.topic.removeprefix("realtime:"),
-                       "message": GAP_UNKNOWN, "gap": {"missed": None, "retained_from": retention.first_offset()}}
-            ch.peer.send(Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref))
-        own: dict[tuple[str, str], list[Sub]] = {}
-        for sub in ch.subs:
-            own.setdefault(sub.table_key, []).append(sub)
-        fans = {table: router.fans(subs) for table, subs in own.items()}
-        try:
-            for txn, first in retention.after(pos):
-                work = router.work(txn, fans.get, first)
-                if work:
-                    async with self._route_conn.use() as conn:
-                        await self._route(conn, txn, work, replayed=True)
-        except (psycopg.OperationalError, OSError) as exc:
-            log.error("postgres_changes: database error while resuming %s: %s", ch.topic, exc)
-            payload = {"extension": "postgres_changes", "status": "ok", "channel": ch.topic.removeprefix("realtime:"),
-                       "message": GAP_UNKNOWN, "gap": {"missed": None, "retained_from": None}}
-            ch.peer.send(Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref))
-            return True
-        return gap
-
-    async def _snapshot(self, ch: ChannelSubs) -> None:
-        """§6.10: the rows matching the channel's snapshot bindings now, as INSERTs, then the
-        ``Snapshot complete`` message; from then on the transactions the snapshot contains are
-        not sent to it.  Runs under the route lock, right after the channel was registered."""
-        subs = [sub for sub in ch.subs if sub.binding.snapshot]
-        role = subs[0].role
-        channel = ch.topic.removeprefix("realtime:")
-        by_table: dict[tuple[str, str], list[Sub]] = {}
-        for sub in subs:
-            by_table.setdefault(sub.table_key, []).append(sub)
-        found: list[tuple[Row, Matched, frozenset[str]]] = []
-        try:
-            async with self._route_conn.use() as conn:
-                async with conn.transaction(force_rollback=True):
-                    seen, at_us = await snapshot.begin(conn, role, ch.claims)
-                    for (schema, table), table_subs in by_table.items():
-                        info = await self.cache.table_info(conn, schema, table)
-                        if info is None:
-                            continue
-                        allowed = await self.cache.selectable_columns(conn, role, info.relid)
-                        fans = router.fans(table_subs)
-                        async for change in snapshot.rows(conn, info, allowed):
-                            row = Row(change, info)
-                            matched = router.match(row, fans)
-                            if not matched:
-                                continue
-                            found.append((row, matched, allowed))
-                            if len(found) > self.snapshot_max_rows:
-                                raise _TooLarge
-        except _TooLarge:
-            payload = {"extension": "postgres_changes", "status": "error", "channel": channel,
-                       "message": errors.SnapshotTooLarge(self.snapshot_max_rows).message}
-            ch.peer.send(Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref))
-            return
-        except (psycopg.Error, OSError) as exc:
-            log.error("postgres_changes: could not read the snapshot of %s: %s", ch.topic, exc)
-            payload = {"extension": "postgres_changes", "status": "error", "channel": channel,
-                       "message": errors.SnapshotFailed().message}
-            ch.peer.send(Message(ch.topic, "system", payload, ref=None, join_ref=ch.join_ref))
-            return
-        commit_ts = pgoutput.commit_timestamp(at_us)
-        for row, matched, allowed in found:
-            self._deliver(row, router.plan(row, matched, None, {role: allowed}), commit_ts, None)
-        for sub in subs:
-            sub.seen = seen
-        for sub in ch.subs:
-            self.subscriptions.invalidate(sub.table_key)
-        offset = (format_offset(self.retention.last_lsn, 0xFFFFFFFF)
-                  if self.retention is not None and self.retention.last_lsn else None)
-        done: dict[str, Any] = {"extension": "postgres_changes", "status": "ok", "channel": channel,
-                                "message": f"Snapshot complete: {len(found)} rows",
-                                "snapshot": {"rows": len(found), "offset": offset}}
-        ch.peer.send(Message(ch.topic, "system", done, ref=None, join_ref=ch.join_ref))
+                await catchup.read_snapshot(self, ch)
 
     def _note_relations(self, work: router.Work) -> None:
         """Compared by value: shared transactions carry fresh Relation objects.  A new shape
@@ -519,7 +430,7 @@ class PostgresChanges:
             visible = await self.visibility.check(conn, txn, prepared)
             if trace is not None:
                 for row, fans, matched, idx in traced:
-                    self._trace_change(trace, txn, row, fans, matched, visible.get(idx) if idx is not None else None)
+                    trace_change(trace, txn, row, fans, matched, visible.get(idx) if idx is not None else None)
             suffix = ";replayed" if replayed else ""
             delivered = self.delivered
             with tracing.span("realtime.cdc.fanout") as fanout:
@@ -529,40 +440,6 @@ class PostgresChanges:
                     offset = format_offset(txn.end_lsn, indexes[idx]) + suffix
                     self._deliver(row, router.plan(row, matched, visible.get(idx), allowed), commit_ts, offset)
                 fanout.set_attribute("deliveries", self.delivered - delivered)
-
-    @staticmethod
-    def _trace_change(trace: TraceBus, txn: Transaction, row: Row, fans: Sequence[router.Fan], matched: Matched,
-                      seen: router.Seen | None) -> None:
-        """What routing does with ``row`` for each traced channel: written, or skipped and why
-        (event, filter, a snapshot that contains it, RLS).  Sockets and reasons, no values."""
-        hit = {id(fan) for fan, _ in matched}
-        by_topic: dict[str, dict[str, list[Any]]] = {}
-        for fan in fans:
-            sub_topic = fan.topic.removeprefix("realtime:")
-            if not trace.watching(sub_topic):
-                continue
-            out = by_topic.setdefault(sub_topic, {"written": [], "skipped": []})
-            why: str | None = None
-            if id(fan) not in hit:
-                if fan.seen is not None and fan.seen.covers(txn):
-                    why = "the channel's snapshot already contains this change"
-                elif not any(s.binding.event in ("*", row.kind) for s in fan.subs):
-                    why = f"event: the bindings do not listen to {row.kind}"
-                else:
-                    why = "filter: the row does not match the binding's filter"
-            for cohort, (_claims, peers) in fan.cohorts.items():
-                reason = why
-                if reason is None and seen is not None and cohort not in seen.new:
-                    reason = f"RLS: the policies of {row.info.schema}.{row.info.name} hide the row from role {fan.role}"
-                for peer in peers:
-                    socket = getattr(peer, "conn_id", id(peer))
-                    if reason is None:
-                        out["written"].append(socket)
-                    else:
-                        out["skipped"].append({"socket": socket, "why": reason})
-        for sub_topic, out in by_topic.items():
-            trace.emit(sub_topic, {"kind": "postgres_changes", "schema": row.info.schema, "table": row.info.name,
-                                   "type": row.kind, "commit_lsn": f"{txn.commit_lsn:X}", **out})
 
     def _deliver(self, row: Row, groups: Sequence[router.Group], commit_ts: str, offset: str | None) -> None:
         """One message per group, its ``data`` encoded once per column set and the frame built
