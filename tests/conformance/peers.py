@@ -210,8 +210,10 @@ class NodePeer:
         kind: str | None = None,
         timeout_ms: int = 10000,
         log: bool = False,
+        host: str | None = None,
     ) -> str:
-        """Create a client; returns the WebSocket URL it will open.
+        """Create a client; returns the WebSocket URL it will open (``host``: the Host header
+        its upgrade carries, e.g. a tenant's name).
 
         vsn 2.0.0 defaults to supabase-js ``createClient(<http url>, key)`` (…/realtime/v1/websocket);
         vsn 1.0.0 to ``new RealtimeClient('<ws url>/socket', {vsn: '1.0.0'})`` (…/socket/websocket).
@@ -230,6 +232,7 @@ class NodePeer:
             token=token,
             timeout=timeout_ms,
             log=log,
+            host=host,
         )
         return str(value["endpoint"])
 

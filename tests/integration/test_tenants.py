@@ -244,3 +244,40 @@ async def test_a_change_through_one_server_applies_on_another(tenant_server: Any
             raise AssertionError("the other server kept the old limit")
     finally:
         other.stop()
+
+
+async def test_supabase_js_with_a_tenants_own_key_and_another_tenant_with_the_same_topic_sees_nothing(
+        tenant_server: Any) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
+    from peers import NodePeer
+
+    server, _ = tenant_server
+    create(server, "alpha")
+    create(server, "beta")
+    node = await NodePeer.start()
+    try:
+        topic = "lobby"  # the same name on both tenants
+        await node.add_client("a1", server, key=key("alpha"), host="alpha.realtime.test")
+        await node.add_client("a2", server, key=key("alpha"), host="alpha.realtime.test")
+        await node.add_client("b1", server, key=key("beta"), host="beta.realtime.test")
+        for client, ch in (("a1", "a1-lobby"), ("a2", "a2-lobby"), ("b1", "b1-lobby")):
+            await node.subscribe(client, ch, topic, config={"broadcast": {"self": True}})
+        assert await node.call("send", ch="a1-lobby", event="hi", payload={"from": "alpha"}) == "ok"
+        await node.wait_broadcast("a2-lobby", "hi", {"from": "alpha"})
+        # beta's own broadcast is the barrier: it arrives at beta, alpha's never did
+        assert await node.call("send", ch="b1-lobby", event="hi", payload={"from": "beta"}) == "ok"
+        await node.wait_broadcast("b1-lobby", "hi", {"from": "beta"})
+        assert [e["payload"] for e in node.broadcasts("b1-lobby")] == [{"from": "beta"}] or \
+            [e["payload"]["payload"] for e in node.broadcasts("b1-lobby")] == [{"from": "beta"}]
+        assert all("beta" not in json.dumps(e) for e in node.broadcasts("a2-lobby"))
+        # a key signed for alpha is refused by beta
+        await node.add_client("wrong", server, key=key("alpha"), host="beta.realtime.test")
+        await node.subscribe("wrong", "wrong-lobby", topic, expect=None)
+        status = await node.log.wait_for(lambda e: e.get("type") == "status" and e.get("ch") == "wrong-lobby"
+                                         and e.get("status") != "SUBSCRIBED", timeout=20, what="a refusal")
+        assert status["status"] in ("CHANNEL_ERROR", "TIMED_OUT", "CLOSED"), status
+    finally:
+        await node.close()

@@ -77,6 +77,14 @@ function makeClient(cmd) {
     ? (kind, msg, data) => emit({ type: 'log', client: cmd.client, kind, msg, data: safeJson(data) })
     : undefined
   const timeout = cmd.timeout ?? 10000
+  // cmd.host: the Host header the upgrade carries (a tenant's name), the socket still going to cmd.url
+  const transport = cmd.host
+    ? class extends WebSocket {
+        constructor(url, protocols, opts) {
+          super(url, protocols, { ...(opts || {}), headers: { ...((opts || {}).headers || {}), Host: cmd.host } })
+        }
+      }
+    : WebSocket
   const tokenFn = cmd.token !== undefined && cmd.token !== null ? async () => cmd.token : undefined
   let realtime
   let supabase = null
@@ -84,14 +92,14 @@ function makeClient(cmd) {
     // Exactly what an application does: createClient(projectUrl, key).channel(...)
     supabase = createClient(cmd.url, cmd.key, {
       auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
-      realtime: { transport: WebSocket, timeout, logger, ...(cmd.vsn ? { vsn: cmd.vsn } : {}) },
+      realtime: { transport, timeout, logger, ...(cmd.vsn ? { vsn: cmd.vsn } : {}) },
       ...(tokenFn ? { accessToken: tokenFn } : {}),
     })
     realtime = supabase.realtime
   } else if (cmd.kind === 'realtime') {
     realtime = new RealtimeClient(cmd.url, {
       params: { apikey: cmd.key },
-      transport: WebSocket,
+      transport,
       timeout,
       logger,
       vsn: cmd.vsn ?? '2.0.0',
