@@ -258,3 +258,9 @@ async def test_image_install_and_start(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert proc.returncode == 0, f"SIGTERM (docker stop) shuts down cleanly:\n{server.log()}"
+
+    # without a JWT secret the container refuses to serve the public development secret
+    refused = subprocess.run(start_argv(), cwd=app, env={**base_env, "PORT": str(port)},
+                             capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "0.0.0.0" in refused.stderr, refused.stderr
