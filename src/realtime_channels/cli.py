@@ -1,4 +1,4 @@
-"""The ``realtime-channels`` command (``serve``, ``token``, ``functions``).
+"""The ``realtime-channels`` command (``serve``, ``token``, ``doctor``, ``functions``).
 
 This module is the only place that picks concrete backends (memory or Redis, PostgreSQL).
 """
@@ -354,6 +354,15 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    out, note, status = doctor.main(build_settings(args), args.tenant, args.json)
+    print(note, end="", file=sys.stderr)
+    print(out, end="")
+    return status
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="realtime-channels", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -388,6 +397,14 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("--jwt-secret", dest="jwt_secret",
                     help="secret to sign with (REALTIME_JWT_SECRET; default: the development secret)")
     tp.set_defaults(func=cmd_token)
+
+    dp = sub.add_parser("doctor", help="check the database, JWT and Redis set-up and say how to fix each problem",
+                        description="Check a deployment (docs/doctor.md): each line is ✓, ✗ with a fix, or ! "
+                                    "(a warning). Exits 1 when a check fails.")
+    dp.add_argument("--database-url", dest="database_url", help="PostgreSQL URL (REALTIME_DATABASE_URL)")
+    dp.add_argument("--tenant", help="the tenant to check (default: the configured one)")
+    dp.add_argument("--json", action="store_true", help="print the results as a JSON list")
+    dp.set_defaults(func=cmd_doctor)
 
     from .functions.cli import add_functions_commands
 
