@@ -286,6 +286,9 @@ def check_redis_version(version: str) -> Result:
 
 
 def jwt_checks(target: Target) -> list[Result]:
+    import urllib.error
+    import urllib.request
+
     from . import errors
     from .auth import load_jwks_text, parse_jwks_spec
 
@@ -294,8 +297,6 @@ def jwt_checks(target: Target) -> list[Result]:
         try:
             kind, value = parse_jwks_spec(target.jwt_jwks)
             if kind == "url":
-                import urllib.request
-
                 with urllib.request.urlopen(value, timeout=TIMEOUT_S) as resp:  # noqa: S310 - http(s) only
                     text = resp.read().decode("utf-8")
             elif kind == "file":
@@ -304,8 +305,12 @@ def jwt_checks(target: Target) -> list[Result]:
             else:
                 text = value
             keys = len(load_jwks_text(text).get("keys", []))
+        except urllib.error.HTTPError as exc:
+            problem = f"answered HTTP {exc.code} {exc.reason}"
+        except urllib.error.URLError as exc:
+            problem = f"unreachable ({exc.reason})"
         except (OSError, ValueError, errors.ConfigError) as exc:
-            problem = str(getattr(exc, "reason", None) or exc)
+            problem = str(exc)
     return check_jwt(target.jwt_secret, target.jwt_jwks, target.host, problem, keys)
 
 

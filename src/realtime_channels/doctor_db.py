@@ -77,10 +77,14 @@ select s, r from unnest(%(schemas)s::text[]) s, unnest(%(roles)s::text[]) r
  order by 1, 2
 """
 _NO_SELECT_SQL = """
-select pt.schemaname, pt.tablename, r
-  from pg_catalog.pg_publication_tables pt, unnest(%(roles)s::text[]) r
- where pt.pubname = %(pub)s
-   and not pg_catalog.has_any_column_privilege(r, format('%%I.%%I', pt.schemaname, pt.tablename)::regclass, 'SELECT')
+select t.schemaname, t.tablename, r
+  from (select pt.schemaname, pt.tablename, c.oid
+          from pg_catalog.pg_publication_tables pt
+          join pg_catalog.pg_namespace n on n.nspname = pt.schemaname
+          join pg_catalog.pg_class c on c.relnamespace = n.oid and c.relname = pt.tablename
+         where pt.pubname = %(pub)s offset 0) t,
+       unnest(%(roles)s::text[]) r
+ where not pg_catalog.has_any_column_privilege(r, t.oid, 'SELECT')
  order by 1, 2, 3
 """
 _MESSAGES_SQL = """
