@@ -345,3 +345,14 @@ def test_a_slot_near_or_past_its_wal_limit_fails(small_keep_cluster: PgCluster) 
         assert fix_after(res.stdout, head) == (f"SELECT pg_drop_replication_slot('{slot}');  -- the server creates "
                                                "it again at its next start; the lost changes are gone")
     drop_database(small_keep_cluster, "lagging")
+
+
+def test_help_names_every_flag() -> None:
+    res = subprocess.run([sys.executable, "-m", "realtime_channels", "doctor", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0
+    for flag in ("--database-url", "--tenant", "--json"):
+        assert flag in res.stdout
+    top = subprocess.run([sys.executable, "-m", "realtime_channels", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert re.search(r"^\s+doctor\s+check the database", top.stdout, re.M), top.stdout
