@@ -234,6 +234,14 @@ def check_grants(no_usage: dict[str, list[str]], no_select: dict[str, list[str]]
     return fail("grants", "grants to client roles", "; ".join(whys), " ".join(fixes))
 
 
+def check_create_schema(login: str, database: str, schema_exists: bool, can_create: bool) -> Result | None:
+    """At its first start the server creates the schema ``realtime``; it needs CREATE for that."""
+    if schema_exists or can_create:
+        return None
+    return fail("create_schema", f"role {login}", f"cannot create the schema realtime in database {database} "
+                "(the server does at its first start)", f"GRANT CREATE ON DATABASE {ident(database)} TO {ident(login)};")
+
+
 def check_messages(exists: bool, rls: bool, policies: int) -> Result:
     what = "realtime.messages (private channels)"
     if not exists:

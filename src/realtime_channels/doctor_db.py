@@ -21,6 +21,7 @@ from .doctor import (
     SlotFacts,
     TableFacts,
     Target,
+    check_create_schema,
     check_grants,
     check_keep_size,
     check_messages,
@@ -87,6 +88,8 @@ select t.schemaname, t.tablename, r
  where not pg_catalog.has_any_column_privilege(r, t.oid, 'SELECT')
  order by 1, 2, 3
 """
+_CREATE_SQL = ("select pg_catalog.to_regnamespace('realtime') is not null, "
+               "pg_catalog.has_database_privilege(current_database(), 'CREATE')")
 _MESSAGES_SQL = """
 select c.relrowsecurity, (select count(*) from pg_catalog.pg_policy p where p.polrelid = c.oid)
   from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
@@ -178,8 +181,11 @@ def _roles(conn: psycopg.Connection[Any], target: Target) -> list[Result]:
 
 
 def _messages(conn: psycopg.Connection[Any], target: Target) -> list[Result]:
+    schema, can_create = conn.execute(_CREATE_SQL).fetchone() or (False, False)
+    create = check_create_schema(conn.info.user, conn.info.dbname, schema, can_create)
     row = conn.execute(_MESSAGES_SQL).fetchone()
-    return [check_messages(row is not None, bool(row and row[0]), int(row[1]) if row else 0)]
+    return [*([create] if create is not None else []),
+            check_messages(row is not None, bool(row and row[0]), int(row[1]) if row else 0)]
 
 
 #: each section reports the checks of its LATER_CHECKS entry (and those that follow from it)

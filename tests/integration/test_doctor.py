@@ -182,6 +182,7 @@ def test_a_broken_database_names_each_problem_and_its_fix(broken: tuple[str, str
         f"✗ role {tag}: cannot switch to anon, authenticated, service_role (RLS is checked as the token's role)",
         "✗ grants to client roles: anon, authenticated, service_role lack USAGE on schema app; anon, "
         "authenticated, service_role lack SELECT on app.nothing; anon, service_role lack SELECT on public.nopk",
+        f"✗ role {tag}: cannot create the schema realtime in database {tag} (the server does at its first start)",
         "! realtime.messages (private channels): not created yet (the server creates it at its first start)",
         "✗ JWT secret: 5 characters, at least 32 needed",
         "- redis: not configured (channels are shared within this process only)",
@@ -197,6 +198,7 @@ def test_a_broken_database_names_each_problem_and_its_fix(broken: tuple[str, str
         "GRANT USAGE ON SCHEMA app TO anon, authenticated, service_role; "
         "GRANT SELECT ON app.nothing TO anon, authenticated, service_role; "
         "GRANT SELECT ON public.nopk TO anon, service_role;")
+    assert fix_after(out, heads(out)[12]) == f"GRANT CREATE ON DATABASE {tag} TO {tag};"
     assert fix_after(out, "✗ JWT secret: 5 characters, at least 32 needed").startswith("export REALTIME_JWT_SECRET=")
 
 
