@@ -402,7 +402,8 @@ def parser() -> argparse.ArgumentParser:
                         description="Check a deployment (docs/doctor.md): each line is ✓, ✗ with a fix, or ! "
                                     "(a warning). Exits 1 when a check fails.")
     dp.add_argument("--database-url", dest="database_url", help="PostgreSQL URL (REALTIME_DATABASE_URL)")
-    dp.add_argument("--tenant", help="the tenant to check (default: the configured one)")
+    dp.add_argument("--tenant", help="a tenant's external_id in REALTIME_TENANTS_DATABASE_URL: check its "
+                    "database and JWT settings (default: the environment's)")
     dp.add_argument("--json", action="store_true", help="print the results as a JSON list")
     dp.set_defaults(func=cmd_doctor)
 

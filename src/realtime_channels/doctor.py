@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .config import Settings, is_loopback
 
-#: the id of the one tenant a server serves today (``--tenant`` selects it)
-DEFAULT_TENANT = "default"
+#: the tenant the environment defines (without REALTIME_TENANTS_DATABASE_URL, docs/tenants.md)
+DEFAULT_TENANT = "environment"
 CLIENT_ROLES = ("anon", "authenticated", "service_role")
 MIN_SECRET_CHARS = 32
 #: a slot whose lag exceeds this share of ``max_slot_wal_keep_size`` is about to be lost
@@ -363,9 +363,18 @@ def exit_status(results: Iterable[Result]) -> int:
 def main(settings: Settings, tenant: str | None, as_json: bool) -> tuple[str, str, int]:
     """Stdout, a note for stderr, and the exit status of ``doctor``."""
     note = ""
-    if tenant is not None and tenant != DEFAULT_TENANT:
-        note = (f"note: this server serves one tenant ({DEFAULT_TENANT!r}); checking it instead of {tenant!r}\n")
-    results = run(Target.from_settings(settings))
+    target: Target | Result = Target.from_settings(settings)
+    if settings.tenants_database_url and tenant is not None:
+        from .doctor_db import load_tenant
+
+        target = load_tenant(settings, tenant)
+    elif settings.tenants_database_url:
+        note = ("note: tenants live in REALTIME_TENANTS_DATABASE_URL; checking the environment's settings "
+                "(give --tenant ID to check a tenant's database and JWT settings)\n")
+    elif tenant is not None:
+        note = (f"note: no REALTIME_TENANTS_DATABASE_URL: the environment defines the one tenant; "
+                f"checking its settings for {tenant!r}\n")
+    results = [target] if isinstance(target, Result) else run(target)
     return (render_json if as_json else render)(results), note, exit_status(results)
 
 

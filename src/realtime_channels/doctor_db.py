@@ -1,5 +1,5 @@
 """The database facts ``doctor`` checks, read from PostgreSQL's catalogs (checks 1–8 of
-docs/doctor.md).
+docs/doctor.md), and a tenant's settings read from the tenants database.
 
 One short-lived connection with a connect and a statement timeout; every query reads catalogs
 that any login role may read, so the answers are the same whatever role the server logs in as.
@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from .config import Settings
 from .doctor import (
     CLIENT_ROLES,
     TIMEOUT_S,
@@ -192,3 +193,30 @@ def _messages(conn: psycopg.Connection[Any], target: Target) -> list[Result]:
 _SECTIONS: dict[str, Callable[[psycopg.Connection[Any], Target], list[Result]]] = {
     "wal_level": _login, "publication": _publication, "slot": _slots, "roles": _roles, "messages": _messages,
 }
+
+
+def load_tenant(settings: Settings, tenant: str) -> Target | Result:
+    """The target of tenant ``tenant`` of REALTIME_TENANTS_DATABASE_URL (its database, slots and
+    JWT settings, as its node runs with them), or why it cannot be had."""
+    import asyncio
+
+    from .tenants.crypto import Crypto
+    from .tenants.model import settings_for
+    from .tenants.store import TenantStore
+
+    assert settings.tenants_database_url is not None
+    shown = redact(settings.tenants_database_url)
+    if not settings.db_enc_key:
+        return fail("tenant", f"tenant {tenant}", "REALTIME_TENANTS_DATABASE_URL needs DB_ENC_KEY to read it",
+                    "export DB_ENC_KEY=<the 16 characters the server uses>")
+    try:
+        store = TenantStore(settings.tenants_database_url, Crypto(settings.db_enc_key, settings.db_enc_key_gcm))
+        found = asyncio.run(store.get(tenant))
+    except (psycopg.Error, ValueError) as exc:
+        return fail("tenant", f"tenant {tenant}", f"cannot be read from {shown} ({' '.join(str(exc).split())})",
+                    f"psql '{redact(settings.tenants_database_url, None)}' -c 'select external_id from "
+                    "_realtime.tenants'")
+    if found is None:
+        return fail("tenant", f"tenant {tenant}", f"not found in {shown}",
+                    "create it with the admin API: POST /api/tenants (docs/tenants.md)")
+    return Target.from_settings(settings_for(settings, found), tenant)

@@ -24,6 +24,9 @@ from jwt.algorithms import RSAAlgorithm
 
 from pgcluster import PgCluster, create_database, drop_database
 from realtime_channels.messages.migrations import migrate
+from realtime_channels.tenants.crypto import Crypto
+from realtime_channels.tenants.model import Tenant
+from realtime_channels.tenants.store import TenantStore
 from support import RedisServer, free_port
 
 SECRET = "a-production-secret-of-more-than-32-characters"
@@ -241,7 +244,8 @@ def test_nobody_listening_fails_reachable_and_skips_the_database_checks() -> Non
     assert lines[1:9] == [f"- {what}: skipped: no database connection" for what in (
         "wal_level", "replication role", "publication", "published tables", "replication slots", "client roles",
         "grants to client roles", "realtime.messages (private channels)")]
-    assert res.stderr == "note: this server serves one tenant ('default'); checking it instead of 'other'\n"
+    assert res.stderr == ("note: no REALTIME_TENANTS_DATABASE_URL: the environment defines the one tenant; "
+                          "checking its settings for 'other'\n")
 
 
 def test_redis_down_is_a_failure(redis_server: RedisServer) -> None:
@@ -358,3 +362,47 @@ def test_help_names_every_flag() -> None:
     top = subprocess.run([sys.executable, "-m", "realtime_channels", "--help"], capture_output=True, text=True,
                          timeout=60)
     assert re.search(r"^\s+doctor\s+check the database", top.stdout, re.M), top.stdout
+
+
+ENC_KEY = "0123456789abcdef"
+
+
+def test_a_tenant_of_the_tenants_database_is_checked_with_its_own_settings(
+        healthy: tuple[str, str], pg_cluster: Any) -> None:
+    dsn, tag = healthy
+    tenants_db = f"{tag}_tenants"
+    tenants_dsn = create_database(pg_cluster, tenants_db)
+    store = TenantStore(tenants_dsn, Crypto(ENC_KEY))
+    pg = {"db_host": "127.0.0.1", "db_port": str(pg_cluster.port), "db_name": tag, "db_user": "postgres",
+          "db_password": "tenant-pw", "region": "local", "publication": "supabase_realtime"}
+
+    async def put() -> None:
+        await store.migrate()
+        await store.put(Tenant(external_id="acme", name="acme", jwt_secret="short-tenant-secret",
+                               extensions={"postgres_cdc_rls": pg}))
+
+    asyncio.run(put())
+    try:
+        env = {"REALTIME_TENANTS_DATABASE_URL": tenants_dsn, "DB_ENC_KEY": ENC_KEY, "REALTIME_JWT_SECRET": SECRET,
+               **slot_names(tag)}
+        res = doctor("--tenant", "acme", **env)
+        assert res.returncode == 1, res.stdout  # the tenant's secret is too short
+        lines = heads(res.stdout)
+        assert lines[0] == f"✓ database postgresql://postgres:***@127.0.0.1:{pg_cluster.port}/{tag} reachable"
+        assert "tenant-pw" not in res.stdout
+        assert "✓ publication supabase_realtime holds public.notes" in lines
+        # a tenant's node reads slots of its own
+        assert (f"! replication slot {tag}_changes_acme: does not exist yet (the server creates it at its first "
+                "start)") in lines
+        assert "✗ JWT secret: 19 characters, at least 32 needed" in lines
+        assert res.stderr == ""
+
+        unknown = doctor("--tenant", "nobody", **env)
+        assert unknown.returncode == 1
+        assert heads(unknown.stdout) == [f"✗ tenant nobody: not found in {tenants_dsn}"]
+
+        environment = doctor("--database-url", dsn, **env)
+        assert environment.returncode == 0, environment.stdout
+        assert environment.stderr.startswith("note: tenants live in REALTIME_TENANTS_DATABASE_URL")
+    finally:
+        drop_database(pg_cluster, tenants_db)
