@@ -103,6 +103,28 @@ MEANINGS: dict[str, str] = {
     "secret (HS256/384/512)>`, others get 403; unset: only clients on this machine (loopback, not through a proxy) "
     "may read it ([metrics](metrics.md))",
     "token_recheck_ms": "channel tokens are verified again at `exp` or after this long, whichever is sooner",
+    "db_host": "database host; with the other `REALTIME_DB_*` parts it builds the database URL when "
+    "`REALTIME_DATABASE_URL` is unset. Setting any one part is enough: the others take Supabase's defaults "
+    "(`127.0.0.1`, `5432`, `supabase_admin`, `postgres`, `postgres`)",
+    "db_port": "database port (part of the database URL, see `REALTIME_DB_HOST`; default then `5432`)",
+    "db_user": "database user (part of the database URL, see `REALTIME_DB_HOST`; default then `supabase_admin`)",
+    "db_password": "database password (part of the database URL, see `REALTIME_DB_HOST`; URL-quoted, so any "
+    "character may be used; default then `postgres`)",
+    "db_name": "database name (part of the database URL, see `REALTIME_DB_HOST`; default then `postgres`)",
+    "db_after_connect_query": "accepted and kept: Supabase runs it on the connections to its own tenant store "
+    "(`SET search_path TO _realtime` in its compose), never on the tenant's database, and this server serves "
+    "the one tenant from the environment, so it runs it on no connection",
+    "db_enc_key": "accepted and kept: Supabase encrypts the secrets of its stored tenants with it; the one "
+    "tenant defined by the environment has nothing stored to encrypt",
+    "api_jwt_secret": "`/api/tenants/{id}/health` answers requests with `Authorization: Bearer <a JWT signed "
+    "with this secret (HS256/384/512)>`, others get 403 with an empty body (as Supabase); unset: a token the "
+    "tenant's own keys verify (`REALTIME_JWT_SECRET` / `REALTIME_JWT_JWKS`). `API_JWT_SECRET` also sets "
+    "`REALTIME_JWT_SECRET` when that is unset, as Supabase's self-host set-up does",
+    "self_host_tenant_name": "the id of the one tenant (Supabase's `external_id`): `/api/tenants/<this>/health` "
+    "answers, another id gets 404 `{\"message\": \"not found\"}`; WebSockets and REST accept any `Host`",
+    "seed_self_host": "accepted and kept: Supabase stores the environment's tenant in its tenant store when it "
+    "is set; here the environment always defines the tenant",
+    "region": "reported as `region` by `/api/tenants/{id}/health` (Supabase: the node's region)",
     "resume_window_s": "seconds broadcasts and postgres changes are retained so that a channel joined with "
     "`config.broadcast.resume` or `config.postgres_changes_options.resume` can pick up where it stopped "
     "([protocol](protocol.md) §4.10); a broadcast stream idle this long is forgotten and starts a new epoch; the "
@@ -126,8 +148,6 @@ MEANINGS: dict[str, str] = {
 SUPABASE_NAMES: dict[str, str] = {
     "jwt_secret": "tenant `jwt_secret`",
     "jwt_jwks": "tenant `jwt_jwks`",
-    "join_error_backoff_ms": "`CHANNEL_ERROR_BACKOFF_MS`",
-    "connect_error_backoff_ms": "`CONNECT_ERROR_BACKOFF_MS`",
     "max_payload_size_in_kb": "tenant `max_payload_size_in_kb`",
     "max_channels_per_client": "tenant `max_channels_per_client`",
     "max_client_presence_events_per_window": "tenant `max_client_presence_events_per_window`",
@@ -140,7 +160,6 @@ SUPABASE_NAMES: dict[str, str] = {
     "presence_enabled": "tenant `presence_enabled`",
     "private_only": "tenant `private_only`",
     "publication": "publication `supabase_realtime`",
-    "metrics_jwt_secret": "`METRICS_JWT_SECRET`",
 }
 
 
@@ -214,7 +233,7 @@ def _cell(text: str) -> str:
 
 def configuration_page() -> str:
     from realtime_channels.cli import parser
-    from realtime_channels.config import Settings
+    from realtime_channels.config import IGNORED_SUPABASE_VARIABLES, Settings
 
     flags = _flags()
     rows = []
@@ -257,6 +276,14 @@ def configuration_page() -> str:
         "official clients wait 10 s for a join reply and see the reason, but a client whose own timeout",
         "is 5 s or less reports a timeout instead of the reason. Lower the setting (e.g. to `1000`) when",
         "you use such a client; the error codes themselves are listed in [error codes](error-codes.md).",
+        "",
+        "**Supabase's names.** The variables of Supabase's self-host `realtime` service are accepted",
+        "under their own names (the *also accepted* column), so its docker-compose `environment:` block",
+        "works as it is ([postgres](postgres.md#running-inside-supabases-self-host-stack)); when both",
+        "names of a setting are set, the `REALTIME_*` one wins. These of its variables mean nothing",
+        "here; they are accepted and named once at start-up (debug level, `ignored: …`):",
+        "",
+        *[f"- `{name}`: {reason}" for name, reason in IGNORED_SUPABASE_VARIABLES.items()],
         "",
         "**Traces** are configured by OpenTelemetry's standard variables, not by `REALTIME_*` ones:",
         "`OTEL_TRACES_EXPORTER`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME` and the others the",

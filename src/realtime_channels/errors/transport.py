@@ -73,6 +73,14 @@ class RestBodyTimeout(RestError):
     http_status = 408
 
 
+class RestTenantNotFound(RestError):
+    """``/api/tenants/{external_id}/...`` names a tenant other than the one the server serves
+    (``REALTIME_SELF_HOST_TENANT_NAME``)."""
+
+    message = "not found"
+    http_status = 404
+
+
 class RestRateLimited(RestError):
     """The tenant's events per second are exceeded (``REALTIME_MAX_EVENTS_PER_SECOND``)."""
 
@@ -165,4 +173,4 @@ class Notice:
     REPLICATION_READY = "Replication connection established"
     DISCONNECT = "Server requested disconnect"
 
-__all__ = ["RestError", "RestUnauthorized", "RestForbidden", "RestInvalidJson", "RestJsonTooDeep", "RestBodyUnreadable", "RestBodyTooLarge", "RestBodyTimeout", "RestRateLimited", "RestBatchTooLarge", "RestAuthorizationFailed", "RestUnsupportedMedia", "RestFieldError", "JoinDenied", "SendDenied", "IdleTimeout", "SlowConsumer", "ServerRestart", "Notice"]
+__all__ = ["RestError", "RestUnauthorized", "RestForbidden", "RestInvalidJson", "RestJsonTooDeep", "RestBodyUnreadable", "RestBodyTooLarge", "RestBodyTimeout", "RestTenantNotFound", "RestRateLimited", "RestBatchTooLarge", "RestAuthorizationFailed", "RestUnsupportedMedia", "RestFieldError", "JoinDenied", "SendDenied", "IdleTimeout", "SlowConsumer", "ServerRestart", "Notice"]
