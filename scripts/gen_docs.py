@@ -36,14 +36,19 @@ MEANINGS: dict[str, str] = {
     "(Supabase's tables, created by versioned migrations) and the admin API `/api/tenants` manages them; each request "
     "is served for the tenant its Host header names ([tenants](tenants.md)); unset: the environment defines the one "
     "tenant and every Host maps to it",
-    "db_enc_key": "16-character key that encrypts tenants' JWT secrets and database settings (AES-128-ECB, as Supabase); "
-    "required with `REALTIME_TENANTS_DATABASE_URL`",
+    "db_enc_key": "16-character key that encrypts tenants' JWT secrets and database settings in the tenant store "
+    "(AES-128-ECB, as Supabase); required with `REALTIME_TENANTS_DATABASE_URL`, unused without it",
     "db_enc_key_gcm": "32-character key of AES-256-GCM values (`g1:` prefix) Supabase may have written; they are read "
     "with it",
-    "api_jwt_secret": "secret that signs the bearer tokens of the tenant admin API; unset: `REALTIME_JWT_SECRET`",
+    "api_jwt_secret": "the admin API (`/api/tenants…`, `/api/tenants/{id}/health`) answers requests with "
+    "`Authorization: Bearer <a JWT signed with this secret (HS256/384/512)>`, others get 403 with an empty body (as "
+    "Supabase); unset: a token the tenant's own keys verify. `API_JWT_SECRET` also sets `REALTIME_JWT_SECRET` when "
+    "that is unset, as Supabase's self-host set-up does",
     "seed_self_host": "with tenants in a database, create or update the self-host tenant at start from the JWT secret "
     "(or JWKS) and `REALTIME_DATABASE_URL`",
-    "self_host_tenant_name": "external id of the self-host tenant (`SEED_SELF_HOST`)",
+    "self_host_tenant_name": "the id of the tenant the environment defines (Supabase's `external_id`): "
+    "`/api/tenants/<this>/health` answers, another id gets 404 `{\"message\": \"not found\"}`; with tenants in a "
+    "database, the id `SEED_SELF_HOST` creates",
     "host": "bind address; use `0.0.0.0` to accept connections from other machines",
     "port": "port to listen on (`0` picks a free one)",
     "jwt_secret": "HS256/384/512 secret that verifies API keys, channel tokens and REST tokens. "
@@ -115,6 +120,18 @@ MEANINGS: dict[str, str] = {
     "secret (HS256/384/512)>`, others get 403; unset: only clients on this machine (loopback, not through a proxy) "
     "may read it ([metrics](metrics.md))",
     "token_recheck_ms": "channel tokens are verified again at `exp` or after this long, whichever is sooner",
+    "db_host": "database host; with the other `REALTIME_DB_*` parts it builds the database URL when "
+    "`REALTIME_DATABASE_URL` is unset. Setting any one part is enough: the others take Supabase's defaults "
+    "(`127.0.0.1`, `5432`, `supabase_admin`, `postgres`, `postgres`)",
+    "db_port": "database port (part of the database URL, see `REALTIME_DB_HOST`; default then `5432`)",
+    "db_user": "database user (part of the database URL, see `REALTIME_DB_HOST`; default then `supabase_admin`)",
+    "db_password": "database password (part of the database URL, see `REALTIME_DB_HOST`; URL-quoted, so any "
+    "character may be used; default then `postgres`)",
+    "db_name": "database name (part of the database URL, see `REALTIME_DB_HOST`; default then `postgres`)",
+    "db_after_connect_query": "accepted and kept: Supabase runs it on the connections to its own tenant store "
+    "(`SET search_path TO _realtime` in its compose), never on the tenant's database, and this server serves "
+    "the one tenant from the environment, so it runs it on no connection",
+    "region": "reported as `region` by `/api/tenants/{id}/health` (Supabase: the node's region)",
     "resume_window_s": "seconds broadcasts and postgres changes are retained so that a channel joined with "
     "`config.broadcast.resume` or `config.postgres_changes_options.resume` can pick up where it stopped "
     "([protocol](protocol.md) §4.10); a broadcast stream idle this long is forgotten and starts a new epoch; the "
@@ -143,8 +160,6 @@ SUPABASE_NAMES: dict[str, str] = {
     "self_host_tenant_name": "`SELF_HOST_TENANT_NAME`",
     "jwt_secret": "tenant `jwt_secret`",
     "jwt_jwks": "tenant `jwt_jwks`",
-    "join_error_backoff_ms": "`CHANNEL_ERROR_BACKOFF_MS`",
-    "connect_error_backoff_ms": "`CONNECT_ERROR_BACKOFF_MS`",
     "max_payload_size_in_kb": "tenant `max_payload_size_in_kb`",
     "max_channels_per_client": "tenant `max_channels_per_client`",
     "max_client_presence_events_per_window": "tenant `max_client_presence_events_per_window`",
@@ -157,7 +172,6 @@ SUPABASE_NAMES: dict[str, str] = {
     "presence_enabled": "tenant `presence_enabled`",
     "private_only": "tenant `private_only`",
     "publication": "publication `supabase_realtime`",
-    "metrics_jwt_secret": "`METRICS_JWT_SECRET`",
 }
 
 
@@ -231,7 +245,7 @@ def _cell(text: str) -> str:
 
 def configuration_page() -> str:
     from realtime_channels.cli import parser
-    from realtime_channels.config import Settings
+    from realtime_channels.config import IGNORED_SUPABASE_VARIABLES, Settings
 
     flags = _flags()
     rows = []
@@ -274,6 +288,14 @@ def configuration_page() -> str:
         "official clients wait 10 s for a join reply and see the reason, but a client whose own timeout",
         "is 5 s or less reports a timeout instead of the reason. Lower the setting (e.g. to `1000`) when",
         "you use such a client; the error codes themselves are listed in [error codes](error-codes.md).",
+        "",
+        "**Supabase's names.** The variables of Supabase's self-host `realtime` service are accepted",
+        "under their own names (the *also accepted* column), so its docker-compose `environment:` block",
+        "works as it is ([postgres](postgres.md#running-inside-supabases-self-host-stack)); when both",
+        "names of a setting are set, the `REALTIME_*` one wins. These of its variables mean nothing",
+        "here; they are accepted and named once at start-up (debug level, `ignored: …`):",
+        "",
+        *[f"- `{name}`: {reason}" for name, reason in IGNORED_SUPABASE_VARIABLES.items()],
         "",
         "**Traces** are configured by OpenTelemetry's standard variables, not by `REALTIME_*` ones:",
         "`OTEL_TRACES_EXPORTER`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME` and the others the",

@@ -22,7 +22,7 @@ from . import __version__, errors, logs, tracing
 from .auth import MAX_TOKEN_CHARS, JwksRefresher, JwtVerifier, load_jwks_text, mint_token, parse_jwks_spec
 from .banner import client_snippet as client_snippet  # re-exported
 from .banner import dev_banner
-from .config import Settings
+from .config import Settings, ignored_supabase_variables
 
 log = logging.getLogger("realtime_channels")
 
@@ -220,8 +220,13 @@ def run_async(coro: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
     settings = build_settings(args)
     logs.configure(settings.log_level, settings.log_format)
+    ignored = ignored_supabase_variables(os.environ)
+    if ignored:  # Supabase's compose block is accepted as it is (docs/configuration.md)
+        log.debug("ignored: %s (Supabase settings with no meaning here)", ", ".join(ignored))
     if settings.dev_secret_exposed and not settings.allow_dev_secret:
         log.error("%s", errors.DevSecretExposed(settings.host))
         return EXIT_CONFIG

@@ -34,10 +34,8 @@ SCRIPT = "docker/image.sh"
 #: Supabase's docker/docker-compose.yml, realtime service, ``healthcheck.test`` (CMD-SHELL)
 SUPABASE_HEALTHCHECK = ('curl -sSfL --head -o /dev/null -H "Authorization: Bearer ${ANON_KEY}" '
                         "http://localhost:4000/api/tenants/realtime-dev/health")
-#: exit statuses of the HEALTHCHECK command accepted against a started server: 0, healthy; 22,
-#: curl's "the server answered with an HTTP error" (no health route yet).  Tighten to {0} once
-#: /api/tenants/{tenant}/health is served.
-HEALTHCHECK_ACCEPTED = {0, 22}
+#: exit status of the HEALTHCHECK command against a started server: 0, healthy
+HEALTHCHECK_ACCEPTED = {0}
 INSTALL_TIMEOUT_S = 540
 START_TIMEOUT_S = 30
 

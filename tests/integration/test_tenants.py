@@ -281,3 +281,13 @@ async def test_supabase_js_with_a_tenants_own_key_and_another_tenant_with_the_sa
         assert status["status"] in ("CHANNEL_ERROR", "TIMED_OUT", "CLOSED"), status
     finally:
         await node.close()
+
+
+def test_health_of_a_stored_tenant_and_of_an_unknown_one(tenant_server: Any) -> None:
+    server, _ = tenant_server
+    create(server, "alpha")
+    status, answer = api(server, "GET", "/api/tenants/alpha/health")
+    assert status == 200, answer
+    assert answer["data"]["healthy"] is True and answer["data"]["db_connected"] is False
+    assert api(server, "GET", "/api/tenants/nosuch/health") == (404, {"message": "not found"})
+    assert api(server, "GET", "/api/tenants/alpha/health", token="bad")[0] == 403

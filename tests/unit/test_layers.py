@@ -335,7 +335,8 @@ def test_node_rule_allows_the_interface() -> None:
 #: for the Python realtime client) imports none of the server.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("client", "errors", "protocol", "tracebus", "cdc.filters", "cdc.patterns", "cdc.pgoutput", "cdc.values", "cdc.walstream"),
-    ("hub", "pubsub", "cdc", "config", "auth", "messages", "functions", "logs", "tracing", "metrics", "tenants"),
+    ("hub", "pubsub", "cdc", "config", "auth", "messages", "functions", "logs", "tracing", "metrics", "tenants",
+     "doctor"),
     ("node", "runtime"),
     ("transport",),
     ("cli", "banner", "__main__"),

@@ -73,6 +73,14 @@ class RestBodyTimeout(RestError):
     http_status = 408
 
 
+class AdminTenantNotFound(RestError):
+    """The admin API (``/api/tenants/{external_id}…``) names no tenant: with tenants in a
+    database, none of that id; otherwise, any id but ``REALTIME_SELF_HOST_TENANT_NAME``."""
+
+    message = "not found"
+    http_status = 404
+
+
 class RestRateLimited(RestError):
     """The tenant's events per second are exceeded (``REALTIME_MAX_EVENTS_PER_SECOND``)."""
 
@@ -195,4 +203,4 @@ class RestTenantNotFound(RestError):
     http_status = 401
 
 
-__all__ = ["TenantNotFound", "TenantSuspended", "RestTenantNotFound", "RestError", "RestUnauthorized", "RestForbidden", "RestInvalidJson", "RestJsonTooDeep", "RestBodyUnreadable", "RestBodyTooLarge", "RestBodyTimeout", "RestRateLimited", "RestBatchTooLarge", "RestAuthorizationFailed", "RestUnsupportedMedia", "RestFieldError", "JoinDenied", "SendDenied", "IdleTimeout", "SlowConsumer", "ServerRestart", "Notice"]
+__all__ = ["TenantNotFound", "TenantSuspended", "RestTenantNotFound", "AdminTenantNotFound", "RestError", "RestUnauthorized", "RestForbidden", "RestInvalidJson", "RestJsonTooDeep", "RestBodyUnreadable", "RestBodyTooLarge", "RestBodyTimeout", "RestRateLimited", "RestBatchTooLarge", "RestAuthorizationFailed", "RestUnsupportedMedia", "RestFieldError", "JoinDenied", "SendDenied", "IdleTimeout", "SlowConsumer", "ServerRestart", "Notice"]

@@ -5,7 +5,7 @@ Authorized as Supabase authorizes it: ``Authorization: Bearer <JWT>`` signed wit
 ``API_JWT_SECRET`` (``REALTIME_API_JWT_SECRET``; unset, the server's JWT secret); anything else
 is answered 403 with an empty body.  Bodies and answers have Supabase's shapes: ``{"tenant": {…}}``
 in, ``{"data": …}`` out, 201 on creation, 422 ``{"errors": {field: [message]}}`` for bad input
-(nothing is written then), 404 ``{"message": "not found"}``.
+(nothing is written then), 404 ``{"message": errors.AdminTenantNotFound().message}``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import jwt
 import orjson
 from aiohttp import web
 
+from .. import errors
 from ..tenants.model import parse, render
 from ..tenants.store import TenantStore
 from .directory import TenantDirectory
@@ -56,7 +57,7 @@ class Admin:
     async def show(self, request: web.Request) -> web.Response:
         tenant = await self.store.get(request.match_info["external_id"])
         if tenant is None:
-            return _json(404, {"message": "not found"})
+            return _json(404, {"message": errors.AdminTenantNotFound().message})
         return _json(200, {"data": render(tenant)})
 
     async def create(self, request: web.Request) -> web.Response:
@@ -90,7 +91,7 @@ class Admin:
     async def reload(self, request: web.Request) -> web.Response:
         external_id = request.match_info["external_id"]
         if await self.store.get(external_id) is None:
-            return _json(404, {"message": "not found"})
+            return _json(404, {"message": errors.AdminTenantNotFound().message})
         await self.store.notify(external_id)
         await self.directory.reload(external_id)
         return web.Response(status=204)

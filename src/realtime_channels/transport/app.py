@@ -21,6 +21,7 @@ from .inspector import add_inspector_routes
 from .ops import add_ops_routes
 from .rest import add_rest_routes
 from .state import DIRECTORY, STATE, AppState, all_states
+from .tenants import add_tenant_routes
 from .ws import close_frame_of, websocket_handler
 
 WS_PATHS = ("/socket/websocket", "/realtime/v1/websocket", "/websocket")
@@ -46,6 +47,7 @@ def build_app(settings: Settings, node: Node, verifier: JwtVerifier,
     add_rest_routes(app, state)
     add_explain_routes(app)
     add_inspector_routes(app)
+    add_tenant_routes(app)
 
     async def start_node(_: web.Application) -> None:
         await node.start()

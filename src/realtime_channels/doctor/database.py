@@ -14,8 +14,8 @@ from typing import Any
 
 import psycopg
 
-from .config import Settings
-from .doctor import (
+from ..config import Settings
+from .checks import (
     CLIENT_ROLES,
     TIMEOUT_S,
     Result,
@@ -200,9 +200,9 @@ def load_tenant(settings: Settings, tenant: str) -> Target | Result:
     JWT settings, as its node runs with them), or why it cannot be had."""
     import asyncio
 
-    from .tenants.crypto import Crypto
-    from .tenants.model import settings_for
-    from .tenants.store import TenantStore
+    from ..tenants.crypto import Crypto
+    from ..tenants.model import settings_for
+    from ..tenants.store import TenantStore
 
     assert settings.tenants_database_url is not None
     shown = redact(settings.tenants_database_url)
