@@ -32,6 +32,9 @@ ENV_PREFIX = "REALTIME_"
 #: What each setting means, for users (a field not listed here uses its ``Field(description=...)``).
 #: A new setting with neither makes the generator fail, so every variable is documented.
 MEANINGS: dict[str, str] = {
+    "presence_coalesce_ms": "joins and leaves of one topic within this many milliseconds go out as one `presence_diff` "
+    "(the official clients merge any diff), so a room that n members join costs each member a few diffs, not n; a "
+    "channel that joins meanwhile gets them before its `presence_state`; `0`: one diff per change, right away",
     "tenants_database_url": "PostgreSQL URL of the server's own database: tenants live in its `_realtime` schema "
     "(Supabase's tables, created by versioned migrations) and the admin API `/api/tenants` manages them; each request "
     "is served for the tenant its Host header names ([tenants](tenants.md)); unset: the environment defines the one "

@@ -141,6 +141,8 @@ class Settings(BaseSettings):
     outbox_max_bytes: int = Field(8 * 1024 * 1024, gt=0)
     #: a presence track that would make its topic's state larger is refused
     max_presence_state_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    #: joins and leaves of a topic within this many ms go out as one presence_diff; 0: one each
+    presence_coalesce_ms: int = Field(30, ge=0)
 
     # limits (protocol.md §8); names follow Supabase's tenant fields, and Supabase's variables
     # for the defaults of new tenants are accepted too

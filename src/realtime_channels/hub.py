@@ -8,7 +8,7 @@ appends to its transport buffer, and the transport's buffer is its bounded outbo
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
 from .protocol.codec import Broadcast, Message, Vsn, encode_broadcast, encode_utf8
@@ -227,9 +227,17 @@ class Hub:
                 out.append((sid, None))
         return out
 
-    def fanout_message(self, stream: str, msg: Message) -> int:
-        """Deliver a server message (e.g. ``presence_diff``) to every subscriber of the stream."""
+    def fanout_message(self, stream: str, msg: Message, exclude: Collection[SubId] = ()) -> int:
+        """Deliver a server message (e.g. ``presence_diff``) to every subscriber of the stream
+        but those in ``exclude``."""
         subs = self._streams.get(stream)
         if not subs:
             return 0
+        if exclude:
+            return deliver(msg, [sub for sid, sub in subs.items() if sid not in exclude])
         return deliver(msg, subs.values())
+
+    def send_one(self, stream: str, sid: SubId, msg: Message) -> int:
+        """Deliver a server message to one subscriber of the stream (0 when not subscribed)."""
+        sub = self._streams.get(stream, {}).get(sid)
+        return deliver(msg, [sub]) if sub is not None else 0

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -23,7 +23,7 @@ from .hub import Hub, Offsets, SkipIds, Subscriber
 from .protocol.codec import Broadcast, Message
 from .protocol.limits import TenantLimits
 from .protocol.keys import StreamKey, topic_of
-from .protocol.presence import PresenceDiff, RefGenerator, entry_size
+from .protocol.presence import PresenceDiff, RefGenerator, entry_size, merge_diffs
 from .protocol.replica import HEARTBEAT_S, MemberOp, Op, PresenceReplica, decode_op, encode_op
 from .protocol.session import (
     BROADCAST_READ,
@@ -182,6 +182,8 @@ class Node:
         )
         self.node_id = node_id or os.urandom(6).hex()
         self.hub = Hub()
+        #: presence diffs waiting for their topic's coalescing window (``_fanout_diffs``)
+        self._pending_diffs: dict[StreamKey, list[tuple[PresenceDiff, Hashable | None]]] = {}
         #: ``GET /api/trace`` watchers (tracebus.py)
         self.trace = TraceBus()
         if changes is not None:
@@ -384,23 +386,24 @@ class Node:
         size = entry_size(key, payload)
         if self.replica.size_with(stream, owner, size) > self.settings.max_presence_state_bytes:
             return False
-        self._member_op(self.replica.track_op(stream, owner, key, payload, self.refs.next(), size))
+        self._member_op(self.replica.track_op(stream, owner, key, payload, self.refs.next(), size), owner)
         return True
 
     def untrack(self, stream: StreamKey, owner: Hashable) -> None:
         op = self.replica.untrack_op(stream, owner)
         if op is not None:
-            self._member_op(op)
+            self._member_op(op, owner)
 
-    def _member_op(self, op: MemberOp) -> None:
+    def _member_op(self, op: MemberOp, owner: Hashable | None = None) -> None:
         """Our own presence change is applied and its diff fanned out here, synchronously,
         before the caller replies to the push (Phoenix's tracker does the same: the diff
         precedes the reply, §5.1); the other nodes apply it when it reaches them."""
         diffs, _ = self.replica.apply(self.node_id, op, time.monotonic())
-        self._fanout_diffs(diffs)
+        self._fanout_diffs(diffs, owner)
         self._control(op)
 
     def presence_state(self, stream: StreamKey) -> dict[str, Any]:
+        self._flush_diffs(stream)  # a joiner's state comes after what is due to the others
         return self.replica.state_payload(stream)
 
     def _control(self, op: Op) -> None:
@@ -418,13 +421,46 @@ class Node:
         for reply in replies:
             self._control(reply)
 
-    def _fanout_diffs(self, diffs: list[tuple[StreamKey, PresenceDiff]]) -> None:
-        now = time.time()
+    def _fanout_diffs(self, diffs: list[tuple[StreamKey, PresenceDiff]], owner: Hashable | None = None) -> None:
+        """§5.2: the joins and leaves of a topic within ``presence_coalesce_ms`` go out as one
+        diff, so a room that n members join costs each member a few diffs, not n.  The channel
+        whose push caused a diff (``owner``) gets it at once, before its push's reply (§5.1),
+        and later the others' changes of the window without its own again."""
+        window = self.settings.presence_coalesce_ms / 1000
+        if window <= 0:
+            for stream, diff in diffs:
+                self._send_diff(stream, diff)
+            return
         for stream, diff in diffs:
-            msg = Message(topic_of(stream), "presence_diff", diff.payload())
-            delivered = self.hub.fanout_message(stream, msg)
-            if delivered:  # §5.7: each delivered diff counts toward presence events/s
-                self.limits.presence.add(now, delivered)
+            if owner is not None:
+                self._send_diff(stream, diff, only=owner)
+            pending = self._pending_diffs.get(stream)
+            if pending is None:
+                self._pending_diffs[stream] = [(diff, owner)]
+                asyncio.get_running_loop().call_later(window, self._flush_diffs, stream)
+            else:
+                pending.append((diff, owner))
+
+    def _flush_diffs(self, stream: StreamKey) -> None:
+        pending = self._pending_diffs.pop(stream, None)
+        if not pending:
+            return
+        owners = {owner for _, owner in pending if owner is not None}
+        merged = merge_diffs(diff for diff, _ in pending)
+        if merged is not None:
+            self._send_diff(stream, merged, exclude=owners)
+        for owner in owners:  # each pusher: the window's other changes (it had its own already)
+            others = merge_diffs(diff for diff, by in pending if by != owner)
+            if others is not None:
+                self._send_diff(stream, others, only=owner)
+
+    def _send_diff(self, stream: StreamKey, diff: PresenceDiff, *, only: Hashable | None = None,
+                   exclude: Collection[Hashable] = ()) -> None:
+        msg = Message(topic_of(stream), "presence_diff", diff.payload())
+        delivered = (self.hub.send_one(stream, only, msg) if only is not None
+                     else self.hub.fanout_message(stream, msg, exclude))
+        if delivered:  # §5.7: each delivered diff counts toward presence events/s
+            self.limits.presence.add(time.time(), delivered)
 
     async def _heartbeats(self) -> None:
         """Liveness and counters for the other nodes; expiry of nodes that went silent."""

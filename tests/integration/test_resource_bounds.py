@@ -51,8 +51,18 @@ def deep(depth: int) -> Any:
     return value
 
 
-def leaves(key: str) -> Callable[[Frame], bool]:
-    return lambda f: f.event == "presence_diff" and key in f.payload["leaves"]
+class Departures:
+    """The presence keys that left, as ``c`` reads them from its diffs (several may share one
+    diff: REALTIME_PRESENCE_COALESCE_MS)."""
+
+    def __init__(self, c: RawClient, topic: str) -> None:
+        self.c, self.topic, self.left = c, topic, set[str]()
+
+    async def wait(self, key: str, timeout: float) -> None:
+        while key not in self.left:
+            frame = await self.c.expect(lambda f: f.event == "presence_diff" and f.topic == self.topic
+                                        and bool(f.payload["leaves"]), timeout=timeout)
+            self.left |= set(frame.payload["leaves"])
 
 
 async def track(c: RawClient, topic: str, payload: Any) -> None:
@@ -117,6 +127,7 @@ async def test_idle_sockets_are_reaped_and_their_channels_leave(server_factory: 
                 await c.join_ok(room, {"presence": {"key": f"idle-{i}"}})
                 last_sent.append(loop.time())
                 await track(c, room, {"i": i})
+            departures = Departures(watcher, room)
             for i, c in enumerate(idle):  # silent from here on: reaped with 1000 "idle timeout"
                 assert await c.wait_closed(5) == 1000
                 assert c.ws.close_reason == "idle timeout"
@@ -124,7 +135,7 @@ async def test_idle_sockets_are_reaped_and_their_channels_leave(server_factory: 
                 # once per loop iteration (in whole milliseconds), so it may stamp a frame's
                 # arrival a little before the client's own clock saw it sent
                 assert loop.time() - last_sent[i] >= 1.0 - 0.05
-                await watcher.expect(leaves(f"idle-{i}"), timeout=5)
+                await departures.wait(f"idle-{i}", timeout=5)
             await wait_until(connections(srv, 2), 5, "the reaped sockets to be gone")
             # the heartbeating sockets stayed, and no broadcast is delivered to a reaped channel
             await send_quota(watcher, room, [keeper], QUOTA)
@@ -212,8 +223,9 @@ async def test_vanished_sockets_leave_no_subscription(server_factory: Any) -> No
             await track(c, room, {"how": vanish.__name__})
             await vanish(c, room)
             keys.append(f"dead-{n}")
+        departures = Departures(receiver, room)
         for key in keys:  # each one's presence left the room ...
-            await receiver.expect(leaves(key), timeout=5)
+            await departures.wait(key, timeout=5)
         # ... and the server holds the four living sockets only
         await wait_until(connections(srv, 4), 5, "the vanished sockets to be gone")
 

@@ -10,10 +10,19 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from conftest import new_user, private_topic
+import uuid
+
 from rawclient import V2, open_client
 
 from realtime_channels import errors
+
+
+def new_user() -> str:
+    return str(uuid.uuid4())
+
+
+def private_topic() -> str:
+    return f"room:{uuid.uuid4().hex[:10]}"
 
 
 def get(pdb: Any, path: str, bearer: str | None = None, apikey: str | None = None, **query: str) -> tuple[int, Any]:

@@ -99,7 +99,8 @@ class Feed:
 
 
 def settings() -> Settings:
-    return Settings(max_events_per_second=1_000_000, max_presence_events_per_second=1_000_000)
+    # one diff per change, at once: these tests follow each op (coalescing: test_node_presence_coalescing.py)
+    return Settings(max_events_per_second=1_000_000, max_presence_events_per_second=1_000_000, presence_coalesce_ms=0)
 
 
 @pytest.fixture
