@@ -87,6 +87,9 @@ VARIANTS = {
     for v in [
         Variant("ours-v1", "realtime-channels V1", "v1", ours_cmd, ours_env, "/healthcheck"),
         Variant("ours-v2", "realtime-channels V2 (kind 3→4)", "v2", ours_cmd, ours_env, "/healthcheck"),
+        # the presence baseline of the same run: one presence_diff per change, as before coalescing
+        Variant("ours-v2-each", "realtime-channels V2, one diff per change", "v2", ours_cmd,
+                lambda port: {**ours_env(port), "REALTIME_PRESENCE_COALESCE_MS": "0"}, "/healthcheck"),
         Variant("raw", "raw websockets.broadcast (ceiling)", "v1",
                 lambda p: [PY, str(BENCH / "peers" / "raw_websockets.py"), str(p)]),
         Variant("socketio", "python-socketio (aiohttp)", "socketio",
@@ -244,7 +247,7 @@ SCENARIOS = {
                  ALL),
         Scenario("presence-1000", "presence: 1,000 members join one room", "presence",
                  lambda p: {"members": 100 if p.quick else 1000, "syncTimeoutS": 60},
-                 ("ours-v1", "ours-v2")),
+                 ("ours-v1", "ours-v2", "ours-v2-each")),
         Scenario("slow-consumers", "slow consumers: 10 % of 500 subscribers never read", "slow",
                  lambda p: {"subs": 200 if p.quick else 500, "slowFraction": 0.1, "rate": 50,
                             "payloadPad": 8000, "durationS": p.slow_seconds},

@@ -402,6 +402,10 @@ class Node:
         self._fanout_diffs(diffs, owner)
         self._control(op)
 
+    def presence_counts(self, stream: StreamKey) -> tuple[int, int]:
+        """(presence keys, metas) of the topic on the whole cluster (every node has a replica)."""
+        return self.replica.counts(stream)
+
     def presence_state(self, stream: StreamKey) -> dict[str, Any]:
         self._flush_diffs(stream)  # a joiner's state comes after what is due to the others
         return self.replica.state_payload(stream)

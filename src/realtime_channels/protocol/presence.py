@@ -151,6 +151,10 @@ class TopicPresence:
     def owners(self) -> list[Owner]:
         return list(self._entries)
 
+    def counts(self) -> tuple[int, int]:
+        """(presence keys, metas): how many are in the topic, without building its state."""
+        return len({e.key for e in self._entries.values()}), len(self._entries)
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -234,6 +234,10 @@ class PresenceReplica:
         return (sum(p.users for p in peers), sum(p.events for p in peers),
                 sum(p.joins for p in peers), sum(p.presence for p in peers))
 
+    def counts(self, stream: StreamKey) -> tuple[int, int]:
+        state = self.topics.get(stream)
+        return state.counts() if state is not None else (0, 0)
+
     def state_payload(self, stream: StreamKey) -> dict[str, Any]:
         state = self.topics.get(stream)
         return state.state_payload() if state is not None else {}

@@ -18,6 +18,7 @@ from .directory import TenantDirectory
 from .explain import add_explain_routes
 from .guard import mark_started
 from .inspector import add_inspector_routes
+from .occupancy import add_occupancy_routes
 from .ops import add_ops_routes
 from .rest import add_rest_routes
 from .state import DIRECTORY, STATE, AppState, all_states
@@ -46,6 +47,7 @@ def build_app(settings: Settings, node: Node, verifier: JwtVerifier,
     add_ops_routes(app)
     add_rest_routes(app, state)
     add_explain_routes(app)
+    add_occupancy_routes(app)
     add_inspector_routes(app)
     add_tenant_routes(app)
 
