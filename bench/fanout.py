@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads((out / "fanout.json").read_text())
         fresh = {(r["variant"], r["scenario"]) for r in results}
         kept = [r for r in old["results"] if (r["variant"], r["scenario"]) not in fresh]
-        results = sorted(kept + results, key=lambda r: (list(SCENARIOS).index(r["scenario"]), ALL.index(r["variant"])))
+        results = sorted(kept + results, key=lambda r: (list(SCENARIOS).index(r["scenario"]), list(VARIANTS).index(r["variant"])))
         meta["merged"] = old["meta"].get("merged", []) + [{"loadStart": old["meta"]["loadStart"], "pairs": len(kept)}]
         meta["loadStart"] = f"{old['meta']['loadStart']} (re-run pairs: {meta['loadStart']})"
         meta["underLoad"] = float(meta["loadStart"].split()[0]) > 0.5 or old["meta"]["underLoad"]
