@@ -83,8 +83,11 @@ class ServerProc:
         """``GET /metrics`` (Prometheus text) as ``{name: value}``."""
         with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=2) as r:
             lines = r.read().decode().splitlines()
-        return {name: float(value) for name, value in
-                (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
+        out: dict[str, float] = {}
+        for name, value in (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#")):
+            base = name.split("{", 1)[0]  # the per-tenant series: summed over tenants
+            out[base] = out.get(base, 0.0) + float(value)
+        return out
 
     def log(self) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:

@@ -56,8 +56,11 @@ __all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "POLL_S", "exposition", "mult
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: how often a worker refreshes its polled series in multiprocess mode
 POLL_S = 5.0
-#: labels every series starts with (none yet: one tenant per server)
+#: labels every series starts with
 LABELS: tuple[str, ...] = ()
+#: the series read per tenant at scrape time carry the tenant's id (Supabase labels them so);
+#: with the one tenant the environment defines, its id is ``REALTIME_SELF_HOST_TENANT_NAME``
+TENANT: tuple[str, ...] = (*LABELS, "tenant")
 
 
 def multiprocess() -> bool:
@@ -74,34 +77,34 @@ if not multiprocess():  # per-process figures do not add up across workers
 
 CONNECTIONS_CONNECTED = Gauge(
     "realtime_connections_connected", "Sockets that have joined at least one channel, on this node.",
-    LABELS, registry=REGISTRY, multiprocess_mode="livesum")
+    TENANT, registry=REGISTRY, multiprocess_mode="livesum")
 CONNECTIONS_CLUSTER = Gauge(
     "realtime_connections_connected_cluster", "Sockets that have joined a channel, on every node of the cluster.",
-    LABELS, registry=REGISTRY, multiprocess_mode="livemax")
+    TENANT, registry=REGISTRY, multiprocess_mode="livemax")
 PHOENIX_CONNECTIONS = Gauge(
     "phoenix_connections_total", "Open WebSocket connections, with or without channels.",
     registry=REGISTRY, multiprocess_mode="livesum")
 CHANNEL_EVENTS = Counter(
     "realtime_channel_events", "Messages counted toward the events/s limit: broadcasts sent and every "
-    "per-channel delivery.", LABELS, registry=REGISTRY)
-CHANNEL_JOINS = Counter("realtime_channel_joins", "Channel joins counted toward the joins/s limit.", LABELS,
+    "per-channel delivery.", TENANT, registry=REGISTRY)
+CHANNEL_JOINS = Counter("realtime_channel_joins", "Channel joins counted toward the joins/s limit.", TENANT,
                         registry=REGISTRY)
 CHANNEL_PRESENCE = Counter(
     "realtime_channel_presence_events", "Presence messages counted toward the presence events/s limit.",
-    LABELS, registry=REGISTRY)
+    TENANT, registry=REGISTRY)
 CHANNEL_DB_EVENTS = Counter(
-    "realtime_channel_db_events", "postgres_changes messages delivered to sockets.", LABELS, registry=REGISTRY)
+    "realtime_channel_db_events", "postgres_changes messages delivered to sockets.", TENANT, registry=REGISTRY)
 CHANNEL_JOINED = Counter(
     "phoenix_channel_joined", "Join replies sent, by result (ok / error).", (*LABELS, "result", "transport"),
     registry=REGISTRY)
 
 # --- our own ----------------------------------------------------------------------------------
 
-CONNECTIONS = Gauge("realtime_connections", "Open WebSocket connections.", LABELS, registry=REGISTRY,
+CONNECTIONS = Gauge("realtime_connections", "Open WebSocket connections.", TENANT, registry=REGISTRY,
                     multiprocess_mode="livesum")
 EVENTS_PER_SECOND = Gauge(
     "realtime_events_per_second", "This node's rolling one-minute events/s (the rate limit's own figure).",
-    LABELS, registry=REGISTRY, multiprocess_mode="livesum")
+    TENANT, registry=REGISTRY, multiprocess_mode="livesum")
 CLUSTER_NODES = Gauge("realtime_cluster_nodes", "Nodes this node hears from, itself included.",
                       registry=REGISTRY, multiprocess_mode="livemax")
 NODE_INFO = Gauge("realtime_node_info", "1 for each running node (a worker of --workers is one).", ["node"],
@@ -110,9 +113,9 @@ BACKBONE_CONNECTED = Gauge(
     "realtime_backbone_connected", "1 while the PubSub backbone (Redis) reaches the other nodes; "
     "the least of all workers.", registry=REGISTRY, multiprocess_mode="livemin")
 OUTBOX_BYTES = Gauge("realtime_outbox_bytes", "Bytes queued for sockets and not yet sent, all sockets together.",
-                     LABELS, registry=REGISTRY, multiprocess_mode="livesum")
+                     TENANT, registry=REGISTRY, multiprocess_mode="livesum")
 OUTBOX_MAX = Gauge("realtime_outbox_max_socket_bytes", "The largest send backlog of one socket.",
-                   LABELS, registry=REGISTRY, multiprocess_mode="livemax")
+                   TENANT, registry=REGISTRY, multiprocess_mode="livemax")
 SLOW_CONSUMERS = Counter(
     "realtime_slow_consumer_disconnects", "Sockets closed because their outbox outgrew REALTIME_OUTBOX_MAX_BYTES.",
     LABELS, registry=REGISTRY)
@@ -136,10 +139,10 @@ RLS_SECONDS = Histogram("realtime_rls_check_seconds", "Time of one batched RLS c
                         buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 REPLICATION_LAG_BYTES = Gauge(
     "realtime_replication_lag_bytes", "WAL the server has written past what this node has handled, by slot "
-    "(only on the node that reads the slot).", (*LABELS, "slot"), registry=REGISTRY, multiprocess_mode="livemax")
+    "(only on the node that reads the slot).", (*TENANT, "slot"), registry=REGISTRY, multiprocess_mode="livemax")
 REPLICATION_LAG_SECONDS = Gauge(
     "realtime_replication_lag_seconds", "While behind: age of the last transaction handled; 0 when caught up.",
-    (*LABELS, "slot"), registry=REGISTRY, multiprocess_mode="livemax")
+    (*TENANT, "slot"), registry=REGISTRY, multiprocess_mode="livemax")
 
 FUNCTION_COUNTERS = {name: Counter(f"realtime_function_{name}", help_, (*LABELS, "trigger"), registry=REGISTRY)
                      for name, help_ in (("delivered", "Events a function handled (gates: requests allowed)."),
@@ -233,42 +236,50 @@ class _Totals:
 _totals = _Totals()
 
 
-def sync(state: Any) -> None:
-    """Read the polled series from ``state`` (a ``transport.state.AppState``)."""
-    node = state.node
-    limits = node.limits
+def sync(states: Any) -> None:
+    """Read the polled series from ``states`` (``transport.state.AppState``: the one the
+    environment defines first, then each running tenant's), each under its tenant's id."""
     now = time.time()
-    conns = list(state.connections)
-    CONNECTIONS.set(len(conns))
-    PHOENIX_CONNECTIONS.set(len(conns))
-    CONNECTIONS_CONNECTED.set(limits.users)
-    CONNECTIONS_CLUSTER.set(limits.users + limits.remote_users)
-    EVENTS_PER_SECOND.set(limits.events.rate(now))
+    first = states[0]
+    node = first.node
     CLUSTER_NODES.set(1 + len(node.replica.peers))
     NODE_INFO.labels(node.node_id).set(1)
     BACKBONE_CONNECTED.set(1 if node.pubsub.health.value == "connected" else 0)
+    PHOENIX_CONNECTIONS.set(sum(len(state.connections) for state in states))
+    for state in states:
+        _sync_tenant(state, state.tenant, now)
+
+
+def _sync_tenant(state: Any, tenant: str, now: float) -> None:
+    node = state.node
+    limits = node.limits
+    conns = list(state.connections)
+    CONNECTIONS.labels(tenant).set(len(conns))
+    CONNECTIONS_CONNECTED.labels(tenant).set(limits.users)
+    CONNECTIONS_CLUSTER.labels(tenant).set(limits.users + limits.remote_users)
+    EVENTS_PER_SECOND.labels(tenant).set(limits.events.rate(now))
     unsent = [c.transport.get_write_buffer_size() for c in conns if not c.transport.is_closing()]
-    OUTBOX_BYTES.set(sum(unsent))
-    OUTBOX_MAX.set(max(unsent, default=0))
-    _totals.carry(CHANNEL_EVENTS, limits.events.total)
-    _totals.carry(CHANNEL_JOINS, limits.joins.total)
-    _totals.carry(CHANNEL_PRESENCE, limits.presence.total)
+    OUTBOX_BYTES.labels(tenant).set(sum(unsent))
+    OUTBOX_MAX.labels(tenant).set(max(unsent, default=0))
+    _totals.carry(CHANNEL_EVENTS, limits.events.total, tenant)
+    _totals.carry(CHANNEL_JOINS, limits.joins.total, tenant)
+    _totals.carry(CHANNEL_PRESENCE, limits.presence.total, tenant)
     changes = node.changes
     if changes is not None:
-        _totals.carry(CHANNEL_DB_EVENTS, getattr(changes, "delivered", 0))
-        _replication(getattr(changes, "reader", None), getattr(changes, "slot", ""))
+        _totals.carry(CHANNEL_DB_EVENTS, getattr(changes, "delivered", 0), tenant)
+        _replication(getattr(changes, "reader", None), getattr(changes, "slot", ""), tenant)
     if node.functions is not None:
         _functions(node.functions.metrics())
 
 
-def _replication(reader: Any, slot: str) -> None:
+def _replication(reader: Any, slot: str, tenant: str) -> None:
     behind = getattr(reader, "lag_bytes", None)
     if behind is None:
         return  # not reading the slot (a follower of a cluster), or not yet
-    REPLICATION_LAG_BYTES.labels(slot).set(behind)
+    REPLICATION_LAG_BYTES.labels(tenant, slot).set(behind)
     committed = reader.handled_commit_us
     age = time.time() - (committed / 1e6 + _PG_EPOCH) if behind and committed else 0.0
-    REPLICATION_LAG_SECONDS.labels(slot).set(max(0.0, age))
+    REPLICATION_LAG_SECONDS.labels(tenant, slot).set(max(0.0, age))
 
 
 #: PostgreSQL timestamps count from 2000-01-01 UTC

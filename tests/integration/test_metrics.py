@@ -56,7 +56,9 @@ def scrape(srv: ServerProc, token: str | None = metrics_token()) -> tuple[Sample
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    """The sum of ``name``'s samples that carry ``labels`` (the per-tenant series: every tenant's)."""
+    wanted = set(labels.items())
+    return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
 
 
 async def track(c: RawClient, topic: str, payload: Any) -> None:

@@ -291,3 +291,21 @@ def test_health_of_a_stored_tenant_and_of_an_unknown_one(tenant_server: Any) -> 
     assert answer["data"]["healthy"] is True and answer["data"]["db_connected"] is False
     assert api(server, "GET", "/api/tenants/nosuch/health") == (404, {"message": "not found"})
     assert api(server, "GET", "/api/tenants/alpha/health", token="bad")[0] == 403
+
+
+async def test_metrics_carry_each_tenants_id(tenant_server: Any) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server, _ = tenant_server
+    create(server, "alpha")
+    create(server, "beta")
+    async with open_client(server, V2, apikey=key("alpha"), host="alpha.realtime.test") as a1, \
+            open_client(server, V2, apikey=key("alpha"), host="alpha.realtime.test") as a2, \
+            open_client(server, V2, apikey=key("beta"), host="beta.realtime.test") as b1:
+        for c in (a1, a2, b1):
+            await c.join_ok(unique_topic("m"))
+        with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    connected = {s.labels.get("tenant"): s.value for family in text_string_to_metric_families(text)
+                 for s in family.samples if s.name == "realtime_connections_connected"}
+    assert connected.get("alpha") == 2 and connected.get("beta") == 1, connected

@@ -181,6 +181,7 @@ def settings_for(base: Settings, tenant: Tenant) -> Settings:
     import orjson
 
     update: dict[str, Any] = {**tenant.limits, "private_only": tenant.private_only,
+                              "self_host_tenant_name": tenant.external_id,
                               "presence_enabled": tenant.presence_enabled,
                               "jwt_secret": tenant.jwt_secret, "allow_dev_secret": False,
                               "jwt_jwks": orjson.dumps(tenant.jwt_jwks).decode() if tenant.jwt_jwks else None,

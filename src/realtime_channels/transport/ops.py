@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .. import metrics
 from ..pubsub import Health
-from .state import STATE, json_response
+from .state import STATE, all_states, json_response
 
 
 async def healthcheck(request: web.Request) -> web.Response:
@@ -73,7 +73,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     if not metrics_allowed(request.remote, request.headers, settings.metrics_jwt_secret,
                            settings.client_address_header):
         return web.Response(status=403, body=b"")
-    metrics.sync(state)
+    metrics.sync(all_states(request.app))
     return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE_LATEST})
 
 
@@ -83,11 +83,9 @@ async def _poll_metrics(app: web.Application) -> AsyncIterator[None]:
     if not metrics.multiprocess():
         yield
         return
-    state = app[STATE]
-
     async def poll() -> None:
         while True:
-            metrics.sync(state)
+            metrics.sync(all_states(app))
             await asyncio.sleep(metrics.POLL_S)
 
     task = asyncio.create_task(poll(), name="metrics-poll")

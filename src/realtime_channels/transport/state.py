@@ -53,6 +53,12 @@ class AppState:
             resume_enabled=node.resume_enabled,
         )
 
+    @property
+    def tenant(self) -> str:
+        """The tenant's id (``external_id``): the one the environment defines is
+        ``REALTIME_SELF_HOST_TENANT_NAME``; a stored tenant's settings carry its own."""
+        return self.settings.self_host_tenant_name
+
     def frame_budget(self) -> TokenBucket:
         """A socket's inbound frame budget (``REALTIME_MAX_CLIENT_FRAMES_PER_SECOND``)."""
         rate = float(self.settings.max_client_frames_per_second)
