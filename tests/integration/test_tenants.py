@@ -309,3 +309,47 @@ async def test_metrics_carry_each_tenants_id(tenant_server: Any) -> None:
     connected = {s.labels.get("tenant"): s.value for family in text_string_to_metric_families(text)
                  for s in family.samples if s.name == "realtime_connections_connected"}
     assert connected.get("alpha") == 2 and connected.get("beta") == 1, connected
+
+
+async def test_on_redis_two_tenants_with_the_same_topic_never_cross(tenant_server: Any, tmp_path: Any) -> None:
+    from support import RedisServer
+
+    _, dsn = tenant_server
+    redis = RedisServer()
+    redis.start()
+    nodes = []
+    try:
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
+            nodes.append(start_server(str(tmp_path / name), REALTIME_TENANTS_DATABASE_URL=dsn, DB_ENC_KEY=ENC_KEY,
+                                      REALTIME_API_JWT_SECRET=API_SECRET, REALTIME_REDIS_URL=redis.url))
+        one, two = nodes
+        create(one, "alpha")
+        create(one, "beta")
+        topic = unique_topic("redis-shared")
+        # alpha on both nodes (through Redis), beta on the second node only
+        async with open_client(one, V2, apikey=key("alpha"), host="alpha.realtime.test") as a1, \
+                open_client(two, V2, apikey=key("alpha"), host="alpha.realtime.test") as a2, \
+                open_client(two, V2, apikey=key("beta"), host="beta.realtime.test") as b2:
+            for c in (a1, a2, b2):
+                await c.join_ok(topic, {"broadcast": {"self": True}})
+            for _ in range(100):  # until alpha's two nodes hear each other through Redis
+                await a1.broadcast(topic, "probe", {})
+                await a1.expect(lambda f: f.event == "broadcast")
+                try:
+                    await a2.expect(lambda f: f.event == "broadcast", 0.2)
+                    break
+                except AssertionError:
+                    continue
+            await a1.broadcast(topic, "hello", {"from": "alpha"})
+            got = await a2.expect(lambda f: f.event == "broadcast" and f.payload["payload"] == {"from": "alpha"})
+            assert got is not None
+            await b2.broadcast(topic, "hello", {"from": "beta"})
+            mine = await b2.expect(lambda f: f.event == "broadcast")
+            assert mine.payload["payload"] == {"from": "beta"}, "beta saw nothing of alpha before its own"
+            await a2.ping()
+            await a2.assert_nothing_pending(lambda f: f.event == "broadcast" and f.payload["payload"] == {"from": "beta"})
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.cleanup()
