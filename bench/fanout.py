@@ -248,6 +248,9 @@ SCENARIOS = {
         Scenario("presence-1000", "presence: 1,000 members join one room", "presence",
                  lambda p: {"members": 100 if p.quick else 1000, "syncTimeoutS": 60},
                  ("ours-v1", "ours-v2", "ours-v2-each")),
+        Scenario("presence-10000", "presence: 10,000 members join one room", "presence",
+                 lambda p: {"members": 1000 if p.quick else 10_000, "syncTimeoutS": 300},
+                 ("ours-v2", "ours-v2-each")),
         Scenario("slow-consumers", "slow consumers: 10 % of 500 subscribers never read", "slow",
                  lambda p: {"subs": 200 if p.quick else 500, "slowFraction": 0.1, "rate": 50,
                             "payloadPad": 8000, "durationS": p.slow_seconds},
@@ -483,7 +486,7 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> st
                          f"{res['heartbeats']['replies']:,}/{res['heartbeats']['sent']:,} | "
                          f"{res['holdServerCpu'] * 100:.1f} % |")
         lines.append("")
-    pres = [r for r in results if r["scenario"] == "presence-1000" and "timeToFullSyncS" in r["result"]]
+    pres = [r for r in results if r["scenario"].startswith("presence-") and "timeToFullSyncS" in r["result"]]
     if pres:
         lines += ["## Presence: members join one room and track", "",
                   "| server | members | joined in | time to full sync at every member | presence_diff frames (per member) | diff bytes (per member) | largest presence_state |",

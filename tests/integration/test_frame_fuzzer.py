@@ -39,8 +39,11 @@ VOCAB = Vocabulary.load()
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     """A server of its own (its log and memory are the fuzzer's alone); presence pushes are not
-    rate-limited per channel, so tracks keep being exercised."""
-    srv = start_server(str(tmp_path_factory.mktemp("fuzz")), REALTIME_MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW="1000000")
+    rate-limited per channel, so tracks keep being exercised; each presence change is its own diff
+    at once, so every frame is attributed to the input that caused it (a diff coalesced over
+    30 ms would arrive after a later input)."""
+    srv = start_server(str(tmp_path_factory.mktemp("fuzz")), REALTIME_MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW="1000000",
+                       REALTIME_PRESENCE_COALESCE_MS="0")
     yield srv
     srv.stop()
 
