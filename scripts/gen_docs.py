@@ -32,6 +32,10 @@ ENV_PREFIX = "REALTIME_"
 #: What each setting means, for users (a field not listed here uses its ``Field(description=...)``).
 #: A new setting with neither makes the generator fail, so every variable is documented.
 MEANINGS: dict[str, str] = {
+    "presence_over_limit": "what a presence push over `REALTIME_MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW` does: "
+    "`shutdown` closes the channel with `ClientPresenceRateLimitReached`, as Supabase; `coalesce` answers it ok "
+    "and applies the latest such push (track or untrack) when the window opens, so a burst ends at the latest "
+    "state",
     "presence_coalesce_ms": "joins and leaves of one topic within this many milliseconds go out as one `presence_diff` "
     "(the official clients merge any diff), so a room that n members join costs each member a few diffs, not n; a "
     "channel that joins meanwhile gets them before its `presence_state`; `0`: one diff per change, right away",

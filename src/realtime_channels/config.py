@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     max_presence_state_bytes: int = Field(16 * 1024 * 1024, gt=0)
     #: joins and leaves of a topic within this many ms go out as one presence_diff; 0: one each
     presence_coalesce_ms: int = Field(30, ge=0)
+    #: a presence push over REALTIME_MAX_CLIENT_PRESENCE_EVENTS_PER_WINDOW: "shutdown" (Supabase)
+    #: or "coalesce" (accepted; the latest one applied when the window opens)
+    presence_over_limit: Literal["shutdown", "coalesce"] = "shutdown"
 
     # limits (protocol.md §8); names follow Supabase's tenant fields, and Supabase's variables
     # for the defaults of new tenants are accepted too

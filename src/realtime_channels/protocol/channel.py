@@ -38,6 +38,9 @@ class SessionConfig:
     replay_max: int = 25
     #: §4.10: the backbone assigns offsets and retains broadcasts (``REALTIME_RESUME_WINDOW_S`` > 0)
     resume_enabled: bool = True
+    #: §5.7: a presence push over the per-channel window shuts the channel down (Supabase), or
+    #: (``"coalesce"``) is accepted and the latest of such pushes applied when the window opens
+    presence_over_limit: str = "shutdown"
 
 
 @dataclass(slots=True)
@@ -77,6 +80,10 @@ class Channel:
     #: postgres changes carry offsets; ``pg_resume`` = (end LSN, index) to resume after (§4.10)
     pg_offsets: bool = False
     pg_resume: tuple[int, int] | None = None
+    #: §5.7 ``coalesce``: the latest presence push over the window (event, payload), applied at
+    #: ``presence_due``
+    presence_pending: tuple[str, dict[str, Any]] | None = None
+    presence_due: float | None = None
 
     def join_reply(self, payload: dict[str, Any]) -> Message:
         return Message(self.topic, "phx_reply", payload, ref=self.join_msg_ref, join_ref=self.join_ref)

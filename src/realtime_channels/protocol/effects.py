@@ -98,8 +98,9 @@ class Track:
     topic: str
     key: str
     payload: Mapping[str, Any]
-    accepted: Message
-    refused: Message
+    #: the push's reply, tracked or not; ``None``: a deferred track (§5.7 coalesce) has no push left to answer
+    accepted: Message | None
+    refused: Message | None
 
 
 @dataclass(frozen=True, slots=True)

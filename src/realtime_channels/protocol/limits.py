@@ -31,6 +31,10 @@ class FixedWindow:
         self._start: float | None = None
         self._count = 0
 
+    def opens_at(self, now: float) -> float:
+        """When the next window opens (``now`` when no window is running)."""
+        return now if self._start is None else self._start + self._window
+
     def hit(self, now: float) -> bool:
         """Record one event; ``False`` if it exceeds the limit of the current window."""
         if self._start is None or now - self._start >= self._window:

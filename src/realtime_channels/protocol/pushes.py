@@ -3,6 +3,7 @@ refresh (methods of ``Session``, kept here by topic; sans-I/O)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TYPE_CHECKING
 
 from .. import errors
@@ -91,7 +92,9 @@ def presence(self: Session, ch: Channel, msg: Message, now: float, size: int) ->
         if not ch.rights.get(PRESENCE_WRITE):
             return [Send(reply(msg, error_payload({}), ch.join_ref))]  # item 84
     if not ch.presence_window.hit(now):  # §5.7 per-channel window
-        return self._shutdown(ch, errors.ClientPresenceRateLimitReached())
+        if self.config.presence_over_limit != "coalesce":
+            return self._shutdown(ch, errors.ClientPresenceRateLimitReached())
+        return defer_presence(self, ch, msg, event, body, size, now)
     if event == "untrack":
         # §5.1: the diff a presence push causes reaches the channel before its reply
         effects: list[Effect] = []
@@ -115,6 +118,41 @@ def presence(self: Session, ch: Channel, msg: Message, now: float, size: int) ->
     refused = reply(msg, error_payload(errors.PresenceStateTooLarge().response), ch.join_ref)
     return [Track(ch.presence_stream, ch.topic, ch.presence_key, payload, reply(msg, ok_payload(), ch.join_ref),
                   refused)]
+
+def defer_presence(self: Session, ch: Channel, msg: Message, event: str, body: Mapping[str, Any], size: int,
+                   now: float) -> list[Effect]:
+    """§5.7 ``coalesce``: a push over the window is answered ok and kept — the latest one wins —
+    until the window opens (``apply_deferred_presence``), instead of shutting the channel down."""
+    payload = body.get("payload", {}) if event == "track" else {}
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        return [Send(reply(msg, error_payload(errors.PresencePayloadNotMap().response), ch.join_ref))]
+    if size > self.config.max_payload_bytes:
+        return self._shutdown(ch, errors.TrackMessageSizeExceeded())
+    ch.presence_pending = (event, payload)
+    ch.presence_due = ch.presence_window.opens_at(now)
+    return [Send(reply(msg, ok_payload(), ch.join_ref))]
+
+
+def apply_deferred_presence(self: Session, ch: Channel, now: float) -> list[Effect]:
+    """The window opened: the channel's latest deferred presence push takes effect."""
+    pending, ch.presence_pending, ch.presence_due = ch.presence_pending, None, None
+    if pending is None or not ch.presence_window.hit(now):
+        return []
+    event, payload = pending
+    if event == "untrack":
+        if not ch.tracked:
+            return []
+        ch.tracked = False
+        return [Untrack(ch.presence_stream, ch.topic)]
+    if self.limits is not None:
+        if self.limits.presence_exceeded(now):
+            return self._shutdown(ch, errors.PresenceRateLimitReached())
+        self.limits.presence.add(now)
+    ch.tracked = True
+    return [Track(ch.presence_stream, ch.topic, ch.presence_key, payload, None, None)]
+
 
 # token refresh ---------------------------------------------------------------------------
 

@@ -156,8 +156,11 @@ class Session:
         return []  # §2.4: unknown events on a joined channel are ignored without a reply
 
     def tick(self, now: float) -> list[Effect]:
-        """Re-verify channel tokens whose deadline has passed (§3.9 "Expiry")."""
+        """Re-verify channel tokens whose deadline has passed (§3.9 "Expiry"); apply deferred
+        presence pushes whose window opened (§5.7 ``coalesce``)."""
         effects: list[Effect] = []
+        for ch in [c for c in self.channels.values() if c.presence_due is not None and c.presence_due <= now]:
+            effects += pushes.apply_deferred_presence(self, ch, now)
         for ch in [c for c in self.channels.values() if c.deadline <= now]:
             try:
                 self.verify(ch.token, now)
@@ -168,7 +171,8 @@ class Session:
         return effects
 
     def next_deadline(self) -> float | None:
-        return min((c.deadline for c in self.channels.values()), default=None)
+        due = [c.presence_due for c in self.channels.values() if c.presence_due is not None]
+        return min([*(c.deadline for c in self.channels.values()), *due], default=None)
 
     def closed(self) -> list[Effect]:
         """The socket is gone: release every channel's subscriptions and presence (§5.1)."""

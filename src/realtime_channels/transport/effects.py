@@ -205,11 +205,13 @@ def _unsubscribe(conn: Conn, e: s.Unsubscribe) -> None:
 @handles(s.Track)
 def _track(conn: Conn, e: s.Track) -> None:
     if not conn.node.track(e.stream, (conn.conn_id, e.topic), e.key, e.payload):
-        conn.send(e.refused)
+        if e.refused is not None:
+            conn.send(e.refused)
         return
     if conn.node.functions is not None:
         observe(conn, "presence.join", e.topic, e.key, dict(e.payload))
-    conn.send(e.accepted)
+    if e.accepted is not None:
+        conn.send(e.accepted)
 
 
 @handles(s.Untrack)

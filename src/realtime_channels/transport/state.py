@@ -51,6 +51,7 @@ class AppState:
             private_allowed=node.authorizer is not None,
             private_only=settings.private_only,
             resume_enabled=node.resume_enabled,
+            presence_over_limit=settings.presence_over_limit,
         )
 
     @property
