@@ -131,19 +131,27 @@ def start_server(tmp_dir: str, **env_overrides: str) -> ServerProc:
         stderr=subprocess.STDOUT,
     )
     server = ServerProc(port=port, proc=proc, log_path=log_path, env=env_overrides)
-    deadline = time.monotonic() + 20
+    wait_healthy(proc, server.http_url, 20, server.log, server.stop)
+    return server
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], http_url: str, timeout: float, log: Callable[[], str],
+                 stop: Callable[[], None] = lambda: None) -> None:
+    """Until ``/healthcheck`` under ``http_url`` answers 200; ``RuntimeError`` (with the log)
+    when the process exits first or ``timeout`` passes (then ``stop()`` is called)."""
+    deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log()}")
         try:
-            with urllib.request.urlopen(f"{server.http_url}/healthcheck", timeout=1) as r:
+            with urllib.request.urlopen(f"{http_url}/healthcheck", timeout=1) as r:
                 if r.status == 200:
-                    return server
+                    return
         except (urllib.error.URLError, ConnectionError, OSError):
             pass
         if time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"server did not become healthy:\n{server.log()}")
+            stop()
+            raise RuntimeError(f"server did not become healthy:\n{log()}")
         time.sleep(0.05)  # polling a condition (health), bounded by the deadline
 
 

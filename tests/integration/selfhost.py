@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +97,8 @@ def start_service(tmp_dir: str, environment: dict[str, str], port: int) -> Servi
     """``realtime-channels serve`` with exactly ``environment`` on top of a process environment
     stripped of every ``REALTIME_*`` variable, once ``/healthcheck`` answers."""
     import subprocess
-    import urllib.error
-    import urllib.request
+
+    from support import wait_healthy
 
     base = {k: v for k, v in os.environ.items() if not k.upper().startswith("REALTIME_")}
     log_path = os.path.join(tmp_dir, f"selfhost-{port}.log")
@@ -107,26 +106,15 @@ def start_service(tmp_dir: str, environment: dict[str, str], port: int) -> Servi
         proc = subprocess.Popen([sys.executable, "-m", "realtime_channels", "serve", "--log-level", "debug"],
                                 env={**base, **environment}, stdout=log, stderr=subprocess.STDOUT)
     service = Service(port, proc, log_path)
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{service.log()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=1) as r:
-                if r.status == 200:
-                    return service
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            service.stop()
-            raise RuntimeError(f"server did not start:\n{service.log()}")
-        time.sleep(0.05)  # polling a condition (the port answering), bounded by the deadline
+    wait_healthy(proc, f"http://127.0.0.1:{port}", 30, service.log, service.stop)
+    return service
 
 
 # --- the database -----------------------------------------------------------------------------
 
-#: Cluster-wide roles as Supabase's image creates them (``supabase_admin`` is its bootstrap
-#: superuser there; here it is created).  Left out: pgbouncer, supabase_auth_admin,
+#: Cluster-wide roles as Supabase's image creates them, beside the client roles
+#: ``pgcluster.create_database`` creates (``supabase_admin`` is the image's bootstrap superuser;
+#: here it is created).  Left out: pgbouncer, supabase_auth_admin,
 #: supabase_storage_admin, supabase_replication_admin/etl_admin/read_only_user,
 #: supabase_realtime_admin (the hosted service's role; self-host connects as supabase_admin) and
 #: the API roles' statement timeouts.
@@ -135,15 +123,6 @@ do $$
 begin
     if not exists (select 1 from pg_roles where rolname = 'supabase_admin') then
         create role supabase_admin login;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'anon') then
-        create role anon nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'authenticated') then
-        create role authenticated nologin noinherit;
-    end if;
-    if not exists (select 1 from pg_roles where rolname = 'service_role') then
-        create role service_role nologin noinherit bypassrls;
     end if;
     if not exists (select 1 from pg_roles where rolname = 'authenticator') then
         create role authenticator login noinherit;

@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from rawclient import V2, open_client, unique_topic
-from support import TEST_SECRET, ServerProc, free_port
+from support import TEST_SECRET, ServerProc, free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -222,16 +221,7 @@ async def test_image_install_and_start(tmp_path: Path) -> None:
         proc = subprocess.Popen(start_argv(), cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = ServerProc(port=port, proc=proc, log_path=str(log_path))
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, f"server exited with {proc.returncode}:\n{server.log()}"
-            try:
-                if http_status(f"{server.http_url}/healthcheck") == 200:
-                    break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert time.monotonic() < deadline, f"server did not become healthy:\n{server.log()}"
-            time.sleep(0.1)  # polling a condition (health), bounded by the deadline
+        wait_healthy(proc, server.http_url, START_TIMEOUT_S, server.log)
 
         # start exec'd the installed server (same pid: it receives docker stop's SIGTERM)
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
