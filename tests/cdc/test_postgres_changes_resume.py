@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import psycopg
 import pytest
+from feedservers import feed_server, own_slot
 from rawclient import V1, V2, Frame, RawClient, event_is, open_client, unique_topic
 from support import make_token, start_server
 
@@ -203,10 +203,7 @@ async def test_invalid_resume_parameters_refuse_the_join(cdc: Any, resume: Any) 
 
 
 async def test_an_offset_older_than_retention_gets_a_gap_then_what_is_retained(cdc: Any, tmp_path: Any) -> None:
-    slot = f"{cdc.slot[:50]}_gap"
-    server = start_server(str(tmp_path), REALTIME_DATABASE_URL=cdc.dsn, REALTIME_PUBLICATION=cdc.publication,
-                          REALTIME_SLOT_NAME=slot, REALTIME_RESUME_MAX_CHANGES="3")
-    try:
+    with feed_server(cdc, tmp_path, "gap", REALTIME_RESUME_MAX_CHANGES="3") as server:
         table = cdc.table("id int primary key")
         topic = unique_topic("gap")
         async with open_client(server, V2) as c:
@@ -226,26 +223,15 @@ async def test_an_offset_older_than_retention_gets_a_gap_then_what_is_retained(c
         assert gap.payload["gap"]["missed"] is None
         assert ids(got) == [5, 6, 7]
         assert gap.payload["gap"]["retained_from"][:16] == refs(got)[0][:16]
-    finally:
-        server.stop()
-        with psycopg.connect(cdc.dsn, autocommit=True) as conn:
-            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
 
 
 async def test_resume_is_refused_when_retention_is_off(cdc: Any, tmp_path: Any) -> None:
-    slot = f"{cdc.slot[:50]}_off"
-    server = start_server(str(tmp_path), REALTIME_DATABASE_URL=cdc.dsn, REALTIME_PUBLICATION=cdc.publication,
-                          REALTIME_SLOT_NAME=slot, REALTIME_RESUME_WINDOW_S="0")
-    try:
+    with feed_server(cdc, tmp_path, "off", REALTIME_RESUME_WINDOW_S="0") as server:
         table = cdc.table("id int primary key")
         async with open_client(server, V2) as c:
             reply = await c.join(unique_topic("off"), resuming(table))
         assert reply.payload == {"status": "error", "response": {
             "reason": "UnableToResumeMessages: Resume is not enabled on this server"}}
-    finally:
-        server.stop()
-        with psycopg.connect(cdc.dsn, autocommit=True) as conn:
-            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
 
 
 # --- restart ----------------------------------------------------------------------------------------
@@ -256,42 +242,39 @@ async def test_a_killed_server_restarted_replays_what_was_committed_before_and_w
     """kill -9, rows committed while no server runs, a new server on the same slot: a join
     naming the last offset seen receives every later row once, in order — both those the old
     server had already routed and those committed while it was down."""
-    slot = f"{cdc.slot[:48]}_kill"
-    env = dict(REALTIME_DATABASE_URL=cdc.dsn, REALTIME_PUBLICATION=cdc.publication, REALTIME_SLOT_NAME=slot)
     table = cdc.table("id int primary key")
     topic = unique_topic("restart")
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
-    first = start_server(str(tmp_path / "a"), **env)
-    second = None
-    try:
-        async with open_client(first, V2) as c:
-            await join_resuming(c, topic, table)
-            cdc.execute(f"insert into {table} values (1)")
-            last = refs(await changes_until(c, topic, 1))[-1]
-            for i in range(2, 6):  # routed by the first server, after the client's offset
+    with own_slot(cdc, "kill") as env:
+        first = start_server(str(tmp_path / "a"), **env)
+        second = None
+        try:
+            async with open_client(first, V2) as c:
+                await join_resuming(c, topic, table)
+                cdc.execute(f"insert into {table} values (1)")
+                last = refs(await changes_until(c, topic, 1))[-1]
+                for i in range(2, 6):  # routed by the first server, after the client's offset
+                    cdc.execute(f"insert into {table} values ({i})")
+                routed = await changes_until(c, topic, 5)
+                assert ids(routed) == [2, 3, 4, 5]
+            first.proc.kill()
+            first.proc.wait()
+            for i in range(6, 11):  # committed while no server runs
                 cdc.execute(f"insert into {table} values ({i})")
-            routed = await changes_until(c, topic, 5)
-            assert ids(routed) == [2, 3, 4, 5]
-        first.proc.kill()
-        first.proc.wait()
-        for i in range(6, 11):  # committed while no server runs
-            cdc.execute(f"insert into {table} values ({i})")
-        second = start_server(str(tmp_path / "b"), **env)
-        async with open_client(second, V2) as c:
-            await join_resuming(c, topic, table, resume={"offset": last})
-            got = await changes_until(c, topic, 10)
-            cdc.execute(f"insert into {table} values (11)")
-            live = await changes_until(c, topic, 11)
-        assert [f.event for f in got] == ["postgres_changes"] * 9, [f.value for f in got]
-        assert ids(got) == list(range(2, 11))
-        assert all(r.endswith(";replayed") for r in refs(got))
-        # the replayed offsets of rows 2-5 are the ones the first server sent
-        assert [r.split(";")[0] for r in refs(got)[:4]] == refs(routed)
-        assert ids(live) == [11]
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
-        with psycopg.connect(cdc.dsn, autocommit=True) as conn:
-            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+            second = start_server(str(tmp_path / "b"), **env)
+            async with open_client(second, V2) as c:
+                await join_resuming(c, topic, table, resume={"offset": last})
+                got = await changes_until(c, topic, 10)
+                cdc.execute(f"insert into {table} values (11)")
+                live = await changes_until(c, topic, 11)
+            assert [f.event for f in got] == ["postgres_changes"] * 9, [f.value for f in got]
+            assert ids(got) == list(range(2, 11))
+            assert all(r.endswith(";replayed") for r in refs(got))
+            # the replayed offsets of rows 2-5 are the ones the first server sent
+            assert [r.split(";")[0] for r in refs(got)[:4]] == refs(routed)
+            assert ids(live) == [11]
+        finally:
+            first.stop()
+            if second is not None:
+                second.stop()

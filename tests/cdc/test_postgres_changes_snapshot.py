@@ -17,7 +17,8 @@ import psycopg
 import pytest
 from peers import NodePeer, node  # noqa: F401 - node is a fixture
 from rawclient import V1, V2, Frame, RawClient, open_client, unique_topic
-from support import make_token, start_server
+from feedservers import feed_server
+from support import make_token
 
 WAIT = 20.0
 SUBSCRIBED = "Subscribed to PostgreSQL"
@@ -130,10 +131,7 @@ async def test_snapshot_with_wait_comes_after_the_reply_and_a_refresh_reads_none
 
 
 async def test_too_large_a_snapshot_is_refused_and_changes_still_flow(cdc: Any, tmp_path: Any) -> None:
-    slot = f"{cdc.slot[:50]}_big"
-    server = start_server(str(tmp_path), REALTIME_DATABASE_URL=cdc.dsn, REALTIME_PUBLICATION=cdc.publication,
-                          REALTIME_SLOT_NAME=slot, REALTIME_SNAPSHOT_MAX_ROWS="3")
-    try:
+    with feed_server(cdc, tmp_path, "big", REALTIME_SNAPSHOT_MAX_ROWS="3") as server:
         table = cdc.table("id int primary key")
         cdc.execute(f"insert into {table} select generate_series(1, 5)")
         topic = unique_topic("snap-big")
@@ -145,10 +143,6 @@ async def test_too_large_a_snapshot_is_refused_and_changes_still_flow(cdc: Any, 
         assert [f.event for f in got] == ["system", "system"], [f.value for f in got]
         assert got[1].payload["message"].startswith("SnapshotTooLarge: more than 3 rows match")
         assert [f.event for f in live] == ["postgres_changes"]
-    finally:
-        server.stop()
-        with psycopg.connect(cdc.dsn, autocommit=True) as conn:
-            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
 
 
 async def test_joins_during_concurrent_writes_miss_nothing_and_double_nothing(cdc: Any) -> None:

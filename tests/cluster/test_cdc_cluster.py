@@ -39,13 +39,13 @@ import psycopg
 import pytest
 
 HERE = os.path.dirname(__file__)
-for _sub in ("integration", "resume"):  # rawclient; pgresume, tcpproxy
+for _sub in ("integration", "resume"):  # rawclient; resumekit, tcpproxy
     _path = os.path.join(HERE, "..", _sub)
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
 from pgcluster import create_database, drop_database, install_auth_helpers  # noqa: E402
-from pgresume import python_mixed_outage  # noqa: E402
+from resumekit import python_mixed_outage  # noqa: E402
 from rawclient import V2, RawClient, event_is, open_client, unique_topic  # noqa: E402
 from support import RedisServer, ServerProc, make_token, start_server  # noqa: E402
 from tcpproxy import TcpProxy  # noqa: E402

@@ -5,81 +5,16 @@ across two nodes on Redis when it reconnects to the other node."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import subprocess
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from rawclient import V2, open_client, unique_topic
+from rawclient import unique_topic
+from resumekit import TOTAL, js_subscriber, outage, publish, python_subscriber
 from support import wait_until
 from tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.asyncio
-
-TOTAL = 1000
-CUT_AT = 300
-PEER = os.path.join(os.path.dirname(__file__), "resume_peer.mjs")
-
-
-async def publish(server: Any, topic: str, first: int, count: int, pace_s: float = 0.0) -> None:
-    """Broadcasts ``n`` with ``{"i": first…}``, each acked (taken for fan-out) before the next;
-    ``pace_s`` spreads them out so that some arrive while the subscriber rejoins."""
-    async with open_client(server, V2) as pub:
-        await pub.join_ok(topic, {"broadcast": {"ack": True}})
-        for i in range(first, first + count):
-            ref = await pub.broadcast(topic, "n", {"i": i})
-            await pub.expect(lambda f, ref=ref: f.ref == ref and f.event == "phx_reply")
-            if pace_s:
-                await asyncio.sleep(pace_s)  # pacing the sender, not waiting for a condition
-
-
-async def run_outage(publish_to: Any, proxy: TcpProxy, topic: str, received: Callable[[], list[int]],
-                     subscribed: Callable[[], int], on_cut: Callable[[], None] = lambda: None) -> None:
-    """300 broadcasts; cut the subscriber off for 5 s while 400 more flow; 300 more spread over
-    the reconnect; then wait for all 1,000."""
-    await publish(publish_to, topic, 0, CUT_AT)
-    await wait_until(lambda: len(received()) >= CUT_AT, 20, "the first 300 broadcasts")
-    proxy.cut(5.0)
-    on_cut()
-    await publish(publish_to, topic, CUT_AT, 400)
-    tail = asyncio.create_task(publish(publish_to, topic, CUT_AT + 400, TOTAL - CUT_AT - 400, pace_s=0.02))
-    await wait_until(lambda: subscribed() >= 2, 30, "the automatic rejoin")
-    await tail
-    await wait_until(lambda: len(received()) >= TOTAL, 30, "all 1,000 broadcasts")
-    assert received() == list(range(TOTAL))
-    assert proxy.refused >= 1  # the client did try while it was cut off
-
-
-@asynccontextmanager
-async def js_subscriber(proxy: TcpProxy, key: str, topic: str) -> AsyncIterator[dict[str, Any]]:
-    proc = await asyncio.create_subprocess_exec(
-        "node", PEER, f"http://127.0.0.1:{proxy.port}", key, topic.removeprefix("realtime:"),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    state: dict[str, Any] = {"msgs": [], "status": [], "system": []}
-
-    async def read() -> None:
-        assert proc.stdout is not None
-        while line := await proc.stdout.readline():
-            ev = json.loads(line)
-            if ev["type"] == "msg":
-                state["msgs"].append(ev)
-            elif ev["type"] == "status":
-                state["status"].append(ev["status"])
-            else:
-                state["system"].append(ev["payload"])
-
-    reader = asyncio.create_task(read())
-    try:
-        yield state
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        await proc.wait()
-        await reader
 
 
 async def test_js_subscriber_cut_off_by_the_network_gets_every_broadcast_once(server_factory: Any) -> None:
@@ -90,7 +25,7 @@ async def test_js_subscriber_cut_off_by_the_network_gets_every_broadcast_once(se
     try:
         async with js_subscriber(proxy, server.anon_key, topic) as sub:
             await wait_until(lambda: "SUBSCRIBED" in sub["status"], 20, "the JS subscriber to join")
-            await run_outage(server, proxy, topic, lambda: [m["i"] for m in sub["msgs"]],
+            await outage(server, proxy, topic, lambda: [m["i"] for m in sub["msgs"]],
                              lambda: sub["status"].count("SUBSCRIBED"))
             replayed = [m for m in sub["msgs"] if m["meta"].get("replayed")]
             assert replayed, "the messages sent during the outage came from the replay"
@@ -102,29 +37,12 @@ async def test_js_subscriber_cut_off_by_the_network_gets_every_broadcast_once(se
 
 async def _python_outage(proxy: TcpProxy, publish_to: Any, key: str, topic: str,
                          on_cut: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
-    from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
-
-    from realtime_channels.client import resumable
-
-    client = AsyncRealtimeClient(f"{proxy.ws_url}/socket", key, auto_reconnect=True, initial_backoff=0.5)
-    got: list[dict[str, Any]] = []
-    subscribed: list[int] = []
-    try:
-        channel = resumable(client.channel(topic.removeprefix("realtime:")))
-        channel.on_broadcast("n", lambda m: got.append(m))
-
-        def on_state(state: RealtimeSubscribeStates, _err: Exception | None) -> None:
-            if state == RealtimeSubscribeStates.SUBSCRIBED:
-                subscribed.append(1)
-
-        await channel.subscribe(on_state)
-        await run_outage(publish_to, proxy, topic, lambda: [m["payload"]["i"] for m in got],
-                         lambda: len(subscribed), on_cut)
-        assert channel.resume_position.broadcast is not None
-        assert channel.resume_position.broadcast[1] == TOTAL
-    finally:
-        await client.close()
-    return got
+    async with python_subscriber(proxy, key, topic.removeprefix("realtime:")) as sub:
+        await outage(publish_to, proxy, topic, lambda: [m["payload"]["i"] for m in sub.broadcasts],
+                         lambda: sub.subscribed, on_cut)
+        assert sub.channel.resume_position.broadcast is not None
+        assert sub.channel.resume_position.broadcast[1] == TOTAL
+        return sub.broadcasts
 
 
 async def test_python_subscriber_cut_off_by_the_network_gets_every_broadcast_once(server_factory: Any) -> None:
