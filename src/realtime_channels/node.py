@@ -263,7 +263,7 @@ class Node:
             return
         if env.broadcast is not None:
             exclude = env.exclude if env.origin == self.node_id else None
-            if self.trace.watching(env.broadcast.topic[len(TOPIC_PREFIX):]):
+            if self.trace.active and self.trace.watching(env.broadcast.topic[len(TOPIC_PREFIX):]):
                 self._trace_broadcast(env.stream, env.broadcast, exclude)
             delivered = self.hub.fanout_broadcast(env.stream, env.broadcast, exclude, env.offset, env.epoch)
             if delivered:  # §8: every per-channel delivery counts toward events/s

@@ -1,8 +1,8 @@
 """Message tracing for ``GET /api/trace`` (docs/explain.md): who each message on a topic was
 written to, who was skipped and why.
 
-Watchers register per sub-topic; the hot paths ask ``watching(sub_topic)`` first, which is one
-dict lookup on an empty dict when nobody traces, and only then work out the details.  Events
+Watchers register per sub-topic; the hot paths ask ``active`` first (an empty dict when nobody
+traces: no topic is even sliced), then ``watching(sub_topic)``, and only then work out the details.  Events
 carry socket ids, event names and sizes, never a payload.
 """
 
@@ -38,7 +38,7 @@ class TraceBus:
         return bool(self._watchers)
 
     def watching(self, sub_topic: str) -> bool:
-        return bool(self._watchers) and sub_topic in self._watchers
+        return sub_topic in self._watchers
 
     def emit(self, sub_topic: str, event: dict[str, Any]) -> None:
         for watcher in tuple(self._watchers.get(sub_topic, ())):

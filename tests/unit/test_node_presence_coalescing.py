@@ -5,10 +5,10 @@ other changes without its own again; a channel joining meanwhile gets them befor
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
+from support import wait_until
 
 from realtime_channels.config import Settings
 from realtime_channels.node import Node
@@ -78,10 +78,7 @@ async def test_the_window_closes_by_itself() -> None:
         node.subscribe(STREAM, (0, TOPIC), watcher)
         node.track(STREAM, (1, TOPIC), "a", {})
         node.track(STREAM, (2, TOPIC), "b", {})
-        for _ in range(1000):  # until the loop has run the window's timer
-            if watcher.diffs():
-                break
-            await asyncio.sleep(0.005)  # let the event loop run the timer; bounded by the loop count
+        await wait_until(lambda: watcher.diffs() or None, 5, "the window's timer to send the diff")
         assert [sorted(d["joins"]) for d in watcher.diffs()] == [["a", "b"]]
     finally:
         await node.stop()

@@ -1,12 +1,6 @@
-"""``realtime-channels doctor``: check a deployment and say exactly how to fix each problem.
-
-The checks are pure functions from facts to :class:`Result` (so each verdict and its fix can be
-read and tested on its own); the gatherers below them read the facts from PostgreSQL, Redis and
-the JWT settings.  :func:`run` checks one :class:`Target` — a tenant's database URL, publication,
-slots, JWT settings and Redis — and runs every check that still makes sense after an earlier one
-failed: without a database connection the database checks are reported as skipped, not failed
-again.  docs/doctor.md lists every check and its fix.
-"""
+"""``doctor``'s checks: pure functions from facts to :class:`Result`, each verdict with its fix,
+so every rule can be read and tested on its own (the facts are gathered in ``database`` and the
+package's runner)."""
 
 from __future__ import annotations
 

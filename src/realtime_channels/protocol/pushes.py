@@ -103,13 +103,9 @@ def presence(self: Session, ch: Channel, msg: Message, now: float, size: int) ->
             effects.append(Untrack(ch.presence_stream, ch.topic))
         effects.append(Send(reply(msg, ok_payload(), ch.join_ref)))
         return effects
-    payload = body.get("payload", {})
-    if payload is None:
-        payload = {}
-    if not isinstance(payload, dict):
-        return [Send(reply(msg, error_payload(errors.PresencePayloadNotMap().response), ch.join_ref))]
-    if size > self.config.max_payload_bytes:
-        return self._shutdown(ch, errors.TrackMessageSizeExceeded())
+    payload = track_payload(self, ch, msg, body, size)
+    if isinstance(payload, list):
+        return payload
     if self.limits is not None:
         if self.limits.presence_exceeded(now):  # §5.7 tenant presence rate
             return self._shutdown(ch, errors.PresenceRateLimitReached())
@@ -119,17 +115,29 @@ def presence(self: Session, ch: Channel, msg: Message, now: float, size: int) ->
     return [Track(ch.presence_stream, ch.topic, ch.presence_key, payload, reply(msg, ok_payload(), ch.join_ref),
                   refused)]
 
-def defer_presence(self: Session, ch: Channel, msg: Message, event: str, body: Mapping[str, Any], size: int,
-                   now: float) -> list[Effect]:
-    """§5.7 ``coalesce``: a push over the window is answered ok and kept — the latest one wins —
-    until the window opens (``apply_deferred_presence``), instead of shutting the channel down."""
-    payload = body.get("payload", {}) if event == "track" else {}
+def track_payload(self: Session, ch: Channel, msg: Message, body: Mapping[str, Any], size: int
+                  ) -> dict[str, Any] | list[Effect]:
+    """A track's payload (absent or null: ``{}``), or the effects that refuse the push."""
+    payload = body.get("payload", {})
     if payload is None:
         payload = {}
     if not isinstance(payload, dict):
         return [Send(reply(msg, error_payload(errors.PresencePayloadNotMap().response), ch.join_ref))]
     if size > self.config.max_payload_bytes:
         return self._shutdown(ch, errors.TrackMessageSizeExceeded())
+    return payload
+
+
+def defer_presence(self: Session, ch: Channel, msg: Message, event: str, body: Mapping[str, Any], size: int,
+                   now: float) -> list[Effect]:
+    """§5.7 ``coalesce``: a push over the window is answered ok and kept — the latest one wins —
+    until the window opens (``apply_deferred_presence``), instead of shutting the channel down."""
+    payload: dict[str, Any] = {}
+    if event == "track":
+        checked = track_payload(self, ch, msg, body, size)
+        if isinstance(checked, list):
+            return checked
+        payload = checked
     ch.presence_pending = (event, payload)
     ch.presence_due = ch.presence_window.opens_at(now)
     return [Send(reply(msg, ok_payload(), ch.join_ref))]

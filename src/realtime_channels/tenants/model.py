@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 if TYPE_CHECKING:
     from ..config import Settings
 
@@ -178,8 +180,6 @@ def settings_for(base: Settings, tenant: Tenant) -> Settings:
     """What a tenant's node runs with: its limits and flags over the process's defaults, its JWT
     secret or key set, its database (or none), and a slot of its own."""
     pg = tenant.postgres
-    import orjson
-
     update: dict[str, Any] = {**tenant.limits, "private_only": tenant.private_only,
                               "self_host_tenant_name": tenant.external_id,
                               "presence_enabled": tenant.presence_enabled,
