@@ -14,6 +14,25 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/ helpers (support, pgclus
 from support import ServerProc, start_server  # noqa: E402
 
 
+@pytest.fixture
+def spans() -> Iterator[Any]:
+    """Spans of the code run in this process, in OpenTelemetry's in-memory exporter (tracing
+    enabled for the test, disabled after)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from realtime_channels import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.enable(provider)
+    yield exporter
+    tracing.disable()
+    provider.shutdown()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     """One shared server on embedded defaults (test secret, no join-error back-off)."""

@@ -17,13 +17,11 @@ import aiohttp
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pgcluster import create_database, drop_database, install_auth_helpers
 from support import make_token, wait_until
 
-from realtime_channels import tracing
 from realtime_channels.auth import JwtVerifier
 from realtime_channels.cdc.changes import PostgresChanges
 from realtime_channels.cdc.types import FeedState
@@ -34,17 +32,6 @@ from realtime_channels.transport.app import build_app
 
 SECRET = "cdc-tracing-test-secret-at-least-32-chars"
 PUBLICATION, SLOT = "rc_pub_tracing", "rc_slot_tracing"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.enable(provider)
-    yield exporter
-    tracing.disable()
-    provider.shutdown()
 
 
 @pytest.fixture

@@ -22,8 +22,7 @@ import aiohttp
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from pgcluster import create_database, drop_database, install_auth_helpers
@@ -44,17 +43,6 @@ POLICY_SQL = """
 create policy "anon reads open rooms" on realtime.messages for select to anon
     using (realtime.topic() like 'open:%');
 """
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.enable(provider)
-    yield exporter
-    tracing.disable()
-    provider.shutdown()
 
 
 async def app_client(authorizer: ChannelAuthorizer | None = None) -> TestClient[Any, Any]:
