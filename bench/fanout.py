@@ -87,6 +87,9 @@ VARIANTS = {
     for v in [
         Variant("ours-v1", "realtime-channels V1", "v1", ours_cmd, ours_env, "/healthcheck"),
         Variant("ours-v2", "realtime-channels V2 (kind 3→4)", "v2", ours_cmd, ours_env, "/healthcheck"),
+        # the upgrade path of the same run: WebSockets served by aiohttp's WebSocketResponse
+        Variant("ours-v1-aiohttp", "realtime-channels V1, aiohttp WebSocket engine", "v1", ours_cmd,
+                lambda port: {**ours_env(port), "REALTIME_WEBSOCKET_ENGINE": "aiohttp"}, "/healthcheck"),
         # the presence baseline of the same run: one presence_diff per change, as before coalescing
         Variant("ours-v2-each", "realtime-channels V2, one diff per change", "v2", ours_cmd,
                 lambda port: {**ours_env(port), "REALTIME_PRESENCE_COALESCE_MS": "0"}, "/healthcheck"),
@@ -240,11 +243,12 @@ SCENARIOS = {
         # the one generator process, so the last receiver's latency is near 100 ms at any rate:
         # this scenario steps until p99 > 500 ms instead.
         Scenario("fanout-5000", "1 room × 5,000 subscribers", "fanout", fanout_params(1, 5000, 500, p99_limit_ms=500), ALL),
-        Scenario("rooms-1000x5", "1,000 rooms × 5 subscribers", "fanout", fanout_params(1000, 5, quick_rooms=100), ALL),
+        Scenario("rooms-1000x5", "1,000 rooms × 5 subscribers", "fanout", fanout_params(1000, 5, quick_rooms=100),
+                 (*ALL, "ours-v1-aiohttp")),
         Scenario("idle-10000", "10,000 idle joined connections", "idle",
                  lambda p: {"conns": 1000 if p.quick else 10_000, "rooms": 100 if p.quick else 1000,
                             "holdS": 3 if p.quick else 30},
-                 ALL),
+                 (*ALL, "ours-v1-aiohttp")),
         Scenario("presence-1000", "presence: 1,000 members join one room", "presence",
                  lambda p: {"members": 100 if p.quick else 1000, "syncTimeoutS": 60},
                  ("ours-v1", "ours-v2", "ours-v2-each")),

@@ -63,6 +63,9 @@ MEANINGS: dict[str, str] = {
     "jwt_jwks": "JWKS for RS/ES/EdDSA keys (and `oct` HS keys chosen by `kid`): JSON text, a file path, "
     "or an http(s) URL fetched at start and again on an unknown `kid` (at most every 30 s)",
     "log_level": "server log verbosity",
+    "websocket_engine": "who serves WebSocket upgrades: `direct` (the socket's own asyncio protocol: "
+                        "less memory per connection and faster connects) or `aiohttp` (its WebSocket "
+                        "response); REST is served by aiohttp either way",
     "log_format": "`text` lines, or `json`: one JSON object per line with the socket, topic and request "
                   "each record was logged for ([observability](observability.md))",
     "database_url": "PostgreSQL URL, e.g. `postgresql://realtime:pw@db:5432/app`; enables postgres_changes, "

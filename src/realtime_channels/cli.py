@@ -142,10 +142,18 @@ async def serve(settings: Settings) -> None:
     assert runner.server is not None
     guard = SlowRequestGuard(runner.server, settings.handshake_timeout_ms / 1000)
     guard.start()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
-                       reuse_port=settings.reuse_port or None)
-    await site.start()
-    port = runner.addresses[0][1] if runner.addresses else settings.port
+    listener: asyncio.Server | None = None
+    if settings.websocket_engine == "direct":
+        from .transport.direct import start_server
+
+        listener = await start_server(app, runner.server, settings.host, settings.port, settings.reuse_port,
+                                      settings.handshake_timeout_ms / 1000)
+        port = listener.sockets[0].getsockname()[1] if listener.sockets else settings.port
+    else:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
+                           reuse_port=settings.reuse_port or None)
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else settings.port
     if settings.dev_secret_in_use and not settings.reuse_port:  # workers: the supervisor prints it
         show_banner(settings, dev_banner(settings, port))
     log.info("realtime-channels listening on http://%s:%s (ws path /realtime/v1/websocket)", settings.host, port)
@@ -156,6 +164,8 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    if listener is not None:
+        listener.close()
     await shutdown_connections(app)
     await guard.stop()
     await runner.cleanup()

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-__all__ = ["BadRequestsQuiet", "JsonFormatter", "OneLine", "bind", "configure", "request_id", "socket_id"]
+__all__ = ["BadRequestsQuiet", "JsonFormatter", "OneLine", "bind", "configure", "request_id", "set_fields", "socket_id"]
 
 #: The context fields of a JSON record, in the order they are written.  ``tenant`` is reserved
 #: for a server that serves several projects; it is written only when known.
@@ -98,6 +98,13 @@ def request_id(header: str | None) -> str:
     if header is not None and _REQUEST_ID.fullmatch(header):
         return header
     return uuid.uuid4().hex
+
+
+def set_fields(**fields: str | None) -> None:
+    """Context fields for the rest of the current context: for a context that belongs to one
+    socket (or one task) and ends with it, where a ``with bind(...)`` block cannot span it."""
+    for name, value in fields.items():
+        _CONTEXT[name].set(value)
 
 
 @contextmanager

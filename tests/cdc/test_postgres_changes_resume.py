@@ -210,10 +210,13 @@ async def test_an_offset_older_than_retention_gets_a_gap_then_what_is_retained(c
             await join_resuming(c, topic, table)
             cdc.execute(f"insert into {table} values (1)")
             last = refs(await changes_until(c, topic, 1))[-1]
-        for i in range(2, 8):  # six changes, three retained
-            cdc.execute(f"insert into {table} values ({i})")
+        async with open_client(server, V2) as watcher:
+            watch = unique_topic("watch")
+            await join_resuming(watcher, watch, table)
+            for i in range(2, 8):  # six changes, three retained
+                cdc.execute(f"insert into {table} values ({i})")
+            await changes_until(watcher, watch, 7)  # the barrier: the server has routed all six
         async with open_client(server, V2) as c:
-            await c.join_ok(unique_topic("barrier"), {})
             await join_resuming(c, topic, table, resume={"offset": last})
             got = await changes_until(c, topic, 7)
         gap = got[0]

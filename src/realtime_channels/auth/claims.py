@@ -42,6 +42,10 @@ class ClaimsCache:
                 self.bytes = 0
         return self.verify_cached(token, now)
 
+    def needs_refresh(self, token: str) -> bool:
+        """Whether ``verify`` would first fetch the JWKS again (the token names an unknown key)."""
+        return self.refresher is not None and self.verifier.unknown_kid(token) is not None
+
     def verify_cached(self, token: str, now: float) -> dict[str, Any]:
         """The claims of a valid token; raises the exact error (expired, bad signature…)."""
         if len(token) > MAX_TOKEN_CHARS:

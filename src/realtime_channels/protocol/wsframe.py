@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["build_frame", "build_text_frame"]
+__all__ = ["build_control_frame", "build_frame", "build_text_frame"]
 
 _FIN_TEXT = 0x81  # FIN + opcode 1 (text)
 _FIN_BINARY = 0x82  # FIN + opcode 2 (binary)
@@ -29,6 +29,11 @@ def build_frame(data: str | bytes) -> bytes:
 def build_text_frame(utf8: bytes) -> bytes:
     """A text frame of text already encoded as UTF-8 (orjson's output)."""
     return _frame(_FIN_TEXT, utf8)
+
+
+def build_control_frame(opcode: int, payload: bytes) -> bytes:
+    """A close (8), ping (9) or pong (10) frame; control payloads are at most 125 bytes (§5.5)."""
+    return _frame(0x80 | opcode, payload[:125])
 
 
 def _frame(first: int, payload: bytes) -> bytes:

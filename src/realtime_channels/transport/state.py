@@ -94,14 +94,19 @@ DIRECTORY: web.AppKey[Directory] = web.AppKey("directory", Directory)
 
 
 async def state_for(request: web.Request) -> AppState:
-    """The state of the request's tenant: with tenants in a database, the one its Host names
+    """The state of the request's tenant (``state_for_host``)."""
+    return await state_for_host(request.app, request.headers.get("Host"))
+
+
+async def state_for_host(app: web.Application, host: str | None) -> AppState:
+    """The state of a request's tenant: with tenants in a database, the one its Host names
     (raises ``TenantNotFound`` / ``TenantSuspended``); otherwise the one the environment defines."""
-    directory = request.app.get(DIRECTORY)
+    directory = app.get(DIRECTORY)
     if directory is None:
-        return request.app[STATE]
+        return app[STATE]
     from ..tenants.model import tenant_of_host
 
-    return await directory.resolve(tenant_of_host(request.headers.get("Host")))
+    return await directory.resolve(tenant_of_host(host))
 
 
 def all_states(app: web.Application) -> list[AppState]:

@@ -16,6 +16,8 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -27,7 +29,7 @@ from ..protocol import session as s
 from ..protocol.codec import BinaryBroadcastPush, DecodeError, Message, Vsn, decode_binary, decode_text, encode_utf8
 from ..protocol.wsframe import build_text_frame
 from . import effects
-from .state import STATE, AppState, json_response, state_for
+from .state import STATE, AppState, json_response, state_for_host
 
 log = logging.getLogger("realtime_channels.transport")
 
@@ -53,19 +55,20 @@ def close_reason(ws: web.WebSocketResponse) -> str | None:
 class Connection:
     """One WebSocket: owns its Session, hands its effects to ``effects.run``, writes frames."""
 
-    __slots__ = ("allowance", "backlog", "claims", "close_due", "close_task", "closing", "conn_id", "headers",
-                 "joined", "joins", "last_rx", "loop", "session", "state", "timer", "timer_at", "transport",
-                 "vsn", "ws")
+    __slots__ = ("address", "allowance", "backlog", "claims", "close_due", "close_task", "closing", "conn_id",
+                 "headers", "joined", "joins", "last_rx", "loop", "session", "state", "timer", "timer_at",
+                 "transport", "vsn")
 
-    def __init__(self, state: AppState, ws: web.WebSocketResponse, transport: asyncio.BaseTransport,
-                 vsn: Vsn, session: s.Session, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, state: AppState, transport: asyncio.BaseTransport, vsn: Vsn, session: s.Session,
+                 headers: dict[str, str] | None = None, address: str | None = None) -> None:
         self.state = state
         #: the upgrade request's ``x-*`` headers, exposed to policies as request.headers (§1.3)
         self.headers = headers or {}
         #: the API key's claims, and the topics joined (for function events)
         self.claims: dict[str, Any] = {}
         self.joined: set[str] = set()
-        self.ws = ws
+        #: the client address counted against ``max_connections_per_address`` (``Admitted``)
+        self.address = address
         # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
         self.vsn = vsn
@@ -123,10 +126,14 @@ class Connection:
         ``abort_after`` seconds later the TCP connection is cut if the peer has not answered."""
         if not self.closing:
             self.closing = True
-            self.close_task = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
+            self.close_task = self.send_close(code, reason)
             if abort_after is not None:
                 self.loop.call_later(abort_after, self.transport.abort)
         return self.close_task
+
+    def send_close(self, code: int, reason: str) -> asyncio.Future[Any]:
+        """Write the close frame; the future is done when the closing handshake is over."""
+        raise NotImplementedError
 
     def close_later(self, code: int, reason: str, delay: float) -> None:
         """Condemned (a ``Close`` effect): nothing more is read from this socket, and it is
@@ -164,6 +171,13 @@ class Connection:
         except DecodeError as exc:
             log.debug("ignoring undecodable frame conn=%s: %s", self.conn_id, exc)  # §2.4
             return None
+
+    def open(self, claims: dict[str, Any]) -> None:
+        """The socket is upgraded: it counts as open from now on and its idle timer runs."""
+        self.claims = claims
+        self.state.connections.add(self)
+        self.observe("connection.open", "", None, None)
+        self.arm_timer()
 
     def handle(self, msg: Message | BinaryBroadcastPush, size: int) -> None:
         metrics.join_received(self, msg)
@@ -204,91 +218,172 @@ class Connection:
         self.run(self.session.tick(time.time()))
         self.arm_timer()
 
-    def finish(self) -> None:
+    def finish(self, code: int | None, reason: str | None) -> None:
+        """The socket is gone (``code`` and ``reason``: its close frame's, if one was exchanged)."""
         self.closing = True
+        self.state.connections.discard(self)
         if self.timer is not None:
             self.timer.cancel()
         self.run(self.session.closed())
+        release_address(self.state, self.address)
         if tracing.ENABLED:
             tracing.connection_closed(self.conn_id)
+        self.observe("connection.close", "", None, {"code": code, "reason": reason})
 
 
-async def refuse(state: AppState, request: web.Request, refusal: handshake.Refusal) -> web.Response:
-    """§1.4: refusals are logged and paced to slow reconnect storms."""
-    log.info("refused WebSocket upgrade from %s: %s", request.remote, refusal.reason)
-    metrics.refused(refusal.reason.partition(":")[0])
-    if refusal.paced:
-        await asyncio.sleep(state.settings.connect_error_backoff_ms / 1000)
-    if refusal.body is None:
-        return web.Response(status=refusal.status, body=b"")
-    return json_response(refusal.status, dict(refusal.body))
+class AiohttpConnection(Connection):
+    """A socket upgraded by aiohttp: its ``WebSocketResponse`` reads and closes."""
+
+    __slots__ = ("ws",)
+
+    def __init__(self, state: AppState, ws: web.WebSocketResponse, transport: asyncio.BaseTransport,
+                 vsn: Vsn, session: s.Session, headers: dict[str, str] | None = None,
+                 address: str | None = None) -> None:
+        super().__init__(state, transport, vsn, session, headers, address)
+        self.ws = ws
+
+    def send_close(self, code: int, reason: str) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
 
 
-async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    with logs.bind(request_id=logs.request_id(request.headers.get("X-Request-Id"))):
-        return await _websocket(request)
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """An upgrade that passed every check: the tenant's state, the request's wire format and API
+    key, the key's claims, and the address counted against the per-address cap (if one is set)."""
+
+    state: AppState
+    checked: handshake.Upgrade
+    claims: dict[str, Any]
+    address: str | None
 
 
-async def _websocket(request: web.Request) -> web.StreamResponse:
+async def admit(app: web.Application, method: str, headers: Mapping[str, str], query: Mapping[str, str],
+                remote: str | None) -> tuple[AppState, Admitted | handshake.Refusal]:
+    """Every check of an upgrade request (§1.2–§1.4), in order: its tenant, ``vsn`` and API key,
+    the key's signature, the tenant's limits, the per-address cap.  An ``Admitted`` counts its
+    address until ``release_address``."""
     try:
-        state = await state_for(request)
+        state = await state_for_host(app, headers.get("Host"))
     except (errors.TenantNotFound, errors.TenantSuspended) as err:
-        return await refuse(request.app[STATE], request, handshake.refusal(err))
-    checked = handshake.check_request(request.method, request.query.get("vsn"), request.headers, request.query)
+        return app[STATE], handshake.refusal(err)
+    checked = handshake.check_request(method, query.get("vsn"), headers, query)
     if isinstance(checked, handshake.Refusal):
-        return await refuse(state, request, checked)
+        return state, checked
     try:
         claims = await state.verify(checked.api_key)
     except errors.RealtimeError as err:
-        return await refuse(state, request, handshake.refusal(err))
+        return state, handshake.refusal(err)
+    return state, admit_claims(state, checked, claims, headers, remote)
+
+
+def admit_now(state: AppState, method: str, headers: Mapping[str, str], query: Mapping[str, str],
+              remote: str | None) -> Admitted | handshake.Refusal | None:
+    """``admit`` without waiting, for a tenant already known: ``None`` when the API key names a
+    key the JWKS must be fetched again for (then ``admit`` it)."""
+    checked = handshake.check_request(method, query.get("vsn"), headers, query)
+    if isinstance(checked, handshake.Refusal):
+        return checked
+    if state.claims.needs_refresh(checked.api_key):
+        return None
+    try:
+        claims = state.claims.verify_cached(checked.api_key, time.time())
+    except errors.RealtimeError as err:
+        return handshake.refusal(err)
+    return admit_claims(state, checked, claims, headers, remote)
+
+
+def admit_claims(state: AppState, checked: handshake.Upgrade, claims: dict[str, Any], headers: Mapping[str, str],
+                 remote: str | None) -> Admitted | handshake.Refusal:
+    """The checks after the API key's: the tenant's limits and the per-address cap."""
     over_limit = handshake.check_limits(state.node.limits, time.time())
     if over_limit is not None:
-        return await refuse(state, request, over_limit)
+        return over_limit
     cap = state.settings.max_connections_per_address
     if not cap:
-        return await serve_socket(state, request, checked, claims)
-    address = state.client_address(request.remote, request.headers)
+        return Admitted(state, checked, claims, None)
+    address = state.client_address(remote, headers)
     if state.per_address[address] >= cap:
-        return await refuse(state, request, handshake.refusal(errors.AddressConnectionLimitReached()))
-    state.per_address[address] += 1  # counted before the first await: no race past the cap
-    try:
-        return await serve_socket(state, request, checked, claims)
-    finally:
+        return handshake.refusal(errors.AddressConnectionLimitReached())
+    state.per_address[address] += 1  # counted before the next await: no race past the cap
+    return Admitted(state, checked, claims, address)
+
+
+def release_address(state: AppState, address: str | None) -> None:
+    if address is not None:
         state.per_address[address] -= 1
         if not state.per_address[address]:
             del state.per_address[address]
 
 
-async def serve_socket(state: AppState, request: web.Request, checked: handshake.Upgrade,
-                       claims: dict[str, Any]) -> web.StreamResponse:
-    """Upgrade the request and run the socket until it closes."""
+def new_session(state: AppState, api_key: str) -> s.Session:
+    keeper = state.node.gatekeeper
+    return s.Session(verify=tracing.verifier(state.claims.verify_cached), conn_token=api_key,
+                     new_presence_key=new_presence_key, config=state.session_config,
+                     limits=state.node.limits, gates=keeper.has_gate if keeper is not None else None)
+
+
+_KEY_BASE = uuid.uuid4().int
+_key_serial = itertools.count()
+
+
+def new_presence_key() -> str:
+    """A presence key for a join that names none: a UUID unique to this process (a random one
+    drawn at start, with a serial number folded into its low bits)."""
+    h = f"{_KEY_BASE ^ next(_key_serial):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def x_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upgrade request's ``x-*`` headers, lower-cased: policies see them as request.headers."""
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-")}
+
+
+async def pace(state: AppState, remote: str | None, refusal: handshake.Refusal) -> None:
+    """§1.4: refusals are logged, and paced to slow reconnect storms."""
+    log.info("refused WebSocket upgrade from %s: %s", remote, refusal.reason)
+    metrics.refused(refusal.reason.partition(":")[0])
+    if refusal.paced:
+        await asyncio.sleep(state.settings.connect_error_backoff_ms / 1000)
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    with logs.bind(request_id=logs.request_id(request.headers.get("X-Request-Id"))):
+        state, admitted = await admit(request.app, request.method, request.headers, request.query, request.remote)
+        if isinstance(admitted, handshake.Refusal):
+            await pace(state, request.remote, admitted)
+            if admitted.body is None:
+                return web.Response(status=admitted.status, body=b"")
+            return json_response(admitted.status, dict(admitted.body))
+        return await serve_socket(admitted, request)
+
+
+async def serve_socket(admitted: Admitted, request: web.Request) -> web.StreamResponse:
+    """Upgrade the request with aiohttp and run the socket until it closes."""
+    state = admitted.state
     ws = web.WebSocketResponse(compress=False, max_msg_size=state.settings.max_frame_bytes,
                                autoping=True, autoclose=True)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        release_address(state, admitted.address)
+        raise
     transport = request.transport
     if transport is None:  # the peer vanished during the upgrade
+        release_address(state, admitted.address)
         return ws
-    keeper = state.node.gatekeeper
-    session = s.Session(verify=tracing.verifier(state.claims.verify_cached), conn_token=checked.api_key,
-                        new_presence_key=lambda: str(uuid.uuid1()), config=state.session_config,
-                        limits=state.node.limits, gates=keeper.has_gate if keeper is not None else None)
-    headers = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-")}
-    conn = Connection(state, ws, transport, checked.vsn, session, headers)
-    state.connections.add(conn)
-    conn.claims = claims
+    session = new_session(state, admitted.checked.api_key)
+    conn = AiohttpConnection(state, ws, transport, admitted.checked.vsn, session, x_headers(request.headers),
+                             admitted.address)
     with logs.bind(socket_id=logs.socket_id(conn.conn_id)):
-        conn.observe("connection.open", "", None, None)
-        conn.arm_timer()
+        conn.open(admitted.claims)
         try:
             await read_loop(conn, ws)
         finally:
-            state.connections.discard(conn)
-            conn.finish()
-            conn.observe("connection.close", "", None, {"code": ws.close_code, "reason": close_reason(ws)})
+            conn.finish(ws.close_code, close_reason(ws))
     return ws
 
 
-async def read_loop(conn: Connection, ws: web.WebSocketResponse) -> None:
+async def read_loop(conn: AiohttpConnection, ws: web.WebSocketResponse) -> None:
     """One socket's frames, in order.
 
     Fairness: while a socket has frames buffered ``ws.receive()`` returns without yielding, so
