@@ -100,6 +100,34 @@ def running_server(env_extra: dict[str, str], core: int | None, log_path: Path,
         stop_process(proc)
 
 
+def redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextmanager
+def redis_server(data_dir: Path, core: int | None = None) -> Iterator[tuple[str, int]]:
+    """A throwaway ``redis-server`` on a free port (no persistence, files in ``data_dir``); yields
+    (its redis:// URL, its pid) once it answers PING, stops it on exit."""
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+           "--dir", str(data_dir)]
+    proc = subprocess.Popen(pinned(core, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not redis_ping(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on {port} did not start (exit {proc.poll()})")
+            time.sleep(0.05)  # polling until it answers, bounded by the deadline
+        yield f"redis://127.0.0.1:{port}/0", proc.pid
+    finally:
+        stop_process(proc)
+
+
 # --- /proc ------------------------------------------------------------------------------------
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
