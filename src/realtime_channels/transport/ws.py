@@ -318,19 +318,8 @@ def release_address(state: AppState, address: str | None) -> None:
 def new_session(state: AppState, api_key: str) -> s.Session:
     keeper = state.node.gatekeeper
     return s.Session(verify=tracing.verifier(state.claims.verify_cached), conn_token=api_key,
-                     new_presence_key=new_presence_key, config=state.session_config,
+                     new_presence_key=lambda: str(uuid.uuid1()), config=state.session_config,
                      limits=state.node.limits, gates=keeper.has_gate if keeper is not None else None)
-
-
-_KEY_BASE = uuid.uuid4().int
-_key_serial = itertools.count()
-
-
-def new_presence_key() -> str:
-    """A presence key for a join that names none: a UUID unique to this process (a random one
-    drawn at start, with a serial number folded into its low bits)."""
-    h = f"{_KEY_BASE ^ next(_key_serial):032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def x_headers(headers: Mapping[str, str]) -> dict[str, str]:
