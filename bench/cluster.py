@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from common import free_port, pinned, stop_process
+from common import free_port, http_json, pinned, redis_ping, redis_server, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -204,40 +204,6 @@ def wait_for(check: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def redis_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def http_json(url: str) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return json.loads(r.read())
-    except (OSError, ValueError):
-        return None
-
-
-@contextmanager
-def redis_server(core: int | None, tmp: Path) -> Iterator[tuple[str, int]]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(pinned(core, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                          "--appendonly", "no", "--dir", str(tmp)]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: redis_ping(port), 10, "redis-server")
-        yield f"redis://127.0.0.1:{port}/0", proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 @contextmanager
 def server_node(core: int | None, log_dir: Path, name: str, redis_url: str | None) -> Iterator[tuple[int, int]]:
     port = free_port()
@@ -300,7 +266,7 @@ def scenario(name: str, args: argparse.Namespace, log_dir: Path, tmp: Path) -> l
         pids: dict[str, int] = {}
         redis_url = None
         if name != "single":
-            redis_url, pids["redis"] = stack.enter_context(redis_server(core, tmp))
+            redis_url, pids["redis"] = stack.enter_context(redis_server(tmp, core))
         port_a, pids["A"] = stack.enter_context(server_node(core, log_dir, f"{name}-A", redis_url))
         port_b = port_a
         if name == "cross":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import math
 import os
 import platform
@@ -98,6 +99,15 @@ def running_server(env_extra: dict[str, str], core: int | None, log_path: Path,
         yield port, proc.pid  # taskset execs the command: same pid
     finally:
         stop_process(proc)
+
+
+def http_json(url: str) -> Any:
+    """A JSON answer from ``url``, or ``None`` while nothing (or not JSON) answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
 
 
 def redis_ping(port: int) -> bool:

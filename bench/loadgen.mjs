@@ -14,6 +14,7 @@ import { readFileSync, readdirSync } from 'node:fs'
 import { performance } from 'node:perf_hooks'
 import readline from 'node:readline'
 import WebSocket from 'ws'
+import { LogHist } from './loghist.mjs'
 
 const cfg = JSON.parse(process.argv[2])
 const CLK_TCK = 100 // /proc/<pid>/stat times are in USER_HZ ticks; 100 on Linux
@@ -616,25 +617,7 @@ async function slow() {
 // interval's publishes, deliveries and latency histogram (bench/soak.py merges the processes').
 //   stdin  {"cmd":"rate","value":<deliveries/s>} | {"cmd":"report"} | {"cmd":"stop"}
 //   stdout {"type":"ready"} once joined, {"type":"report", ...} per report, {"type":"result"} at the end
-// Latencies go to log buckets (as bench/common.py's LogHist), so memory stays flat for hours.
-const HIST_LO_MS = 0.01
-const LOG_GROWTH = Math.log(1.04)
-class LogHist {
-  constructor() {
-    this.b = new Map()
-    this.n = 0
-    this.max = 0
-  }
-  add(ms) {
-    const i = ms <= HIST_LO_MS ? 0 : Math.ceil(Math.log(ms / HIST_LO_MS) / LOG_GROWTH)
-    this.b.set(i, (this.b.get(i) ?? 0) + 1)
-    this.n++
-    if (ms > this.max) this.max = ms
-  }
-  toJSON() {
-    return { b: Object.fromEntries(this.b), n: this.n, max: this.max }
-  }
-}
+// Latencies go to log buckets (bench/loghist.mjs), so memory stays flat for hours.
 
 async function soak() {
   const base = cfg.roomBase ?? 0

@@ -24,32 +24,13 @@
 import { performance } from 'node:perf_hooks'
 import readline from 'node:readline'
 import WebSocket from 'ws'
+import { LogHist } from './loghist.mjs'
 
 const cfg = JSON.parse(process.argv[2])
 const GROUP = cfg.groupSize
 const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 const progress = (msg) => emit({ type: 'progress', msg })
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-
-// --- latency histogram (bucket i ≥ 1 holds (0.01·1.04^(i-1), 0.01·1.04^i] ms) ---------------------
-const HIST_LO_MS = 0.01
-const LOG_GROWTH = Math.log(1.04)
-class LogHist {
-  constructor() {
-    this.b = new Map()
-    this.n = 0
-    this.max = 0
-  }
-  add(ms) {
-    const i = ms <= HIST_LO_MS ? 0 : Math.ceil(Math.log(ms / HIST_LO_MS) / LOG_GROWTH)
-    this.b.set(i, (this.b.get(i) ?? 0) + 1)
-    this.n++
-    if (ms > this.max) this.max = ms
-  }
-  toJSON() {
-    return { b: Object.fromEntries(this.b), n: this.n, max: this.max }
-  }
-}
 
 // --- reading "ts" and "k" out of a delivery without parsing it -------------------------------------
 const TS = Buffer.from('"ts":')

@@ -62,6 +62,7 @@ from common import (
     Worker,
     cpu_model,
     free_port,
+    http_json,
     loadavg,
     log,
     process_tree,
@@ -108,14 +109,6 @@ CONFIGS = {c.name: c for c in [
 
 
 # --- processes ----------------------------------------------------------------------------------
-
-
-def http_json(url: str) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return json.loads(r.read())
-    except (OSError, ValueError):
-        return None
 
 
 #: Put on the server's PYTHONPATH as ``sitecustomize``: every Python process of the server notes
