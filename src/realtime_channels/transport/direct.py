@@ -24,6 +24,7 @@ import asyncio
 import contextvars
 import http
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -37,6 +38,7 @@ from ..protocol.limits import TokenBucket
 from ..protocol.wsframe import build_control_frame
 from ..protocol.wsread import (BINARY, CLOSE, PING, TEXT, BadHead, FrameReader, RequestHead, Violation,
                                close_payload, parse_close, parse_head, upgrade_response)
+from .app import WS_PATHS
 from .state import DIRECTORY, STATE, AppState
 from .ws import (READ_SLICE_S, Admitted, Connection, admit, admit_now, new_session, pace, release_address,
                  x_headers)
@@ -265,8 +267,6 @@ class Front(asyncio.Protocol):
         except BadHead:
             self._hand_off(buf)
             return
-        from .app import WS_PATHS
-
         if head.path not in WS_PATHS or not head.is_websocket_upgrade():
             self._hand_off(buf)
             return
@@ -279,8 +279,7 @@ class Front(asyncio.Protocol):
         ctx.run(logs.set_fields, request_id=logs.request_id(head.headers.get("X-Request-Id")))
         if self.single is not None and ctx.run(upgrade_now, self.single, transport, head, buf[end + 4:]):
             return
-        ctx.run(_UPGRADING.add, asyncio.get_running_loop().create_task(
-            upgrade(self.app, transport, head, buf[end + 4:]), context=ctx))
+        _spawn(upgrade(self.app, transport, head, buf[end + 4:]), ctx)
 
     def _hand_off(self, buf: bytes) -> None:
         """aiohttp serves this connection from now on, from the first byte it sent."""
@@ -294,8 +293,14 @@ class Front(asyncio.Protocol):
         handler.data_received(buf)
 
 
-#: upgrades under way (kept referenced until they finish)
+#: upgrades and refusals under way (kept referenced until they finish)
 _UPGRADING: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None], ctx: contextvars.Context | None = None) -> None:
+    task = asyncio.get_running_loop().create_task(coro, context=ctx)
+    _UPGRADING.add(task)
+    task.add_done_callback(_UPGRADING.discard)
 
 
 async def upgrade(app: web.Application, transport: asyncio.Transport, head: RequestHead, rest: bytes) -> None:
@@ -305,10 +310,6 @@ async def upgrade(app: web.Application, transport: asyncio.Transport, head: Requ
     except Exception:  # noqa: BLE001 - one upgrade's surprise must not reach the loop
         log.exception("WebSocket upgrade failed")
         transport.abort()
-    finally:
-        task = asyncio.current_task()
-        if task is not None:
-            _UPGRADING.discard(task)
 
 
 async def _upgrade(app: web.Application, transport: asyncio.Transport, head: RequestHead, rest: bytes) -> None:
@@ -333,7 +334,7 @@ def upgrade_now(state: AppState, transport: asyncio.Transport, head: RequestHead
     if admitted is None:
         return False
     if isinstance(admitted, handshake.Refusal):
-        _UPGRADING.add(asyncio.get_running_loop().create_task(_refuse(state, transport, remote, admitted)))
+        _spawn(_refuse(state, transport, remote, admitted))
         return True
     _accept(admitted, transport, head, rest)
     return True
@@ -341,13 +342,8 @@ def upgrade_now(state: AppState, transport: asyncio.Transport, head: RequestHead
 
 async def _refuse(state: AppState, transport: asyncio.Transport, remote: str | None,
                   refusal: handshake.Refusal) -> None:
-    try:
-        await pace(state, remote, refusal)
-        _respond(transport, refusal.status, refusal.body)
-    finally:
-        task = asyncio.current_task()
-        if task is not None:
-            _UPGRADING.discard(task)
+    await pace(state, remote, refusal)
+    _respond(transport, refusal.status, refusal.body)
 
 
 def _remote(transport: asyncio.Transport) -> str | None:

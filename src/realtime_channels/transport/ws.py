@@ -11,6 +11,7 @@ consumer, drain) goes through ``Connection.close``.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import itertools
 import logging
@@ -52,7 +53,7 @@ def close_reason(ws: web.WebSocketResponse) -> str | None:
     return str(extra) if extra else None
 
 
-class Connection:
+class Connection(abc.ABC):
     """One WebSocket: owns its Session, hands its effects to ``effects.run``, writes frames."""
 
     __slots__ = ("address", "allowance", "backlog", "claims", "close_due", "close_task", "closing", "conn_id",
@@ -131,9 +132,9 @@ class Connection:
                 self.loop.call_later(abort_after, self.transport.abort)
         return self.close_task
 
+    @abc.abstractmethod
     def send_close(self, code: int, reason: str) -> asyncio.Future[Any]:
         """Write the close frame; the future is done when the closing handshake is over."""
-        raise NotImplementedError
 
     def close_later(self, code: int, reason: str, delay: float) -> None:
         """Condemned (a ``Close`` effect): nothing more is read from this socket, and it is
