@@ -272,7 +272,8 @@ def run_one(v: Variant, sc: Scenario, plan: Plan, args: argparse.Namespace, log_
                "serverPid": pid, "connectConcurrency": args.connect_concurrency, "heartbeatS": 25,
                **sc.params(plan)}
         t0 = time.monotonic()
-        spy = start_profiler(pid, out_dir=args.out_dir, tag=f"{v.name}-{sc.name}") if args.profile and v.name.startswith("ours") else None
+        spy = (start_profiler(pid, out_dir=args.out_dir, tag=f"{v.name}-{sc.name}", native=args.profile_native)
+               if (args.profile or args.profile_native) and v.name.startswith("ours") else None)
         steps, result = run_generator(cfg, args.gen_core, tag, timeout=1800)
         alive = Path(f"/proc/{pid}").exists()
         if spy is not None:
@@ -288,10 +289,13 @@ def run_one(v: Variant, sc: Scenario, plan: Plan, args: argparse.Namespace, log_
 # --- profiling (py-spy) -------------------------------------------------------------------------
 
 
-def start_profiler(pid: int, out_dir: Path, tag: str) -> tuple[subprocess.Popen[bytes], Path]:
+def start_profiler(pid: int, out_dir: Path, tag: str, native: bool = False) -> tuple[subprocess.Popen[bytes], Path]:
+    """py-spy on the server; ``native`` adds C frames (uvloop, the interpreter) and stops the
+    process for each sample, so it perturbs the figures more."""
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     raw = out_dir / f"profile-{tag}.collapsed"
-    proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--format", "raw",
+    how = ["--native"] if native else ["--nonblocking"]
+    proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "250", *how, "--format", "raw",
                              "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, raw
 
@@ -614,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", action="store_true",
                     help="keep the other pairs' results already in the output folder's fanout.json")
     ap.add_argument("--profile", action="store_true", help="record realtime-channels with py-spy (perturbs the figures)")
+    ap.add_argument("--profile-native", action="store_true", help="as --profile, with C frames (perturbs them more)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results, quick: bench/results/quick)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite fanout.md and the plots from the output folder's fanout.json")

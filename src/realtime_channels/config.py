@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     #: set for the worker processes started by --workers (they share the port)
     reuse_port: bool = False
-    websocket_engine: Literal["direct", "aiohttp"] = "aiohttp"
+    websocket_engine: Literal["direct", "aiohttp"] = "direct"
 
     # functions triggered by realtime events (README "Functions")
     functions_config: str | None = Field(None, description="path of the functions TOML file")

@@ -171,8 +171,15 @@ class Session:
         return effects
 
     def next_deadline(self) -> float | None:
-        due = [c.presence_due for c in self.channels.values() if c.presence_due is not None]
-        return min([*(c.deadline for c in self.channels.values()), *due], default=None)
+        # one pass, no lists: the adapter asks after every frame it reads
+        best: float | None = None
+        for c in self.channels.values():
+            d = c.deadline
+            if c.presence_due is not None and c.presence_due < d:
+                d = c.presence_due
+            if best is None or d < best:
+                best = d
+        return best
 
     def closed(self) -> list[Effect]:
         """The socket is gone: release every channel's subscriptions and presence (§5.1)."""

@@ -188,9 +188,10 @@ class DirectConnection(Connection, asyncio.Protocol):
         if not transport.is_closing():
             transport.write(build_control_frame(CLOSE, close_payload(code, reason)))
             self.loop.call_later(CLOSE_TIMEOUT_S, transport.abort)
-            if self.paused and self.close_due is None:
+            if self.paused:  # the peer's close must be read, also on a condemned socket
                 self.paused = False
                 transport.resume_reading()
+                self.loop.call_soon(self._pump)  # frames already buffered: the close may be there
         if self.closed is None:
             self.closed = self.loop.create_future()
             if transport.is_closing() and self.finished:

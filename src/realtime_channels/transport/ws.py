@@ -16,7 +16,6 @@ import asyncio
 import itertools
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ from ..protocol import handshake
 from ..protocol import session as s
 from ..protocol.codec import BinaryBroadcastPush, DecodeError, Message, Vsn, decode_binary, decode_text, encode_utf8
 from ..protocol.wsframe import build_text_frame
-from . import effects
+from . import effects, timeuuid
 from .state import STATE, AppState, json_response, state_for_host
 
 log = logging.getLogger("realtime_channels.transport")
@@ -319,7 +318,7 @@ def release_address(state: AppState, address: str | None) -> None:
 def new_session(state: AppState, api_key: str) -> s.Session:
     keeper = state.node.gatekeeper
     return s.Session(verify=tracing.verifier(state.claims.verify_cached), conn_token=api_key,
-                     new_presence_key=lambda: str(uuid.uuid1()), config=state.session_config,
+                     new_presence_key=timeuuid.new_key, config=state.session_config,
                      limits=state.node.limits, gates=keeper.has_gate if keeper is not None else None)
 
 
