@@ -55,7 +55,7 @@ class RollingRate:
     has) so a burst right after start-up is not diluted by a minute of imagined silence.
     """
 
-    __slots__ = ("_buckets", "_bucket_seconds", "_counts", "_first", "total")
+    __slots__ = ("_buckets", "_bucket_seconds", "_counts", "_first", "_sum", "total")
 
     def __init__(self, buckets: int = 12, bucket_seconds: float = 5.0) -> None:
         if buckets < 1:
@@ -67,11 +67,14 @@ class RollingRate:
         # (bucket index, count), oldest first; only non-empty buckets are stored.
         self._counts: deque[list[int]] = deque()
         self._first: int | None = None
+        #: the sum of ``_counts`` (rate() is asked for every inbound message)
+        self._sum = 0
         #: every event ever added (the /metrics counters and the inspector read it)
         self.total = 0
 
     def add(self, now: float, n: int = 1) -> None:
         self.total += n
+        self._sum += n
         idx = self._index(now)
         if self._first is None:
             self._first = idx
@@ -87,8 +90,7 @@ class RollingRate:
         if self._first is None or not self._counts:
             return 0.0
         span = min(self._buckets, idx - self._first + 1)
-        total = sum(count for _, count in self._counts)
-        return total / (span * self._bucket_seconds)
+        return self._sum / (span * self._bucket_seconds)
 
     def _index(self, now: float) -> int:
         idx = int(now // self._bucket_seconds)
@@ -99,7 +101,7 @@ class RollingRate:
     def _expire(self, idx: int) -> None:
         oldest = idx - self._buckets + 1
         while self._counts and self._counts[0][0] < oldest:
-            self._counts.popleft()
+            self._sum -= self._counts.popleft()[1]
 
 
 class TokenBucket:
