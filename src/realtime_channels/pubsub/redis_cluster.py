@@ -1,0 +1,460 @@
+"""Redis Cluster backbone: sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7) across the shards.
+
+Theory of operation
+-------------------
+Stream ``s`` of a node with prefix ``p`` is the shard channel ``{<p><s>}`` (braces and ``%``
+in the name percent-escaped, so the braces shown are the only ones and the whole name is the
+hash tag); its retention keys are ``{<p><s>}:m`` and ``{<p><s>}:l`` (redis_log.py), in the
+same slot, so the publish script can declare its keys and SPUBLISH to a channel of their slot.
+Streams, presence replication and shared database changes included (they are streams too),
+spread over the slots by name, tenant prefix included.
+
+:class:`RedisClusterPubSub` reads the slot map (``CLUSTER SLOTS``) from any node it knows (the
+configured one first, then every master and replica of the last map) and runs one
+:class:`~.redis.RedisPubSub` session machine per master, a *link*, switched to sharded
+commands: its own publish connection, subscribe connection, outbox, writer and reader.  Each
+stream belongs to the link of its slot's master, so everything the single-Redis backend
+guarantees per stream holds per link: publish order (one connection publishes a stream),
+at-most-once delivery, own envelopes echoed, ``confirmed`` once SSUBSCRIBE is confirmed, and
+local delivery while that link is down.  All links share one sender id and one sequence, and a
+link drops an own envelope it is not waiting for (already delivered locally), so an envelope
+is never delivered twice, even when its stream moved between links.
+
+Topology changes
+----------------
+The slot map is read again when a link loses its session (its master died, or a MOVED reply
+ended it), when a master unsubscribes a channel by itself (``sunsubscribe`` push: its slot
+moved), every ``REFRESH_IDLE_S`` and, while any link is down, every ``REFRESH_MIN_S``
+doubling to ``REFRESH_MAX_S``.  A new map moves streams to the link of their slot's new master
+(created as needed; the new master is SSUBSCRIBEd when that link connects) and closes links of
+nodes that are no longer masters.  When a master dies, its streams are delivered locally only
+until a replica is promoted and the map says so: ``health`` is ``degraded`` from the moment a
+link is down until every master's link is connected again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.crc import key_slot
+from redis.exceptions import RedisError
+
+from ..protocol.codec import Broadcast
+from . import Deliver, Envelope, Health
+from . import redis_log
+from .redis import _SUB, RedisPubSub, State
+from .redis_session import Session, describe, redact
+from .retention import Gap, History, RetentionLimits
+from .wire import SENDER_LEN
+
+log = logging.getLogger(__name__)
+
+OnState = Callable[[State], None]
+Address = tuple[str, int]
+#: ``(first slot, last slot, master)`` sorted by first slot, and every node of the map
+Topology = tuple[tuple[tuple[int, int, Address], ...], frozenset[Address]]
+
+SLOTS = 16384
+REFRESH_MIN_S = 0.1
+REFRESH_MAX_S = 1.0
+REFRESH_IDLE_S = 30.0
+DISCOVER_TIMEOUT_S = 1.0
+START_WAIT_S = 10.0
+
+
+def escape(name: str) -> str:
+    """``name`` without braces (``%``-escaped, so different names stay different)."""
+    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def hash_tag(prefix: str, stream: str) -> str:
+    return escape(prefix + stream) or "%"
+
+
+def shard_channel(prefix: str, stream: str) -> str:
+    return "{" + hash_tag(prefix, stream) + "}"
+
+
+def stream_slot(prefix: str, stream: str) -> int:
+    return int(key_slot(hash_tag(prefix, stream).encode()))
+
+
+def node_url(url: str, address: Address) -> str:
+    """``url`` (scheme, credentials, options) pointed at another node."""
+    parts = urlsplit(url)
+    auth = parts.netloc.rpartition("@")[0]
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    netloc = (auth + "@" if auth else "") + f"{host}:{address[1]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_slots(reply: object, asked: Address) -> Topology:
+    """A ``CLUSTER SLOTS`` reply as a :data:`Topology` (an empty host means the node asked)."""
+    def address(node: object) -> Address:
+        assert isinstance(node, (list, tuple))
+        host = node[0].decode() if isinstance(node[0], bytes) else str(node[0])
+        return (host if host and host != "?" else asked[0]), int(node[1])
+
+    ranges: list[tuple[int, int, Address]] = []
+    nodes: set[Address] = set()
+    assert isinstance(reply, (list, tuple))
+    for entry in reply:
+        start, end, master, *replicas = entry
+        ranges.append((int(start), int(end), address(master)))
+        nodes.add(address(master))
+        nodes.update(address(r) for r in replicas)
+    ranges.sort()
+    return tuple(ranges), frozenset(nodes)
+
+
+def covers_all(topology: Topology) -> bool:
+    expected = 0
+    for start, end, _ in topology[0]:
+        if start != expected:
+            return False
+        expected = end + 1
+    return expected == SLOTS
+
+
+class _ShardLink(RedisPubSub):
+    """The streams of one master: a :class:`RedisPubSub` over sharded pub/sub."""
+
+    MESSAGE, SUBSCRIBED, UNSUBSCRIBED = "smessage", "ssubscribe", "sunsubscribe"
+    PUBLISH_LUA = redis_log.SPUBLISH_LUA
+    DELIVER_UNKNOWN_ECHO = False
+
+    def __init__(self, owner: RedisClusterPubSub, address: Address | None) -> None:
+        where = f"{address[0]}:{address[1]}" if address else "no-master"
+        super().__init__(node_url(owner.url, address) if address else owner.url, prefix=owner.prefix,
+                         node_id=f"{owner.node_id}@{where}", on_state=self._state_changed,
+                         limits=owner.limits)
+        self.owner = owner
+        self.address = address
+        self._sender = owner.sender
+        #: channel -> SUNSUBSCRIBE replies still expected in this session
+        self._asked: dict[str, int] = {}
+
+    def launch(self, deliver: Deliver) -> None:
+        """Start connecting in the background (``start`` without the wait)."""
+        self._deliver = deliver
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"redis-cluster-{self.node_id}")
+
+    def attach(self, deliver: Deliver) -> None:
+        """Deliver locally, never connect (the streams of slots no master is known for)."""
+        self._deliver = deliver
+
+    def forget(self, stream: str) -> None:
+        """Drop ``stream`` without telling the server (it no longer serves the slot)."""
+        self._streams.discard(stream)
+        fut = self._confirmations.pop(self._channel(stream), None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def resubscribe(self, stream: str) -> None:
+        """SSUBSCRIBE ``stream`` again (the server unsubscribed it but still owns its slot)."""
+        if stream in self._streams and self._session is not None:
+            self._push((_SUB, self._channel(stream), b""))
+
+    def _state_changed(self, state: State) -> None:
+        self.owner._link_state(self, state)
+
+    def _channel(self, stream: str) -> str:
+        return shard_channel(self.prefix, stream)
+
+    def _keys(self, stream: str) -> tuple[str, str]:
+        return redis_log.keys("", hash_tag(self.prefix, stream))
+
+    def _next_seq(self) -> int:
+        return self.owner.next_seq()
+
+    def _publish_to(self, target: Any, channel: str, frame: bytes) -> Any:
+        return target.spublish(channel, frame)
+
+    async def _run_session(self) -> str:
+        self._asked.clear()
+        return await super()._run_session()
+
+    async def _send_channels(self, s: Session, kind: int, names: list[str]) -> None:
+        # SSUBSCRIBE/SUNSUBSCRIBE take channels of one slot per command
+        by_slot: dict[int, list[str]] = {}
+        for name in names:
+            by_slot.setdefault(int(key_slot(name.encode())), []).append(name)
+        for group in by_slot.values():
+            if kind == _SUB:
+                await s.ps.ssubscribe(*group)
+            else:
+                for name in group:
+                    self._asked[name] = self._asked.get(name, 0) + 1
+                await s.ps.sunsubscribe(*group)
+
+    def _is_reply(self, s: Session, kind: str, channel: str) -> bool:
+        if kind != self.UNSUBSCRIBED:
+            return True
+        pending = self._asked.get(channel, 0)
+        if pending:
+            if pending == 1:
+                del self._asked[channel]
+            else:
+                self._asked[channel] = pending - 1
+            return True
+        self.owner._unsubscribed_by_server(self, channel)
+        return False
+
+
+class RedisClusterPubSub:
+    """:class:`~realtime_channels.pubsub.PubSub` over a Redis Cluster's sharded pub/sub."""
+
+    def __init__(self, url: str, *, prefix: str = "rc:", node_id: str | None = None,
+                 on_state: OnState | None = None, limits: RetentionLimits | None = None) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.node_id = node_id or os.urandom(6).hex()
+        self.on_state = on_state
+        self.limits = limits or RetentionLimits()
+        self.sender = os.urandom(SENDER_LEN)
+        self._seq = 0
+        self._state: State = "degraded"
+        self._deliver: Deliver | None = None
+        self._topology: Topology = ((), frozenset())
+        self._starts: list[int] = []
+        self._links: dict[Address, _ShardLink] = {}
+        self._unmapped = _ShardLink(self, None)
+        #: stream -> the link it is subscribed on
+        self._owner: dict[str, _ShardLink] = {}
+        #: streams a master unsubscribed by itself, to place again after the next refresh
+        self._orphans: set[str] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._refresh = asyncio.Event()
+        self._maintainer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._announced = False
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def health(self) -> Health:
+        return Health(self._state)
+
+    @property
+    def resume_enabled(self) -> bool:
+        return self.limits.enabled
+
+    @property
+    def links(self) -> dict[Address, _ShardLink]:
+        """Master address -> its link (read-only use: tests and diagnostics)."""
+        return dict(self._links)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _update_state(self) -> None:
+        up = (not self._closed and covers_all(self._topology)
+              and all(link.state == "connected" for link in self._links.values()))
+        state: State = "connected" if up else "degraded"
+        if state == self._state:
+            return
+        self._state = state
+        if state == "connected":
+            log.info("redis cluster pubsub %s: CONNECTED to %d master(s) of %s", self.node_id,
+                     len(self._links), redact(self.url))
+        else:
+            log.warning("redis cluster pubsub %s: DEGRADED (a shard is unreachable; its streams are "
+                        "delivered locally only)", self.node_id)
+        if self.on_state is not None:
+            try:
+                self.on_state(state)
+            except Exception:
+                log.exception("redis cluster pubsub %s: on_state callback failed", self.node_id)
+
+    def _link_state(self, link: _ShardLink, state: State) -> None:
+        if self._closed or link.address is None or self._links.get(link.address) is not link:
+            return
+        if state == "degraded":
+            self._refresh.set()
+        self._update_state()
+
+    def _unsubscribed_by_server(self, link: _ShardLink, channel: str) -> None:
+        for stream, owner in self._owner.items():
+            if owner is link and link._channel(stream) == channel:
+                self._orphans.add(stream)
+                log.info("redis cluster pubsub %s: %s unsubscribed %r (its slot moved); refreshing "
+                         "the slot map", self.node_id, link.node_id, channel)
+                self._refresh.set()
+                return
+
+    # --- PubSub protocol ------------------------------------------------------------------
+
+    async def start(self, deliver: Deliver) -> None:
+        """Read the slot map and connect to every master; returns once each link connected or
+        failed a first time (then those shards run degraded and keep retrying)."""
+        self._deliver = deliver
+        self._unmapped.attach(deliver)
+        topology = await self._discover()
+        if topology is not None:
+            self._apply(topology)
+        else:
+            self._announced = True
+            log.warning("redis cluster pubsub %s: no node of %s answers CLUSTER SLOTS; local delivery "
+                        "only, retrying", self.node_id, redact(self.url))
+        self._maintainer = asyncio.create_task(self._maintain(), name=f"redis-cluster-{self.node_id}")
+        waits = [asyncio.create_task(link._settled.wait()) for link in self._links.values()]
+        if waits:
+            _done, pending = await asyncio.wait(waits, timeout=START_WAIT_S)
+            for task in pending:
+                task.cancel()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._deliver = None
+        task, self._maintainer = self._maintainer, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        links = [*self._links.values(), self._unmapped]
+        self._links.clear()
+        self._owner.clear()
+        for link in links:
+            await link.close()
+        if self._closing:
+            await asyncio.wait(self._closing)
+
+    def subscribe(self, stream: str) -> None:
+        if self._closed or stream in self._owner:
+            return
+        link = self._link_for(stream)
+        self._owner[stream] = link
+        link.subscribe(stream)
+
+    def unsubscribe(self, stream: str) -> None:
+        link = self._owner.pop(stream, None)
+        self._orphans.discard(stream)
+        if link is not None:
+            link.unsubscribe(stream)
+
+    def confirmed(self, stream: str) -> asyncio.Future[None] | None:
+        link = self._owner.get(stream)
+        return link.confirmed(stream) if link is not None else None
+
+    def publish(self, envelope: Envelope) -> None:
+        if not self._closed:
+            self._link_for(envelope.stream).publish(envelope)
+
+    async def history(self, stream: str, epoch: str, after: int) -> tuple[History[Broadcast], Gap | None]:
+        return await self._link_for(stream).history(stream, epoch, after)
+
+    # --- routing --------------------------------------------------------------------------
+
+    def _link_for(self, stream: str) -> _ShardLink:
+        slot = stream_slot(self.prefix, stream)
+        ranges = self._topology[0]
+        i = bisect.bisect_right(self._starts, slot) - 1
+        if i >= 0 and ranges[i][0] <= slot <= ranges[i][1]:
+            link = self._links.get(ranges[i][2])
+            if link is not None:
+                return link
+        return self._unmapped
+
+    def _apply(self, topology: Topology) -> None:
+        """Route by ``topology`` from now on: links for new masters, streams moved, links of
+        former masters closed.  No await: publish and subscribe see the old map or the new."""
+        assert self._deliver is not None
+        previous = self._topology
+        self._topology = topology
+        self._starts = [start for start, _, _ in topology[0]]
+        masters = {master for _, _, master in topology[0]}
+        for address in sorted(masters - self._links.keys()):
+            link = _ShardLink(self, address)
+            self._links[address] = link
+            link.launch(self._deliver)
+        for address in [a for a in self._links if a not in masters]:
+            gone = self._links.pop(address)
+            for stream in [s for s, owner in self._owner.items() if owner is gone]:
+                gone.forget(stream)
+                self._place(stream)
+            self._close_later(gone)
+        orphans, self._orphans = self._orphans, set()
+        for stream, link in list(self._owner.items()):
+            if self._link_for(stream) is not link:
+                if stream in orphans or link.state != "connected":
+                    link.forget(stream)
+                else:
+                    link.unsubscribe(stream)
+                self._place(stream)
+            elif stream in orphans:
+                link.resubscribe(stream)
+        if previous != topology:
+            log.info("redis cluster pubsub %s: slot map of %d master(s): %s", self.node_id, len(masters),
+                     ", ".join(f"{s}-{e}@{h}:{p}" for s, e, (h, p) in topology[0]))
+        self._update_state()
+
+    def _place(self, stream: str) -> None:
+        link = self._link_for(stream)
+        self._owner[stream] = link
+        link.subscribe(stream)
+
+    def _close_later(self, link: _ShardLink) -> None:
+        task = asyncio.create_task(link.close(), name=f"close-{link.node_id}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # --- topology -------------------------------------------------------------------------
+
+    def _candidates(self) -> list[Address]:
+        parts = urlsplit(self.url)
+        seed = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        known = sorted(self._topology[1] - {seed})
+        # masters whose link is down are asked last: they are the likeliest to be gone
+        down = {a for a, link in self._links.items() if link.state != "connected"}
+        return [seed, *[a for a in known if a not in down], *[a for a in known if a in down]]
+
+    async def _discover(self) -> Topology | None:
+        """The slot map as the first node that answers sees it."""
+        for address in self._candidates():
+            client = Redis.from_url(node_url(self.url, address), socket_timeout=DISCOVER_TIMEOUT_S,
+                                    socket_connect_timeout=DISCOVER_TIMEOUT_S)
+            try:
+                topology = parse_slots(await client.cluster("SLOTS"), address)
+            except (RedisError, OSError, ValueError, AssertionError) as exc:
+                log.debug("redis cluster pubsub %s: CLUSTER SLOTS on %s:%s failed (%s)", self.node_id,
+                          *address, describe(exc))
+                continue
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            if topology[0]:
+                return topology
+        return None
+
+    async def _maintain(self) -> None:
+        delay = REFRESH_MIN_S
+        while not self._closed:
+            healthy = self._state == "connected"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh.wait(), REFRESH_IDLE_S if healthy else delay)
+            self._refresh.clear()
+            try:
+                topology = await self._discover()
+            except Exception:  # a client-library surprise must not end the refreshing
+                log.exception("redis cluster pubsub %s: unexpected error reading the slot map", self.node_id)
+                topology = None
+            if topology is not None and (topology != self._topology or self._orphans):
+                self._apply(topology)
+            if topology is None and not self._announced:
+                self._announced = True
+                log.warning("redis cluster pubsub %s: no node of %s answers CLUSTER SLOTS; retrying",
+                            self.node_id, redact(self.url))
+            delay = REFRESH_MIN_S if self._state == "connected" else min(delay * 2, REFRESH_MAX_S)
