@@ -396,7 +396,7 @@ class RedisClusterPubSub:
                 self._place(stream)
             elif stream in orphans:
                 link.resubscribe(stream)
-        if previous != topology:
+        if previous[0] != topology[0]:
             log.info("redis cluster pubsub %s: slot map of %d master(s): %s", self.node_id, len(masters),
                      ", ".join(f"{s}-{e}@{h}:{p}" for s, e, (h, p) in topology[0]))
         self._update_state()
