@@ -152,12 +152,45 @@ class RedisCluster:
         return online == live - len(masters)
 
     def master_of(self, key: str) -> int:
-        slot = key_slot(key.encode())
-        with self.client(int(self.alive_url().rsplit(":", 1)[1].split("/")[0])) as r:
-            for start, end, master, *_ in r.execute_command("CLUSTER", "SLOTS"):
-                if int(start) <= slot <= int(end):
-                    return int(master[1])
-        raise AssertionError(f"no master owns slot {slot}")
+        """The port of the master owning ``key``'s slot."""
+        owner = self._owner(key_slot(key.encode()))
+        if owner is None:
+            raise AssertionError(f"no master owns the slot of {key!r}")
+        return owner
+
+    def node_id(self, port: int) -> str:
+        with self.client(port) as r:
+            reply = r.execute_command("CLUSTER", "MYID")
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    def masters(self) -> set[int]:
+        return set(self.slot_owners(self._any_alive()).values())
+
+    def move_slot(self, slot: int, to: int) -> None:
+        """Migrate one slot (its keys included) to master ``to``, as ``redis-cli --cluster
+        reshard`` does: IMPORTING/MIGRATING, MIGRATE the keys, then SETSLOT NODE everywhere."""
+        source = self._owner(slot)
+        assert source is not None and source != to
+        src_id, dst_id = self.node_id(source), self.node_id(to)
+        with self.client(to) as dst, self.client(source) as src:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", to, "", 0, 5000, "KEYS", *keys)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        for port in self.masters() - {source, to}:
+            with self.client(port) as r:
+                r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        self._poll(lambda: self._settled() and self._owner(slot) == to, deadline, f"slot {slot} on {to} everywhere")
+
+    def _ranges(self) -> list[tuple[tuple[int, int], int]]:
+        with self.client(self._any_alive()) as r:
+            return [((int(s[0]), int(s[1])), int(s[2][1])) for s in r.execute_command("CLUSTER", "SLOTS")]
+
+    def _owner(self, slot: int) -> int | None:
+        return next((port for (lo, hi), port in self._ranges() if lo <= slot <= hi), None)
 
     # --- faults -------------------------------------------------------------------------------
 

@@ -271,8 +271,10 @@ class RedisClusterPubSub:
             log.info("redis cluster pubsub %s: CONNECTED to %d master(s) of %s", self.node_id,
                      len(self._links), redact(self.url))
         else:
-            log.warning("redis cluster pubsub %s: DEGRADED (a shard is unreachable; its streams are "
-                        "delivered locally only)", self.node_id)
+            down = sorted(link.node_id for link in self._links.values() if link.state != "connected")
+            log.warning("redis cluster pubsub %s: DEGRADED (%s); the streams of a shard without a "
+                        "connected master are delivered locally only", self.node_id,
+                        ", ".join(down) + " down" if down else "no complete slot map")
         if self.on_state is not None:
             try:
                 self.on_state(state)
