@@ -73,6 +73,7 @@ class RedisCluster:
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", os.path.join(self.dir, f"nodes-{port}.conf"),
              "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
+             "--repl-diskless-sync-delay", "0",
              "--daemonize", "no", "--dir", self.dir],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()

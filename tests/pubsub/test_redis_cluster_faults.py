@@ -220,7 +220,7 @@ async def test_slot_migration_moves_the_stream_to_the_new_master(
             await b.wait_until(lambda: len(b.seq(stream, "a")) > 5, "traffic before the migration")
             await asyncio.to_thread(cluster.move_slot, stream_slot(PREFIX, stream), target)
             for n in (a, b):
-                await n.wait_until(lambda: n.pubsub._owner[stream].address == ("127.0.0.1", target)
+                await n.wait_until(lambda: n.pubsub.shard_of(stream) == ("127.0.0.1", target)
                                    and n.pubsub.state == "connected", "the stream on the new master's link")
             resumed = {name: len(sent[name]) for name in sent}
             for n in (a, b):

@@ -256,6 +256,11 @@ class RedisClusterPubSub:
         """Master address -> its link (read-only use: tests and diagnostics)."""
         return dict(self._links)
 
+    def shard_of(self, stream: str) -> Address | None:
+        """The master a subscribed ``stream`` is subscribed on (``None``: none known)."""
+        link = self._owner.get(stream)
+        return link.address if link is not None else None
+
     def next_seq(self) -> int:
         self._seq += 1
         return self._seq
