@@ -241,6 +241,9 @@ async def test_slot_migration_moves_the_stream_to_the_new_master(
                 assert len(got) == len(set(got)), f"{n.name} got an envelope of {origin} twice"
                 assert got == sorted(got), f"{n.name}: {origin}'s envelopes out of order"
                 assert set(range(resumed[origin], len(sent[origin]))) <= set(got)
+            # redirected publishes were sent again on the new master: none lost, none twice
+            assert n.seq(stream, n.name) == [*sent[n.name], 10**6]
+            assert n.states == ["connected"], "a slot migration is no outage"
             # the retention log moved with the slot: offsets go on from where they were
             offsets = [e.offset for e in n.received if e.stream == stream and e.epoch and not e.epoch.startswith("L")]
             assert offsets == sorted(offsets) and len(offsets) == len(set(offsets))

@@ -452,17 +452,25 @@ class RedisPubSub:
             batch: list[_Op] = []
             while ops and ops[0][0] in (_PUB, _EVAL) and len(batch) < PIPELINE_MAX:
                 batch.append(ops.popleft())
-            if len(batch) == 1 and batch[0][0] == _PUB:
-                await self._publish_to(s.pub, batch[0][1], batch[0][2])
-                continue
-            pipe = s.pub.pipeline(transaction=False)
-            for kind, name, frame in batch:
-                if kind == _PUB:
-                    self._publish_to(pipe, name, frame)
-                else:
-                    args = redis_log.publish_args(self.limits, self._channel(name), frame, new_epoch())
-                    pipe.evalsha(self._publish_sha, 2, *self._keys(name), *args)
-            await pipe.execute()
+            await self._send_batch(s, batch)
+
+    async def _send_batch(self, s: Session, batch: list[_Op]) -> None:
+        """Send publish operations in one round trip; raises what Redis answers."""
+        if len(batch) == 1 and batch[0][0] == _PUB:
+            await self._publish_to(s.pub, batch[0][1], batch[0][2])
+            return
+        pipe = s.pub.pipeline(transaction=False)
+        for op in batch:
+            self._queue_op(pipe, op)
+        await pipe.execute()
+
+    def _queue_op(self, pipe: Any, op: _Op) -> None:
+        kind, name, frame = op
+        if kind == _PUB:
+            self._publish_to(pipe, name, frame)
+        else:
+            args = redis_log.publish_args(self.limits, self._channel(name), frame, new_epoch())
+            pipe.evalsha(self._publish_sha, 2, *self._keys(name), *args)
 
     async def _send_subscriptions(self, s: Session, kind: int) -> None:
         ops = self._ops

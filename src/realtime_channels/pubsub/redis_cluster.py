@@ -22,14 +22,20 @@ is never delivered twice, even when its stream moved between links.
 
 Topology changes
 ----------------
-The slot map is read again when a link loses its session (its master died, or a MOVED reply
-ended it), when a master unsubscribes a channel by itself (``sunsubscribe`` push: its slot
-moved), every ``REFRESH_IDLE_S`` and, while any link is down, every ``REFRESH_MIN_S``
-doubling to ``REFRESH_MAX_S``.  A new map moves streams to the link of their slot's new master
-(created as needed; the new master is SSUBSCRIBEd when that link connects) and closes links of
-nodes that are no longer masters.  When a master dies, its streams are delivered locally only
-until a replica is promoted and the map says so: ``health`` is ``degraded`` from the moment a
-link is down until every master's link is connected again.
+The slot map is read again when a link loses its session (its master died), when a publish is
+redirected (MOVED, ASK or TRYAGAIN), when a master unsubscribes a channel by itself
+(``sunsubscribe`` push: its slot moved), every ``REFRESH_IDLE_S`` and, while anything is off,
+every ``REFRESH_MIN_S`` doubling to ``REFRESH_MAX_S``.  A new map moves streams to the link of
+their slot's new master (created as needed; the new master is SSUBSCRIBEd when that link
+connects) and closes links of nodes that are no longer masters.  When a master dies, its
+streams are delivered locally only until a replica is promoted and the map says so: ``health``
+is ``degraded`` from the moment a link is down until every master's link is connected again.
+
+A redirected publish did not run, so it is *held* with every later publish of its slot, in
+order, while the link goes on serving its other slots; after the next read of the map they are
+sent again, renumbered, on the link that serves the slot then (behind its subscription, so
+own envelopes still come back), or delivered locally if that link is down.  A slot moved by
+resharding therefore costs its streams a delay, not an outage, and nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -45,15 +51,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import AskError, MovedError, RedisError, TryAgainError
 
 from ..protocol.codec import Broadcast
 from . import Deliver, Envelope, Health
 from . import redis_log
-from .redis import _SUB, RedisPubSub, State
+from .redis import _EVAL, _PUB, _SUB, RedisPubSub, State, _Op
 from .redis_session import Session, describe, redact
 from .retention import Gap, History, RetentionLimits
-from .wire import SENDER_LEN
+from .wire import SENDER_LEN, read_header, with_seq
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,10 @@ Address = tuple[str, int]
 Topology = tuple[tuple[tuple[int, int, Address], ...], frozenset[Address]]
 
 SLOTS = 16384
+#: replies meaning "that slot is not served here now": the command did not run
+REDIRECTS = (MovedError, AskError, TryAgainError)
+#: operations a link could not run, with their envelopes (``None``: not subscribed here)
+Held = list[tuple[_Op, Envelope | None]]
 REFRESH_MIN_S = 0.1
 REFRESH_MAX_S = 1.0
 REFRESH_IDLE_S = 30.0
@@ -141,6 +151,9 @@ class _ShardLink(RedisPubSub):
         self._sender = owner.sender
         #: channel -> SUNSUBSCRIBE replies still expected in this session
         self._asked: dict[str, int] = {}
+        #: slot -> publish operations redirected (MOVED, ASK, TRYAGAIN), oldest first; every
+        #: later one of the slot waits behind them until the slot map is read again
+        self._held: dict[int, Held] = {}
 
     def launch(self, deliver: Deliver) -> None:
         """Start connecting in the background (``start`` without the wait)."""
@@ -162,6 +175,98 @@ class _ShardLink(RedisPubSub):
         """SSUBSCRIBE ``stream`` again (the server unsubscribed it but still owns its slot)."""
         if stream in self._streams and self._session is not None:
             self._push((_SUB, self._channel(stream), b""))
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def _op_slot(self, op: _Op) -> int:
+        kind, name, _ = op
+        return stream_slot(self.prefix, name) if kind == _EVAL else int(key_slot(name.encode()))
+
+    def _take_unechoed(self, seq: int) -> Envelope | None:
+        for i, (pending, env) in enumerate(self._unechoed):
+            if pending == seq:
+                del self._unechoed[i]
+                return env
+            if pending > seq:
+                break
+        return None
+
+    def release(self) -> dict[int, Held]:
+        """Every held operation and, behind them, the queued operations of the same slots (in
+        order): for the link that serves those slots now (``adopt``)."""
+        held, self._held = self._held, {}
+        if held:
+            keep = []
+            for op in self._ops:
+                slot = self._op_slot(op) if op[0] in (_PUB, _EVAL) else -1
+                if slot in held:
+                    held[slot].append((op, self._take_unechoed(read_header(op[2])[1])))
+                else:
+                    keep.append(op)
+            self._ops.clear()  # in place: the writer holds this deque
+            self._ops.extend(keep)
+        return held
+
+    def adopt(self, entries: Held) -> None:
+        """Publish ``entries`` (released by a link, maybe this one) after what is queued here,
+        renumbered so that this link's echo bookkeeping stays in publish order."""
+        for (kind, name, frame), env in entries:
+            if self._state != "connected" or self._session is None:
+                self.dropped += 1
+                if env is not None:
+                    self._deliver_local(env)
+                continue
+            seq = self.owner.next_seq()
+            if env is not None and env.stream in self._streams:
+                self._unechoed.append((seq, env))
+            self._push((kind, name, with_seq(frame, seq)))
+
+    async def _send_batch(self, s: Session, batch: list[_Op]) -> None:
+        sendable: list[_Op] = []
+        for op in batch:
+            slot = self._op_slot(op)
+            if slot in self._held:
+                self._held[slot].append((op, self._take_unechoed(read_header(op[2])[1])))
+            else:
+                sendable.append(op)
+        if not sendable:
+            return
+        # the envelopes awaited as echoes, in case a reply says the command did not run: the
+        # reader may meanwhile drop them from _unechoed on the echo of a later one
+        seqs = {read_header(op[2])[1] for op in sendable}
+        lowest = min(seqs)
+        awaited: dict[int, Envelope] = {}
+        for seq, env in reversed(self._unechoed):
+            if seq < lowest:
+                break
+            if seq in seqs:
+                awaited[seq] = env
+        pipe = s.pub.pipeline(transaction=False)
+        for op in sendable:
+            self._queue_op(pipe, op)
+        results = await pipe.execute(raise_on_error=False)
+        redirected: list[str] = []
+        for op, result in zip(sendable, results, strict=True):
+            if isinstance(result, REDIRECTS):
+                seq = read_header(op[2])[1]
+                self._take_unechoed(seq)
+                self._held.setdefault(self._op_slot(op), []).append((op, awaited.get(seq)))
+                redirected.append(describe(result))
+            elif isinstance(result, Exception):
+                raise result
+        if redirected:
+            self.owner._redirected(self, redirected[0])
+
+    def _enter_degraded(self, reason: str) -> None:
+        # held envelopes come before the slot's queued ones: delivered locally first
+        held, self._held = self._held, {}
+        for entries in held.values():
+            for _op, env in entries:
+                if env is not None:
+                    self._deliver_local(env)
+        super()._enter_degraded(reason)
 
     def _state_changed(self, state: State) -> None:
         self.owner._link_state(self, state)
@@ -293,6 +398,11 @@ class RedisClusterPubSub:
             self._refresh.set()
         self._update_state()
 
+    def _redirected(self, link: _ShardLink, reason: str) -> None:
+        log.info("redis cluster pubsub %s: %s was redirected (%s); reading the slot map again",
+                 self.node_id, link.node_id, reason)
+        self._refresh.set()
+
     def _unsubscribed_by_server(self, link: _ShardLink, channel: str) -> None:
         for stream, owner in self._owner.items():
             if owner is link and link._channel(stream) == channel:
@@ -366,7 +476,9 @@ class RedisClusterPubSub:
     # --- routing --------------------------------------------------------------------------
 
     def _link_for(self, stream: str) -> _ShardLink:
-        slot = stream_slot(self.prefix, stream)
+        return self._link_of_slot(stream_slot(self.prefix, stream))
+
+    def _link_of_slot(self, slot: int) -> _ShardLink:
         ranges = self._topology[0]
         i = bisect.bisect_right(self._starts, slot) - 1
         if i >= 0 and ranges[i][0] <= slot <= ranges[i][1]:
@@ -387,11 +499,13 @@ class RedisClusterPubSub:
             link = _ShardLink(self, address)
             self._links[address] = link
             link.launch(self._deliver)
+        released: list[tuple[int, Held]] = []
         for address in [a for a in self._links if a not in masters]:
             gone = self._links.pop(address)
             for stream in [s for s, owner in self._owner.items() if owner is gone]:
                 gone.forget(stream)
                 self._place(stream)
+            released.extend(gone.release().items())
             self._close_later(gone)
         orphans, self._orphans = self._orphans, set()
         for stream, link in list(self._owner.items()):
@@ -403,6 +517,12 @@ class RedisClusterPubSub:
                 self._place(stream)
             elif stream in orphans:
                 link.resubscribe(stream)
+        # redirected publishes go out again, on the link of their slot now, behind the
+        # subscriptions just made (the writer publishes only behind confirmed ones)
+        for link in self._links.values():
+            released.extend(link.release().items())
+        for slot, entries in released:
+            self._link_of_slot(slot).adopt(entries)
         if previous[0] != topology[0]:
             log.info("redis cluster pubsub %s: slot map of %d master(s): %s", self.node_id, len(masters),
                      ", ".join(f"{s}-{e}@{h}:{p}" for s, e, (h, p) in topology[0]))
@@ -446,22 +566,29 @@ class RedisClusterPubSub:
                 return topology
         return None
 
+    def _calm(self) -> bool:
+        return (self._state == "connected" and not self._orphans
+                and not any(link.holding for link in self._links.values()))
+
     async def _maintain(self) -> None:
         delay = REFRESH_MIN_S
         while not self._closed:
-            healthy = self._state == "connected"
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._refresh.wait(), REFRESH_IDLE_S if healthy else delay)
+            if self._calm():
+                delay = REFRESH_MIN_S
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._refresh.wait(), REFRESH_IDLE_S)
+            else:  # something is off: read the map again at a backed-off pace
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REFRESH_MAX_S)
             self._refresh.clear()
             try:
                 topology = await self._discover()
             except Exception:  # a client-library surprise must not end the refreshing
                 log.exception("redis cluster pubsub %s: unexpected error reading the slot map", self.node_id)
                 topology = None
-            if topology is not None and (topology != self._topology or self._orphans):
+            if topology is not None and (topology != self._topology or not self._calm()):
                 self._apply(topology)
             if topology is None and not self._announced:
                 self._announced = True
                 log.warning("redis cluster pubsub %s: no node of %s answers CLUSTER SLOTS; retrying",
                             self.node_id, redact(self.url))
-            delay = REFRESH_MIN_S if self._state == "connected" else min(delay * 2, REFRESH_MAX_S)
