@@ -170,14 +170,25 @@ class RedisCluster:
     def move_slot(self, slot: int, to: int) -> None:
         """Migrate one slot (its keys included) to master ``to``, as ``redis-cli --cluster
         reshard`` does: IMPORTING/MIGRATING, MIGRATE the keys, then SETSLOT NODE everywhere."""
+        self.begin_migration(slot, to)
+        self.finish_migration(slot, to)
+
+    def begin_migration(self, slot: int, to: int) -> None:
+        """IMPORTING on ``to``, MIGRATING on the owner, and the slot's keys MIGRATEd: the owner
+        answers ASK (or TRYAGAIN) for them from now on."""
         source = self._owner(slot)
         assert source is not None and source != to
-        src_id, dst_id = self.node_id(source), self.node_id(to)
         with self.client(to) as dst, self.client(source) as src:
-            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
-            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(to))
             while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
                 src.execute_command("MIGRATE", "127.0.0.1", to, "", 0, 5000, "KEYS", *keys)
+
+    def finish_migration(self, slot: int, to: int) -> None:
+        source = self._owner(slot)
+        assert source is not None
+        dst_id = self.node_id(to)
+        with self.client(to) as dst, self.client(source) as src:
             dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
             src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
         for port in self.masters() - {source, to}:

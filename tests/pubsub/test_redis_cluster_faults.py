@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import support
 from rediscluster import RedisCluster
 
 from realtime_channels.protocol.codec import Broadcast
@@ -188,8 +189,12 @@ async def test_master_failover_degrades_then_resubscribes_on_the_promoted_replic
     assert any("DEGRADED" in m for m in messages) and any("CONNECTED" in m for m in messages)
 
 
+@pytest.mark.parametrize("pause", [False, True], ids=["at-once", "asking-meanwhile"])
 async def test_slot_migration_moves_the_stream_to_the_new_master(
-        cluster: RedisCluster, loop_errors: list[dict[str, Any]], caplog: pytest.LogCaptureFixture) -> None:
+        cluster: RedisCluster, loop_errors: list[dict[str, Any]], caplog: pytest.LogCaptureFixture,
+        pause: bool) -> None:
+    """``asking-meanwhile``: the slot stays MIGRATING, its keys moved, until both nodes have had
+    publishes redirected (ASK/TRYAGAIN) and are holding them; then the migration completes."""
     caplog.set_level(logging.INFO, logger="realtime_channels")
     stream = "pub:migrating"
     source = cluster.master_of(shard_channel(PREFIX, stream))
@@ -218,7 +223,15 @@ async def test_slot_migration_moves_the_stream_to_the_new_master(
         pumps = [asyncio.create_task(traffic(n)) for n in (a, b)]
         try:
             await b.wait_until(lambda: len(b.seq(stream, "a")) > 5, "traffic before the migration")
-            await asyncio.to_thread(cluster.move_slot, stream_slot(PREFIX, stream), target)
+            slot = stream_slot(PREFIX, stream)
+            if pause:
+                await asyncio.to_thread(cluster.begin_migration, slot, target)
+                for n in (a, b):  # no delivery tells of it: polled
+                    await support.wait_until(lambda: any(link.holding for link in n.pubsub.links.values()),
+                                             TIMEOUT_S, f"{n.name}'s publishes redirected and held")
+                await asyncio.to_thread(cluster.finish_migration, slot, target)
+            else:
+                await asyncio.to_thread(cluster.move_slot, slot, target)
             for n in (a, b):
                 await n.wait_until(lambda: n.pubsub.shard_of(stream) == ("127.0.0.1", target)
                                    and n.pubsub.state == "connected", "the stream on the new master's link")

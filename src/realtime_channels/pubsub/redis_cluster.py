@@ -76,6 +76,8 @@ Held = list[tuple[_Op, Envelope | None]]
 REFRESH_MIN_S = 0.1
 REFRESH_MAX_S = 1.0
 REFRESH_IDLE_S = 30.0
+#: reads of the map that may still name the master that unsubscribed a channel by itself
+ORPHAN_PATIENCE = 3
 DISCOVER_TIMEOUT_S = 1.0
 START_WAIT_S = 10.0
 
@@ -335,12 +337,15 @@ class RedisClusterPubSub:
         #: stream -> the link it is subscribed on
         self._owner: dict[str, _ShardLink] = {}
         #: streams a master unsubscribed by itself, to place again after the next refresh
-        self._orphans: set[str] = set()
+        #: (and how many reads of the map since then still named the same master)
+        self._orphans: dict[str, int] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._refresh = asyncio.Event()
         self._maintainer: asyncio.Task[None] | None = None
         self._closed = False
         self._announced = False
+        #: a publish was redirected since the last read of the map / since things were calm
+        self._redirecting = self._redirect_logged = False
 
     # --- state ----------------------------------------------------------------------------
 
@@ -399,14 +404,17 @@ class RedisClusterPubSub:
         self._update_state()
 
     def _redirected(self, link: _ShardLink, reason: str) -> None:
-        log.info("redis cluster pubsub %s: %s was redirected (%s); reading the slot map again",
-                 self.node_id, link.node_id, reason)
+        # logged once until things are calm again (a migrating slot keeps answering ASK)
+        log.log(logging.DEBUG if self._redirect_logged else logging.INFO,
+                "redis cluster pubsub %s: %s was redirected (%s); its slot's publishes wait for "
+                "the slot map", self.node_id, link.node_id, reason)
+        self._redirect_logged = self._redirecting = True
         self._refresh.set()
 
     def _unsubscribed_by_server(self, link: _ShardLink, channel: str) -> None:
         for stream, owner in self._owner.items():
             if owner is link and link._channel(stream) == channel:
-                self._orphans.add(stream)
+                self._orphans[stream] = 0
                 log.info("redis cluster pubsub %s: %s unsubscribed %r (its slot moved); refreshing "
                          "the slot map", self.node_id, link.node_id, channel)
                 self._refresh.set()
@@ -458,7 +466,7 @@ class RedisClusterPubSub:
 
     def unsubscribe(self, stream: str) -> None:
         link = self._owner.pop(stream, None)
-        self._orphans.discard(stream)
+        self._orphans.pop(stream, None)
         if link is not None:
             link.unsubscribe(stream)
 
@@ -507,22 +515,28 @@ class RedisClusterPubSub:
                 self._place(stream)
             released.extend(gone.release().items())
             self._close_later(gone)
-        orphans, self._orphans = self._orphans, set()
+        orphans, self._orphans = self._orphans, {}
         for stream, link in list(self._owner.items()):
             if self._link_for(stream) is not link:
-                if stream in orphans or link.state != "connected":
-                    link.forget(stream)
-                else:
-                    link.unsubscribe(stream)
+                # no SUNSUBSCRIBE: the old master no longer serves the slot (it would answer
+                # MOVED), and it drops the subscription itself when it lets the slot go
+                link.forget(stream)
                 self._place(stream)
             elif stream in orphans:
-                link.resubscribe(stream)
+                # the map may lag behind the master that let the slot go: ask again a few
+                # times before subscribing there again
+                if orphans[stream] >= ORPHAN_PATIENCE:
+                    link.resubscribe(stream)
+                else:
+                    self._orphans[stream] = orphans[stream] + 1
         # redirected publishes go out again, on the link of their slot now, behind the
         # subscriptions just made (the writer publishes only behind confirmed ones)
         for link in self._links.values():
             released.extend(link.release().items())
         for slot, entries in released:
             self._link_of_slot(slot).adopt(entries)
+        if released:
+            self._redirecting = True  # calm only once a back-off period passes without a redirect
         if previous[0] != topology[0]:
             log.info("redis cluster pubsub %s: slot map of %d master(s): %s", self.node_id, len(masters),
                      ", ".join(f"{s}-{e}@{h}:{p}" for s, e, (h, p) in topology[0]))
@@ -567,7 +581,7 @@ class RedisClusterPubSub:
         return None
 
     def _calm(self) -> bool:
-        return (self._state == "connected" and not self._orphans
+        return (self._state == "connected" and not self._orphans and not self._redirecting
                 and not any(link.holding for link in self._links.values()))
 
     async def _maintain(self) -> None:
@@ -575,11 +589,13 @@ class RedisClusterPubSub:
         while not self._closed:
             if self._calm():
                 delay = REFRESH_MIN_S
+                self._redirect_logged = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._refresh.wait(), REFRESH_IDLE_S)
             else:  # something is off: read the map again at a backed-off pace
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, REFRESH_MAX_S)
+                self._redirecting = False  # set again if what is sent next is redirected too
             self._refresh.clear()
             try:
                 topology = await self._discover()
