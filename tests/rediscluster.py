@@ -213,6 +213,22 @@ class RedisCluster:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
 
+    def replica_of(self, master: int) -> int:
+        with self.client(master) as r:
+            info = r.info("replication")
+        return next(int(v["port"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict))
+
+    def manual_failover(self, master: int) -> int:
+        """``CLUSTER FAILOVER`` on a replica of ``master``: the two swap roles with no data
+        lost and the old master stays up; the new master's port."""
+        replica = self.replica_of(master)
+        with self.client(replica) as r:
+            r.execute_command("CLUSTER", "FAILOVER")
+        deadline = time.monotonic() + FAILOVER_TIMEOUT_S
+        self._poll(lambda: self._settled() and master not in self.masters() and replica in self.masters(),
+                   deadline, f"{replica} to take over from {master}")
+        return replica
+
     def kill_master_of(self, key: str) -> int:
         port = self.master_of(key)
         self.kill(port)

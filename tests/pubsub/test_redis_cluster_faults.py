@@ -8,7 +8,9 @@ subscribed on the new master, streams of the other shards keep crossing nodes me
 node's own envelopes keep reaching it (every one exactly once, in order), nothing is delivered
 twice, envelopes published after the recovery reach both nodes, and no exception escapes.
 A slot migrated to another master under traffic (the old master's ``sunsubscribe`` push and
-MOVED replies) moves the stream to the new owner's link, with no duplicate and no reordering.
+MOVED replies, or ASK while it is MIGRATING) and a manual failover (the old master stays up as
+a replica) move the stream to the new owner's link: no duplicate, no reordering, and every own
+envelope delivered exactly once.
 """
 
 from __future__ import annotations
@@ -260,6 +262,70 @@ async def test_slot_migration_moves_the_stream_to_the_new_master(
             # the retention log moved with the slot: offsets go on from where they were
             offsets = [e.offset for e in n.received if e.stream == stream and e.epoch and not e.epoch.startswith("L")]
             assert offsets == sorted(offsets) and len(offsets) == len(set(offsets))
+    finally:
+        for n in (a, b):
+            await n.pubsub.close()
+    gc.collect()
+    assert loop_errors == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    print("\n".join(r.getMessage() for r in caplog.records if "cluster" in r.getMessage())[-3000:])
+
+
+async def test_manual_failover_moves_the_stream_off_the_demoted_master(
+        cluster: RedisCluster, loop_errors: list[dict[str, Any]], caplog: pytest.LogCaptureFixture) -> None:
+    """CLUSTER FAILOVER: the old master stays up as a replica (its link is still connected when
+    the map changes); what was queued there goes to the new master, nothing twice."""
+    caplog.set_level(logging.INFO, logger="realtime_channels")
+    stream = "pub:handover"
+    old = cluster.master_of(shard_channel(PREFIX, stream))
+    a, b = Node("a", cluster.url), Node("b", cluster.url)
+    try:
+        for n in (a, b):
+            await n.pubsub.start(n.deliver)
+            n.pubsub.subscribe(stream)
+        for n in (a, b):
+            confirmed = n.pubsub.confirmed(stream)
+            if confirmed is not None:
+                await confirmed
+        sent: dict[str, list[int]] = {"a": [], "b": []}
+        stop = asyncio.Event()
+
+        async def traffic(node: Node) -> None:
+            i = 0
+            while not stop.is_set():
+                node.publish(stream, i)
+                sent[node.name].append(i)
+                i += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.01)
+
+        pumps = [asyncio.create_task(traffic(n)) for n in (a, b)]
+        try:
+            await b.wait_until(lambda: len(b.seq(stream, "a")) > 5, "traffic before the failover")
+            new = await asyncio.to_thread(cluster.manual_failover, old)
+            for n in (a, b):
+                await n.wait_until(lambda: n.pubsub.shard_of(stream) == ("127.0.0.1", new)
+                                   and n.pubsub.state == "connected", "the stream on the new master's link")
+            resumed = {name: len(sent[name]) for name in sent}
+            for n in (a, b):
+                for origin in ("a", "b"):
+                    await n.wait_until(lambda: len([i for i in n.seq(stream, origin) if i >= resumed[origin]]) >= 20,
+                                       f"{origin}'s envelopes after the failover on {n.name}")
+        finally:
+            stop.set()
+            await asyncio.gather(*pumps)
+        for n in (a, b):
+            n.publish(stream, 10**6)
+        for n in (a, b):
+            await n.wait_until(lambda: n.seq(stream, "a")[-1:] == [10**6] and n.seq(stream, "b")[-1:] == [10**6],
+                               "the barrier")
+        for n in (a, b):
+            for origin in ("a", "b"):
+                got = n.seq(stream, origin)
+                assert len(got) == len(set(got)), f"{n.name} got an envelope of {origin} twice"
+                assert got == sorted(got), f"{n.name}: {origin}'s envelopes out of order"
+                assert set(range(resumed[origin], len(sent[origin]))) <= set(got)
+            assert n.seq(stream, n.name) == [*sent[n.name], 10**6]
     finally:
         for n in (a, b):
             await n.pubsub.close()

@@ -45,6 +45,7 @@ import bisect
 import contextlib
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -195,21 +196,30 @@ class _ShardLink(RedisPubSub):
                 break
         return None
 
-    def release(self) -> dict[int, Held]:
+    def release(self, everything: bool = False) -> dict[int, Held]:
         """Every held operation and, behind them, the queued operations of the same slots (in
-        order): for the link that serves those slots now (``adopt``)."""
+        order): for the link that serves those slots now (``adopt``).  ``everything``: every
+        queued publish too (this link is closing), and what was sent but has not come back is
+        delivered locally now (its echo never will be)."""
         held, self._held = self._held, {}
-        if held:
+        if everything:
+            queued = {read_header(op[2])[1] for op in self._ops if op[0] in (_PUB, _EVAL)}
+            sent = [env for seq, env in self._unechoed if seq not in queued]
+            self._unechoed = deque((seq, env) for seq, env in self._unechoed if seq in queued)
+            for env in sent:
+                self._deliver_local(env)
+        if held or everything:
             keep = []
             for op in self._ops:
                 slot = self._op_slot(op) if op[0] in (_PUB, _EVAL) else -1
-                if slot in held:
-                    held[slot].append((op, self._take_unechoed(read_header(op[2])[1])))
+                if slot in held or (everything and slot >= 0):
+                    held.setdefault(slot, []).append((op, self._take_unechoed(read_header(op[2])[1])))
                 else:
                     keep.append(op)
             self._ops.clear()  # in place: the writer holds this deque
             self._ops.extend(keep)
         return held
+
 
     def adopt(self, entries: Held) -> None:
         """Publish ``entries`` (released by a link, maybe this one) after what is queued here,
@@ -389,7 +399,7 @@ class RedisClusterPubSub:
             down = sorted(link.node_id for link in self._links.values() if link.state != "connected")
             log.warning("redis cluster pubsub %s: DEGRADED (%s); the streams of a shard without a "
                         "connected master are delivered locally only", self.node_id,
-                        ", ".join(down) + " down" if down else "no complete slot map")
+                        ", ".join(down) + " not connected" if down else "no complete slot map")
         if self.on_state is not None:
             try:
                 self.on_state(state)
@@ -513,7 +523,7 @@ class RedisClusterPubSub:
             for stream in [s for s, owner in self._owner.items() if owner is gone]:
                 gone.forget(stream)
                 self._place(stream)
-            released.extend(gone.release().items())
+            released.extend(gone.release(everything=True).items())
             self._close_later(gone)
         orphans, self._orphans = self._orphans, {}
         for stream, link in list(self._owner.items()):
