@@ -36,6 +36,12 @@ order, while the link goes on serving its other slots; after the next read of th
 sent again, renumbered, on the link that serves the slot then (behind its subscription, so
 own envelopes still come back), or delivered locally if that link is down.  A slot moved by
 resharding therefore costs its streams a delay, not an outage, and nothing is lost or doubled.
+A link whose node left the map while still connected (a manual failover demotes a master that
+stays up) hands its queued publishes over the same way; what it had sent but not yet seen come
+back is delivered locally at once, since that echo can no longer arrive through a closed link.
+
+Presence replication travels on one stream per tenant (node.py's ``CONTROL_STREAM``), so it
+lives on the shard of that stream's slot; topics spread over all shards.
 """
 
 from __future__ import annotations
