@@ -77,6 +77,9 @@ MEANINGS: dict[str, str] = {
     "does; it exists only so the benchmark can compare",
     "redis_url": "Redis URL: processes and machines share channels, presence and limits through it "
     "([scale-out](scale-out.md))",
+    "redis_cluster": "`REALTIME_REDIS_URL` names a node of a Redis Cluster (Redis 7 or later): the backbone "
+    "finds the other nodes from it and uses sharded pub/sub, each topic on the shard of its slot "
+    "([scale-out](scale-out.md#redis-cluster)); ignored without `REALTIME_REDIS_URL`",
     "workers": "worker processes sharing the port (SO_REUSEPORT); more than one needs `REALTIME_REDIS_URL`",
     "reuse_port": "set by the `--workers` supervisor for its workers (bind a shared port); not for direct use",
     "functions_config": "TOML file of triggers and gates ([functions](functions.md))",

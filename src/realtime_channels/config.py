@@ -115,6 +115,8 @@ class Settings(BaseSettings):
 
     # scale-out (several processes / machines share channels through Redis)
     redis_url: str | None = Field(None, description="Redis URL; switches the backbone to Redis")
+    #: REALTIME_REDIS_URL names a node of a Redis Cluster (Redis 7): sharded pub/sub over its shards
+    redis_cluster: bool = False
     workers: int = Field(1, ge=1, le=64)
     #: set for the worker processes started by --workers (they share the port)
     reuse_port: bool = False

@@ -46,7 +46,11 @@ def build_node(settings: Settings, *, prefix: str = "rc:", functions: Any = None
     """A node wired as ``settings`` say (not started).  ``prefix`` namespaces its Redis channels
     and keys, so nodes of different tenants on one Redis never see each other's traffic."""
     pubsub: PubSub
-    if settings.redis_url:
+    if settings.redis_url and settings.redis_cluster:
+        from .pubsub.redis_cluster import RedisClusterPubSub
+
+        pubsub = RedisClusterPubSub(settings.redis_url, prefix=prefix, limits=settings.resume_limits)
+    elif settings.redis_url:
         from .pubsub.redis import RedisPubSub
 
         pubsub = RedisPubSub(settings.redis_url, prefix=prefix, limits=settings.resume_limits)

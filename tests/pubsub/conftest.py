@@ -2,7 +2,9 @@
 
 ``redis_server`` (session scope) is shared by the conformance suite, whose tests isolate
 themselves with key prefixes.  Fault tests kill and restart their server, so they get their own
-through ``redis_factory``.
+through ``redis_factory``.  Likewise ``redis_cluster``: a Redis Cluster (3 masters, 3 replicas,
+tests/rediscluster.py) started once for the conformance suite; the cluster fault tests start
+their own.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from rediscluster import RedisCluster
 from support import RedisServer
 
 
@@ -21,6 +24,16 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    cluster = RedisCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
 
 
 @pytest.fixture

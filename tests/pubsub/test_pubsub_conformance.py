@@ -2,7 +2,8 @@
 
 Every backend must pass it.  The ``backend_factory`` fixture is parametrized over backends;
 the in-process memory backend (several ``MemoryPubSub`` sharing one ``MemoryBroker`` stand in
-for several nodes) and Redis (one ``RedisPubSub`` per node on a private ``redis-server``).
+for several nodes), Redis (one ``RedisPubSub`` per node on a private ``redis-server``) and
+Redis Cluster (one ``RedisClusterPubSub`` per node on a private 3-master cluster).
 
 Networked backends deliver later than ``publish`` returns and subscriptions take effect
 asynchronously, so the suite never assumes synchronous delivery:
@@ -34,6 +35,7 @@ from realtime_channels.protocol.codec import Broadcast
 from realtime_channels.pubsub import Envelope, PubSub
 from realtime_channels.pubsub.memory import MemoryBroker, MemoryPubSub
 from realtime_channels.pubsub.redis import RedisPubSub
+from realtime_channels.pubsub.redis_cluster import RedisClusterPubSub
 
 TIMEOUT_S = 10.0
 PROBE_ORIGIN = "__conformance_probe__"
@@ -137,9 +139,17 @@ def _redis_backend(request: pytest.FixtureRequest) -> Callable[[], PubSub]:
     return lambda: RedisPubSub(url)
 
 
+def _redis_cluster_backend(request: pytest.FixtureRequest) -> Callable[[], PubSub]:
+    # One RedisClusterPubSub per node on the session's Redis Cluster; each is given one node's
+    # URL and finds the others from it.  The per-test prefix spreads the streams over slots.
+    url: str = request.getfixturevalue("redis_cluster").url
+    return lambda: RedisClusterPubSub(url)
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Callable[[], PubSub]]] = {
     "memory": _memory_backend,
     "redis": _redis_backend,
+    "redis_cluster": _redis_cluster_backend,
 }
 
 

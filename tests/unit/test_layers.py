@@ -42,7 +42,7 @@ IO_MODULES = frozenset(
     }
 )
 
-CONCRETE_BACKENDS = frozenset({f"{PKG}.pubsub.memory", f"{PKG}.pubsub.redis"})
+CONCRETE_BACKENDS = frozenset({f"{PKG}.pubsub.memory", f"{PKG}.pubsub.redis", f"{PKG}.pubsub.redis_cluster"})
 
 
 # --- import extraction ----------------------------------------------------------------------

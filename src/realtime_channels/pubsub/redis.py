@@ -89,7 +89,18 @@ _Op = tuple[int, str, bytes]
 
 
 class RedisPubSub:
-    """:class:`~realtime_channels.pubsub.PubSub` over Redis PUBLISH/SUBSCRIBE."""
+    """:class:`~realtime_channels.pubsub.PubSub` over Redis PUBLISH/SUBSCRIBE.
+
+    The class attributes and the small methods under "commands" are what
+    :mod:`.redis_cluster` changes to run one instance per Redis Cluster shard over sharded
+    pub/sub (SPUBLISH/SSUBSCRIBE)."""
+
+    #: the message types of the subscribe connection
+    MESSAGE, SUBSCRIBED, UNSUBSCRIBED = "message", "subscribe", "unsubscribe"
+    PUBLISH_LUA = redis_log.PUBLISH_LUA
+    #: an own frame that is not awaited as an echo is decoded and delivered (``False``: dropped,
+    #: when the same envelopes may already have been delivered locally by a sibling instance)
+    DELIVER_UNKNOWN_ECHO = True
 
     def __init__(self, url: str, *, prefix: str = "rc:", node_id: str | None = None,
                  on_state: OnState | None = None, limits: RetentionLimits | None = None) -> None:
@@ -160,15 +171,15 @@ class RedisPubSub:
             return
         self._streams.add(stream)
         if self._session is not None:  # otherwise the next session subscribes the whole set
-            self._confirmations[self.prefix + stream] = asyncio.get_running_loop().create_future()
-            self._push((_SUB, self.prefix + stream, b""))
+            self._confirmations[self._channel(stream)] = asyncio.get_running_loop().create_future()
+            self._push((_SUB, self._channel(stream), b""))
 
     def confirmed(self, stream: str) -> asyncio.Future[None] | None:
         """Pending until Redis confirms the SUBSCRIBE: a node that replies to a join before
         that could miss what another node publishes right after the client saw the reply."""
         if self._state != "connected":
             return None  # degraded: only local delivery, nothing to wait for
-        fut = self._confirmations.get(self.prefix + stream)
+        fut = self._confirmations.get(self._channel(stream))
         return fut if fut is not None and not fut.done() else None
 
     def _release_confirmations(self) -> None:
@@ -182,7 +193,7 @@ class RedisPubSub:
             return
         self._streams.discard(stream)
         if self._session is not None:
-            self._push((_UNSUB, self.prefix + stream, b""))
+            self._push((_UNSUB, self._channel(stream), b""))
 
     def publish(self, envelope: Envelope) -> None:
         if self._closed:
@@ -191,10 +202,10 @@ class RedisPubSub:
             self.dropped += 1
             self._deliver_local(envelope)
             return
-        self._seq += 1
+        seq = self._next_seq()
         offsets = envelope.broadcast is not None and self.limits.enabled
         try:
-            frame = encode_envelope(envelope, sender=self._sender, seq=self._seq, offset_pending=offsets)
+            frame = encode_envelope(envelope, sender=self._sender, seq=seq, offset_pending=offsets)
         except (TypeError, ValueError):
             # A value that cannot cross nodes is a programming error elsewhere; the local
             # subscribers still get the message rather than the caller getting an exception.
@@ -204,16 +215,44 @@ class RedisPubSub:
             self._deliver_local(envelope)
             return
         if envelope.stream in self._streams:
-            self._unechoed.append((self._seq, envelope))
+            self._unechoed.append((seq, envelope))
             if len(self._unechoed) > UNECHOED_MAX:
                 self._unechoed.popleft()  # never echoed (unsubscribed meanwhile): forget it
         if offsets:
             self._push((_EVAL, envelope.stream, frame))
         else:
-            self._push((_PUB, self.prefix + envelope.stream, frame))
+            self._push((_PUB, self._channel(envelope.stream), frame))
         if len(self._ops) > OUTBOX_MAX and self._session is not None:
             self._session.abort(f"outbox over {OUTBOX_MAX} envelopes: Redis is not keeping up")
             self._enter_degraded(f"outbox over {OUTBOX_MAX} envelopes")
+
+    # --- commands (see the class doc) -------------------------------------------------------
+
+    def _channel(self, stream: str) -> str:
+        return self.prefix + stream
+
+    def _keys(self, stream: str) -> tuple[str, str]:
+        """The stream's retention keys (redis_log.py)."""
+        return redis_log.keys(self.prefix, stream)
+
+    def _publish_to(self, target: Any, channel: str, frame: bytes) -> Any:
+        """PUBLISH on ``target``, a connection (returns an awaitable) or a pipeline."""
+        return target.publish(channel, frame)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def _send_channels(self, s: Session, kind: int, names: list[str]) -> None:
+        if kind == _SUB:
+            await s.ps.subscribe(*names)
+        else:
+            await s.ps.unsubscribe(*names)
+
+    def _is_reply(self, s: Session, kind: str, channel: str) -> bool:
+        """Whether an (un)subscribe message answers a command of ours; ``False`` for one the
+        server sent on its own (sharded pub/sub: the channel's slot moved)."""
+        return True
 
     # --- local delivery -------------------------------------------------------------------
 
@@ -245,6 +284,8 @@ class RedisPubSub:
             sender, seq = read_header(data)
             env = self._take_echo(seq) if sender == self._sender else None
             if env is None:
+                if sender == self._sender and not self.DELIVER_UNKNOWN_ECHO:
+                    return
                 env = decode_envelope(data)
             elif (position := read_offset(data)) is not None:
                 env = dataclasses.replace(env, offset=position[0], epoch=position[1])
@@ -334,13 +375,13 @@ class RedisPubSub:
         try:
             await pub.ping()
             if self.limits.enabled:
-                self._publish_sha = await pub.script_load(redis_log.PUBLISH_LUA)
+                self._publish_sha = await pub.script_load(self.PUBLISH_LUA)
             await ps.ping()  # opens the subscribe connection; the reader consumes the PONG
             session = Session(pub, sub, ps, asyncio.get_running_loop().time())
             # Re-subscribe the whole set, then go live once Redis confirmed it (_READY).
             # No await between the snapshot and setting _session: later (un)subscribes queue.
             self._ops.clear()
-            channels = sorted(self.prefix + s for s in self._streams)
+            channels = sorted(self._channel(s) for s in self._streams)
             for channel in channels:
                 self._ops.append((_SUB, channel, b""))
             self._ops.append((_READY, str(len(channels)), b""))
@@ -375,12 +416,14 @@ class RedisPubSub:
             if msg is None:
                 continue
             kind = msg["type"]
-            if kind == "message":
+            if kind == self.MESSAGE:
                 self._on_frame(msg["data"])
-            elif kind in ("subscribe", "unsubscribe"):
-                if kind == "subscribe":
-                    channel = msg.get("channel")
-                    name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            elif kind in (self.SUBSCRIBED, self.UNSUBSCRIBED):
+                channel = msg.get("channel")
+                name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                if not self._is_reply(s, kind, name):
+                    continue
+                if kind == self.SUBSCRIBED:
                     fut = self._confirmations.pop(name, None)
                     if fut is not None and not fut.done():
                         fut.set_result(None)
@@ -409,17 +452,25 @@ class RedisPubSub:
             batch: list[_Op] = []
             while ops and ops[0][0] in (_PUB, _EVAL) and len(batch) < PIPELINE_MAX:
                 batch.append(ops.popleft())
-            if len(batch) == 1 and batch[0][0] == _PUB:
-                await s.pub.publish(batch[0][1], batch[0][2])
-                continue
-            pipe = s.pub.pipeline(transaction=False)
-            for kind, name, frame in batch:
-                if kind == _PUB:
-                    pipe.publish(name, frame)
-                else:
-                    args = redis_log.publish_args(self.limits, self.prefix + name, frame, new_epoch())
-                    pipe.evalsha(self._publish_sha, 2, *redis_log.keys(self.prefix, name), *args)
-            await pipe.execute()
+            await self._send_batch(s, batch)
+
+    async def _send_batch(self, s: Session, batch: list[_Op]) -> None:
+        """Send publish operations in one round trip; raises what Redis answers."""
+        if len(batch) == 1 and batch[0][0] == _PUB:
+            await self._publish_to(s.pub, batch[0][1], batch[0][2])
+            return
+        pipe = s.pub.pipeline(transaction=False)
+        for op in batch:
+            self._queue_op(pipe, op)
+        await pipe.execute()
+
+    def _queue_op(self, pipe: Any, op: _Op) -> None:
+        kind, name, frame = op
+        if kind == _PUB:
+            self._publish_to(pipe, name, frame)
+        else:
+            args = redis_log.publish_args(self.limits, self._channel(name), frame, new_epoch())
+            pipe.evalsha(self._publish_sha, 2, *self._keys(name), *args)
 
     async def _send_subscriptions(self, s: Session, kind: int) -> None:
         ops = self._ops
@@ -428,10 +479,7 @@ class RedisPubSub:
             names[ops.popleft()[1]] = None
         s.unconfirmed += len(names)
         s.all_confirmed.clear()
-        if kind == _SUB:
-            await s.ps.subscribe(*names)
-        else:
-            await s.ps.unsubscribe(*names)
+        await self._send_channels(s, kind, list(names))
 
     # --- retention (module doc "Offsets") -----------------------------------------------------
 
@@ -441,7 +489,7 @@ class RedisPubSub:
         if session is None or self._state != "connected" or not self.limits.enabled:
             return local
         try:
-            return await redis_log.read_history(session.pub, self.prefix, self.limits, stream, epoch, after)
+            return await redis_log.read_history(session.pub, self._keys(stream), self.limits, epoch, after)
         except (RedisError, OSError, WireError, ValueError) as exc:
             log.warning("redis pubsub %s: cannot read the retention log of %r (%s)", self.node_id, stream, describe(exc))
             return local

@@ -2,7 +2,8 @@
 
 Each stream ``s`` has two keys sharing the hash tag ``{s}`` (so one Redis Cluster slot holds
 both): ``<prefix>{s}:m``, a hash with the epoch ``e`` and the last offset ``n``, and
-``<prefix>{s}:l``, a list of the retained frames, oldest first.  ``PUBLISH_LUA`` runs as one
+``<prefix>{s}:l``, a list of the retained frames, oldest first (a Redis Cluster node's shard
+channel for ``s`` is ``<prefix>{s}``, in the same slot).  ``PUBLISH_LUA`` runs as one
 script per broadcast: it increments ``n``, appends the frame with its offset trailer
 (wire.py) to the log, trims the log by count and by age, refreshes both keys' expiry to the
 window, and PUBLISHes the same bytes — so every node receives a stream's broadcasts in offset
@@ -50,18 +51,23 @@ local function touch(meta, log, window)
 end
 """
 
-#: KEYS: meta, log.  ARGV: channel, frame (offset flag set, trailer missing), epoch candidate,
-#: max messages, window ms.  Returns the offset.
-PUBLISH_LUA = _PRELUDE + """
+_PUBLISH_BODY = """
 local epoch, now = open_stream(KEYS[1], KEYS[2], ARGV[3], ARGV[5])
 local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
 local msg = ARGV[2] .. string.format('%020d', n) .. epoch
 redis.call('RPUSH', KEYS[2], string.format('%015d', now) .. msg)
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
 touch(KEYS[1], KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[1], msg)
+redis.call('$PUBLISH', ARGV[1], msg)
 return n
 """
+
+#: KEYS: meta, log.  ARGV: channel, frame (offset flag set, trailer missing), epoch candidate,
+#: max messages, window ms.  Returns the offset.
+PUBLISH_LUA = _PRELUDE + _PUBLISH_BODY.replace("$PUBLISH", "PUBLISH")
+#: The same over sharded pub/sub, for Redis Cluster (redis_cluster.py): the channel ARGV[1]
+#: must be in the slot of the keys.
+SPUBLISH_LUA = _PRELUDE + _PUBLISH_BODY.replace("$PUBLISH", "SPUBLISH")
 
 #: KEYS: meta, log.  ARGV: epoch candidate, window ms, asked epoch, after.
 #: Returns {epoch, head, first, entries (from the first one to replay)}.
@@ -97,11 +103,11 @@ def parse_history(reply: Any) -> tuple[str, int, int, list[bytes]]:
     return text, int(head), int(first), [bytes(e)[TIME_DIGITS:] for e in entries]
 
 
-async def read_history(pub: Redis, prefix: str, limits: RetentionLimits, stream: str, epoch: str,
+async def read_history(pub: Redis, stream_keys: tuple[str, str], limits: RetentionLimits, epoch: str,
                        after: int) -> tuple[History[Broadcast], Gap | None]:
-    """The retained broadcasts after ``(epoch, after)`` and the gap before them; raises what
-    Redis or a malformed entry raises."""
-    reply = await pub.eval(HISTORY_LUA, 2, *keys(prefix, stream), *history_args(limits, new_epoch(), epoch, after))
+    """The retained broadcasts (in the log at ``stream_keys``, see :func:`keys`) after
+    ``(epoch, after)`` and the gap before them; raises what Redis or a malformed entry raises."""
+    reply = await pub.eval(HISTORY_LUA, 2, *stream_keys, *history_args(limits, new_epoch(), epoch, after))
     current, head, first, frames = parse_history(reply)
     start, gap = plan(current, head, first, after, epoch)
     entries = []

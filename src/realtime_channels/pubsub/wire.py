@@ -182,6 +182,12 @@ def read_header(data: bytes) -> tuple[bytes, int]:
     return sender, seq
 
 
+def with_seq(data: bytes, seq: int) -> bytes:
+    """The serialized envelope ``data`` with another sequence number (same sender)."""
+    version, sender, _seq, flags = _HEADER.unpack_from(data)
+    return _HEADER.pack(version, sender, seq, flags) + data[_HEADER.size:]
+
+
 def decode_envelope(data: bytes) -> Envelope:
     """Inverse of :func:`encode_envelope`; raises :class:`WireError` on malformed input."""
     read_header(data)
