@@ -65,8 +65,8 @@ from redis.exceptions import RedisError
 from ..protocol.codec import Broadcast
 from . import Deliver, Envelope, Health
 from . import redis_log
-from .memory import entry_size
-from .retention import Gap, History, Retention, RetentionLimits, new_epoch
+from .memory import BroadcastRetention
+from .retention import Gap, History, RetentionLimits, new_epoch
 from .redis_session import Session, SessionLost, client, describe, heartbeat, redact, stop_tasks
 from .wire import SENDER_LEN, WireError, decode_envelope, encode_envelope, read_header, read_offset
 
@@ -107,7 +107,7 @@ class RedisPubSub:
         self.url = url
         self.limits = limits or RetentionLimits()
         #: offsets of own broadcasts while Redis is away (module doc "Offsets")
-        self._local: Retention[Broadcast] = Retention(self.limits, epoch_prefix="L")
+        self._local = BroadcastRetention(self.limits, epoch_prefix="L")
         self._publish_sha = ""
         self.prefix = prefix
         self.node_id = node_id or os.urandom(6).hex()
@@ -266,7 +266,7 @@ class RedisPubSub:
             return
         b = env.broadcast
         if b is not None and env.offset is None and self.limits.enabled:  # degraded: local offsets
-            offset, epoch = self._local.append(env.stream, b, entry_size(b), asyncio.get_running_loop().time())
+            offset, epoch = self._local.append(env.stream, b, asyncio.get_running_loop().time())
             env = dataclasses.replace(env, offset=offset, epoch=epoch)
         try:
             deliver(env)
