@@ -27,9 +27,9 @@ from .config import Settings, ignored_supabase_variables
 
 log = logging.getLogger("realtime_channels")
 
-#: an HTTP connection idle between requests is closed after this long (WebSockets are not idle)
 #: objects allocated (net) between two young collections (see the start of ``serve``)
 GC_YOUNG_THRESHOLD = 10_000
+#: an HTTP connection idle between requests is closed after this long (WebSockets are not idle)
 KEEPALIVE_S = 75.0
 #: request lines and header fields up to this long are read (aiohttp's default is 8,190), so a
 #: token of up to MAX_TOKEN_CHARS in ``apikey``, ``x-api-key`` or ``Authorization`` reaches
