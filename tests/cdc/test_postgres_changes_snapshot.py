@@ -237,7 +237,12 @@ async def test_a_resume_after_a_snapshot_replays_changes_and_reads_no_snapshot_a
         got = await frames_until(c, topic, is_complete)
     offset = got[-1].payload["snapshot"]["offset"]
     assert [r["id"] for r in records(got[1:-1])] == [1, 2] and isinstance(offset, str)
-    cdc.execute(f"insert into {table} values (3)")
+    async with open_client(cdc.server, V2) as watcher:
+        watch = unique_topic("snap-resume-watch")
+        await watcher.join_ok(watch, {"postgres_changes": [binding(table)]})
+        await frames_until(watcher, watch, lambda f: f.event == "system")  # subscribed
+        cdc.execute(f"insert into {table} values (3)")
+        await frames_until(watcher, watch, is_row("INSERT", 3))  # the barrier: the server routed row 3
     async with open_client(cdc.server, V2) as c:
         await c.join_ok(topic, {**config, "postgres_changes_options": {"resume": {"offset": offset}}})
         again = await frames_until(c, topic, is_row("INSERT", 3))

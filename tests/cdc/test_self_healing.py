@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from pgcluster import create_database, drop_database, install_auth_helpers
 from rawclient import V2, event_is, open_client, unique_topic
-from support import make_token, start_server
+from support import make_token, start_server, wait_until
 
 DB = "rc_self_healing"
 PUB = "rc_pub_self_healing"
@@ -91,6 +91,13 @@ async def test_a_database_reset_under_the_server_is_survived_without_a_rejoin(re
         assert await next_row(c, topic) == 2
         # and database broadcasts work again: realtime.messages was migrated anew
         sub = bcast.removeprefix("realtime:")
+
+        def migrated() -> bool:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                row = conn.execute("select to_regprocedure('realtime.send(jsonb,text,text,boolean)')").fetchone()
+            return row is not None and row[0] is not None
+
+        await wait_until(migrated, WAIT, "realtime.send created again in the new database")
         frame = None
         for attempt in range(40):  # until the feed of realtime.messages streams again
             with psycopg.connect(dsn, autocommit=True) as conn:
