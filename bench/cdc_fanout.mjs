@@ -4,7 +4,9 @@
 //
 // Protocol with the bench (one JSON object per line):
 //   stdin  <- first line: {"url", "token", "topic", "table", "subs", "vsns": ["1.0.0", "2.0.0"],
-//             "offsets": false}   (offsets: join asking for offsets on broadcasts and changes)
+//             "offsets": false}   (offsets: join asking for offsets on broadcasts and changes;
+//             optional "tokens": [...] — subscriber i uses tokens[i % tokens.length], e.g. one per
+//             claims cohort; optional "progress": true — a {"type":"progress"} line every 2 s while joining)
 //             then "count" (answer with the counters) any number of times, then "stop"
 //   stdout -> {"type":"ready"}                       every socket got "Subscribed to PostgreSQL"
 //             {"type":"count", "changes", "broadcasts", "changeBytes", "broadcastBytes", "closed"}
@@ -48,10 +50,11 @@ class Sub {
     this.index = index
     this.cfg = cfg
     this.v2 = vsn === '2.0.0'
+    this.token = cfg.tokens ? cfg.tokens[index % cfg.tokens.length] : cfg.token
     this.ref = 0
     this.done = done
     this.subscribed = false
-    const q = new URLSearchParams({ apikey: cfg.token, vsn })
+    const q = new URLSearchParams({ apikey: this.token, vsn })
     this.ws = new WebSocket(`${cfg.url}?${q}`, { perMessageDeflate: false })
     this.ws.on('open', () => this.join())
     this.ws.on('message', (data, isBinary) => this.onMessage(data, isBinary))
@@ -78,7 +81,7 @@ class Sub {
       config.broadcast.resume = true
       config.postgres_changes_options = { resume: true }
     }
-    this.send(this.cfg.topic, 'phx_join', { config, access_token: this.cfg.token }, '1')
+    this.send(this.cfg.topic, 'phx_join', { config, access_token: this.token }, '1')
     this.heartbeat = setInterval(() => this.send('phoenix', 'heartbeat', {}, null), HEARTBEAT_MS)
   }
 
@@ -128,7 +131,12 @@ rl.on('line', async (line) => {
   if (cfg === null) {
     cfg = JSON.parse(line)
     // open in waves so the join burst stays modest
+    let lastProgress = Date.now()
     for (let start = 0; start < cfg.subs; start += CONNECT_CONCURRENCY) {
+      if (cfg.progress && Date.now() - lastProgress > 2000) {
+        lastProgress = Date.now()
+        emit({ type: 'progress', subscribed, of: cfg.subs })
+      }
       const wave = []
       for (let i = start; i < Math.min(cfg.subs, start + CONNECT_CONCURRENCY); i++) {
         wave.push(new Promise((resolve) => subs.push(new Sub(i, cfg, cfg.vsns[i % cfg.vsns.length], resolve))))

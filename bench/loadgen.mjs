@@ -135,8 +135,9 @@ function asBuffer(data) {
 
 // --- protocols ----------------------------------------------------------------------------------
 // Each protocol: url(), onOpen(conn), onControl(conn, text) for non-delivery frames,
-// publish(conn, body), heartbeat(conn) (or null when the server drives liveness).
+// publish(conn, body, at) (at: which of the socket's rooms), heartbeat(conn) (or null when the server drives liveness).
 const topicOf = (room) => `realtime:bench-${room}`
+const joinRefOf = (i) => (i === 0 ? '1' : `j${i}`)
 function joinConfig(presenceKey) {
   return {
     config: {
@@ -160,14 +161,19 @@ function supabase(vsn) {
   return {
     url: () => `ws://${cfg.host}:${cfg.port}/realtime/v1/websocket?apikey=${cfg.apikey}&vsn=${vsn}`,
     onOpen(conn) {
-      conn.ws.send(frame('1', '1', topicOf(conn.room), 'phx_join', joinConfig(conn.presenceKey)))
+      // the first channel's join_ref and ref are "1"; a socket joined to several rooms
+      // (cfg.roomsPerConn) uses "j<i>" for the others
+      conn.rooms.forEach((room, i) => {
+        const ref = joinRefOf(i)
+        conn.ws.send(frame(ref, ref, topicOf(room), 'phx_join', joinConfig(conn.presenceKey)))
+      })
     },
     onControl(conn, text) {
       const m = parse(text)
       if (m.event === 'phx_reply') {
         if (m.topic === 'phoenix') return conn.onHeartbeatReply()
-        if (m.ref === '1') {
-          if (m.payload.status === 'ok') return conn.onJoined()
+        if (m.ref === '1' || (typeof m.ref === 'string' && m.ref.startsWith('j'))) {
+          if (m.payload.status === 'ok') return conn.onJoinReply()
           return conn.fail(`join refused: ${JSON.stringify(m.payload)}`)
         }
         if (m.ref === '2') return conn.onTracked(m.payload.status)
@@ -179,15 +185,17 @@ function supabase(vsn) {
         channelErrors++
       }
     },
-    publish(conn, body) {
+    publish(conn, body, at = 0) {
+      const room = conn.rooms[at]
+      const joinRef = joinRefOf(at)
       if (!v2) {
-        conn.ws.send(`{"topic":"${topicOf(conn.room)}","event":"broadcast","payload":{"type":"broadcast","event":"m","payload":${body}},"ref":null,"join_ref":"1"}`)
+        conn.ws.send(`{"topic":"${topicOf(room)}","event":"broadcast","payload":{"type":"broadcast","event":"m","payload":${body}},"ref":null,"join_ref":"${joinRef}"}`)
         return
       }
-      // kind 3 (protocol.md §1.6): join_ref "1", no ref, user event "m", no metadata, JSON payload
-      const topic = Buffer.from(topicOf(conn.room))
-      const head = Buffer.from([3, 1, 0, topic.length, 1, 0, 1])
-      conn.ws.send(Buffer.concat([head, Buffer.from('1'), topic, Buffer.from('m'), Buffer.from(body)]))
+      // kind 3 (protocol.md §1.6): the channel's join_ref, no ref, user event "m", no metadata, JSON payload
+      const topic = Buffer.from(topicOf(room))
+      const head = Buffer.from([3, joinRef.length, 0, topic.length, 1, 0, 1])
+      conn.ws.send(Buffer.concat([head, Buffer.from(joinRef), topic, Buffer.from('m'), Buffer.from(body)]))
     },
     track(conn, meta) {
       conn.ws.send(frame('1', '2', topicOf(conn.room), 'presence', { type: 'presence', event: 'track', payload: meta }))
@@ -233,8 +241,10 @@ let channelErrors = 0 // system errors, phx_close and phx_error the server sent 
 let soakStats = null // the current report interval of the soak mode
 
 class Conn {
-  constructor(room, { role = 'sub', presenceKey, slow = false } = {}) {
+  constructor(room, { role = 'sub', presenceKey, slow = false, rooms } = {}) {
     this.room = room
+    this.rooms = rooms ?? [room] // the channels this socket joins (several with cfg.roomsPerConn)
+    this.joinReplies = 0
     this.role = role
     this.presenceKey = presenceKey
     this.slow = slow
@@ -253,7 +263,10 @@ class Conn {
     return new Promise((resolve, reject) => {
       this.resolve = resolve
       this.reject = reject
-      const ws = new WebSocket(proto.url(), { perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: 30000 })
+      const opts = { perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: 30000 }
+      // a source address of its own per generator process: ~28,000 ephemeral ports per address
+      if (cfg.localAddress) opts.localAddress = cfg.localAddress
+      const ws = new WebSocket(proto.url(), opts)
       this.ws = ws
       ws.binaryType = 'nodebuffer'
       ws.on('open', () => proto.onOpen(this))
@@ -272,6 +285,9 @@ class Conn {
   fail(why) {
     if (this.reject) this.reject(new Error(why))
     this.reject = this.resolve = null
+  }
+  onJoinReply() {
+    if (++this.joinReplies === this.rooms.length) this.onJoined()
   }
   onJoined() {
     this.joined = true
@@ -391,8 +407,8 @@ function publishUntil(publishers, totalRate, untilMs) {
       const now = performance.now()
       const due = Math.min(Math.floor(((now - t0) / 1000) * totalRate) + 1, Math.ceil(((untilMs - t0) / 1000) * totalRate))
       while (j < due) {
-        const p = publishers[j % publishers.length]
-        proto.publish(p, body(p.room))
+        const p = publishers[j % publishers.length] // a Conn, or {conn, at, room} for a socket in several rooms
+        proto.publish(p.conn ?? p, body(p.room), p.at ?? 0)
         j++
       }
       if (now >= untilMs) return resolve(j)
@@ -411,6 +427,20 @@ async function waitFor(cond, timeoutMs) {
 // --- scenarios ----------------------------------------------------------------------------------
 function buildRooms(rooms, subs, slowPerRoom = 0) {
   const pubs = []
+  const k = cfg.roomsPerConn ?? 1
+  if (k > 1) {
+    // rooms in blocks of k: each block's `subs` subscriber sockets and its publisher socket join
+    // all k rooms of the block (one channel per room on each socket)
+    for (let b = 0; b < rooms; b += k) {
+      const block = []
+      for (let r = b; r < Math.min(rooms, b + k); r++) block.push(r)
+      for (let s = 0; s < subs; s++) conns.push(new Conn(b, { rooms: block, slow: s < slowPerRoom }))
+      const p = new Conn(b, { role: 'pub', rooms: block })
+      conns.push(p)
+      block.forEach((room, at) => pubs.push({ conn: p, at, room }))
+    }
+    return pubs
+  }
   for (let r = 0; r < rooms; r++) {
     for (let s = 0; s < subs; s++) conns.push(new Conn(r, { slow: s < slowPerRoom }))
     const p = new Conn(r, { role: 'pub' })
@@ -428,6 +458,15 @@ async function fanout() {
   startHeartbeats()
   const conn = await openAll(conns, cfg.connectConcurrency)
   progress(`all ${conns.length} connections joined in ${conn.seconds.toFixed(1)} s`)
+  // the server's CPU with every socket joined and heartbeating but nothing published, so a
+  // caller can take that floor out of the per-delivery cost
+  let idleUse = null
+  if (cfg.idleMeasureS) {
+    await sleep(300)
+    const i0 = usageSnapshot()
+    await sleep(cfg.idleMeasureS * 1000)
+    idleUse = usageDelta(i0, usageSnapshot())
+  }
   const fanoutPerMsg = cfg.subs
   // warm-up at the first step's rate
   const first = cfg.steps[0] / fanoutPerMsg
@@ -451,6 +490,7 @@ async function fanout() {
     const step = {
       type: 'step',
       target,
+      windowEpochMs: [performance.timeOrigin + u0.t, performance.timeOrigin + u1.t],
       msgsPerSecond: sent / use.wall,
       deliveriesPerSecond: m.counted / use.wall,
       delivery: expected ? m.counted / expected : 0,
@@ -472,7 +512,7 @@ async function fanout() {
     // let anything still queued drain before the next step
     await sleep(300)
   }
-  emit({ type: 'result', connect: conn, heartbeats: { sent: hbSent, replies: hbReplies } })
+  emit({ type: 'result', connect: conn, heartbeats: { sent: hbSent, replies: hbReplies }, idle: idleUse, closedByServer, channelErrors })
 }
 
 // Idle joined connections: RSS per connection, connect+join rate, heartbeats flowing.
@@ -507,6 +547,27 @@ async function idle() {
   })
 }
 
+// Idle joined connections held until told to stop (bench/curves.py adds processes step by step):
+//   stdout {"type":"ready", connect} once all joined, {"type":"report", ...} per report, {"type":"result"}
+//   stdin  {"cmd":"report"} | {"cmd":"stop"}
+async function held() {
+  for (let i = 0; i < cfg.conns; i++) conns.push(new Conn((cfg.roomBase ?? 0) + (i % cfg.rooms)))
+  startHeartbeats()
+  const conn = await openAll(conns, cfg.connectConcurrency)
+  emit({ type: 'ready', connections: conns.length, connect: conn })
+  const counters = () => ({ hbSent, hbReplies, open: conns.filter((c) => !c.closed).length, closedByServer, channelErrors })
+  await new Promise((resolve) => {
+    const rl = readline.createInterface({ input: process.stdin })
+    rl.on('line', (line) => {
+      const c = JSON.parse(line)
+      if (c.cmd === 'report') emit({ type: 'report', ...counters() })
+      else if (c.cmd === 'stop') rl.close()
+    })
+    rl.on('close', resolve)
+  })
+  emit({ type: 'result', ...counters(), rttMs: hbRtt.summary() })
+}
+
 // Presence: members join one topic with presence enabled and track; time until every member's
 // view holds every key, and the presence_diff traffic it took.
 async function presence() {
@@ -539,6 +600,7 @@ async function presence() {
     diffFramesPerMember: frames / conns.length,
     diffBytesPerMember: bytes / conns.length,
     stateBytesMax: Math.max(...conns.map((c) => c.presenceStateBytes ?? 0)),
+    stateBytesTotal: conns.reduce((a, c) => a + (c.presenceStateBytes ?? 0), 0),
     serverRss: serverRssBytes(),
   })
 }
@@ -622,7 +684,10 @@ async function slow() {
 async function soak() {
   const base = cfg.roomBase ?? 0
   const pubs = buildRooms(cfg.rooms, cfg.subs)
-  for (const c of conns) c.room += base
+  for (const c of conns) {
+    c.room += base
+    c.rooms = [c.room]
+  }
   pad = 'x'.repeat(cfg.payloadPad)
   startHeartbeats()
   const conn = await openAll(conns, cfg.connectConcurrency)
@@ -675,7 +740,7 @@ async function soak() {
   emit({ type: 'result', sent: totals.sent, expected: totals.sent * cfg.subs, received: totals.received, last })
 }
 
-const SCENARIOS = { fanout, idle, presence, slow, soak }
+const SCENARIOS = { fanout, idle, held, presence, slow, soak }
 try {
   await SCENARIOS[cfg.mode]()
 } catch (err) {
