@@ -77,6 +77,7 @@ from common import (  # noqa: E402
     tree_rss_mb,
 )
 from fanout import machine_info, run_generator, start_profiler, stop_profiler  # noqa: E402
+from supabase_shape import GC_LOGGER, gc_pauses  # noqa: E402
 
 BENCH = ROOT / "bench"
 SECRET = "bench-secret-with-at-least-32-characters-long!"
@@ -99,13 +100,21 @@ def anon_key() -> str:
 
 @contextmanager
 def server(args: argparse.Namespace, log_dir: Path, name: str, env_extra: dict[str, str] | None = None,
-           workers: int = 1, redis_url: str | None = None) -> Iterator[tuple[int, int]]:
+           workers: int = 1, redis_url: str | None = None, gc_dir: Path | None = None) -> Iterator[tuple[int, int]]:
     """``realtime-channels serve`` from this checkout (``--workers`` when > 1) pinned to the server
-    core; yields (port, pid) once /health says every worker is up, stops it on exit."""
+    core; yields (port, pid) once /health says every worker is up, stops it on exit.  With
+    ``gc_dir``, its processes log garbage collections over 2 ms there (supabase_shape's hook)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    path = [str(ROOT / "src")]
+    if gc_dir is not None:
+        hook = gc_dir / "hook"
+        hook.mkdir(parents=True, exist_ok=True)
+        (hook / "sitecustomize.py").write_text(GC_LOGGER)
+        path.append(str(hook))
+        env["SHAPE_GC_DIR"] = str(gc_dir)
     env.update({
-        "PYTHONPATH": str(ROOT / "src"),
+        "PYTHONPATH": os.pathsep.join(path),
         "REALTIME_HOST": "127.0.0.1", "REALTIME_PORT": str(port), "REALTIME_JWT_SECRET": SECRET,
         "REALTIME_LOG_LEVEL": "warning", "REALTIME_JOIN_ERROR_BACKOFF_MS": "0",
         "REALTIME_CONNECT_ERROR_BACKOFF_MS": "0", "REALTIME_WEBSOCKET_ENGINE": args.engine,
@@ -294,7 +303,8 @@ def pg_point(args: argparse.Namespace, dsn: str, postmaster: int, log_dir: Path,
               else f"insert into {table} (team, seq, body) values ('t0', %s, %s)")
     db = psycopg.connect(dsn, autocommit=True)
     try:
-        with server(args, log_dir, f"pg-{key}-{n}", env) as (port, pid):
+        gc_dir = Path(tempfile.mkdtemp(prefix=f"gc-pg-{key}-{n}-", dir=log_dir))
+        with server(args, log_dir, f"pg-{key}-{n}", env, gc_dir=gc_dir) as (port, pid):
             rss0 = tree_rss_mb(pid)
             t_join = time.monotonic()
             subs = CdcSubscribers({"url": f"ws://127.0.0.1:{port}/realtime/v1/websocket", "token": tokens[0],
@@ -321,6 +331,7 @@ def pg_point(args: argparse.Namespace, dsn: str, postmaster: int, log_dir: Path,
                     base = subs.count()
                     cpu0, t0 = tree_cpu_seconds(pid), time.monotonic()
                     pg0 = tree_cpu_seconds(postmaster)
+                    e0 = time.time() * 1000
                     for j in range(rows):
                         delay = t0 + j / rate - time.monotonic()
                         if delay > 0:
@@ -330,6 +341,7 @@ def pg_point(args: argparse.Namespace, dsn: str, postmaster: int, log_dir: Path,
                     end = wait_changes(subs, expected, 60 + rows * n / 5_000)
                     cpu, wall = tree_cpu_seconds(pid) - cpu0, time.monotonic() - t0
                     pg_cpu = tree_cpu_seconds(postmaster) - pg0
+                    gc = gc_pauses(gc_dir, e0, time.time() * 1000) or {}
                 rss2 = tree_rss_mb(pid)
                 got = end["changes"] - base["changes"]
             finally:
@@ -344,13 +356,15 @@ def pg_point(args: argparse.Namespace, dsn: str, postmaster: int, log_dir: Path,
         "variant": key, "label": label, "subscribers": n, "cohorts": ncoh, "rows": rows, "rowsPerSecond": rate,
         "delivered": got, "expected": rows * n, "deliveredFraction": got / (rows * n), "seconds": wall,
         "serverCpuSeconds": cpu, "idleCpu": idle_cpu, "msPerChange": net / rows * 1e3,
-        "usPerDelivery": net / max(1, got) * 1e6, "pgCpuSeconds": pg_cpu, "pgMsPerChange": pg_cpu / rows * 1e3,
+        "usPerDelivery": net / max(1, got) * 1e6, "gcMs": gc.get("totalMs", 0.0), "gcFull": gc.get("gen2", 0),
+        "gcMaxMs": gc.get("maxMs", 0.0), "pgCpuSeconds": pg_cpu, "pgMsPerChange": pg_cpu / rows * 1e3,
         "rssIdleMiB": rss0, "rssJoinedMiB": rss1, "rssEndMiB": rss2,
         "kbPerSubscriber": (rss1 - rss0) * 1024 / n, "joinSeconds": join_s, "loadavg": loadavg(),
     }
     log(f"  [{tag}] {got:,}/{rows * n:,} delivered ({point['deliveredFraction'] * 100:.2f} %) in {wall:.1f} s; "
         f"server CPU {point['msPerChange']:.2f} ms per change = {point['usPerDelivery']:.2f} µs per delivery "
-        f"(PostgreSQL {point['pgMsPerChange']:.2f} ms per change); "
+        f"(PostgreSQL {point['pgMsPerChange']:.2f} ms per change; collections over 2 ms {point['gcMs']:.0f} ms, "
+        f"{point['gcFull']} full); "
         f"RSS {rss2:.0f} MiB; load {loadavg()}")
     return point
 
@@ -385,14 +399,15 @@ def run_postgres_changes(args: argparse.Namespace, log_dir: Path) -> dict[str, A
 
 def table_postgres_changes(data: dict[str, Any]) -> list[str]:
     lines = ["| variant | subscribers | cohorts | rows (per s) | delivered | server CPU per change | per delivery | "
-             "PostgreSQL CPU per change | RSS joined (per subscriber) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "GC pauses > 2 ms in the window | PostgreSQL CPU per change | RSS joined (per subscriber) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in data["points"]:
         if "error" in p:
-            lines.append(f"| {p['label']} | {p['subscribers']:,} | | | **failed**: {p['error'].splitlines()[0][:120]} | | | | |")
+            lines.append(f"| {p['label']} | {p['subscribers']:,} | | | **failed**: {p['error'].splitlines()[0][:120]} | | | | | |")
             continue
         lines.append(f"| {p['label']} | {p['subscribers']:,} | {p['cohorts'] or '–'} | {p['rows']:,} ({p['rowsPerSecond']:.0f}) | "
                      f"{p['deliveredFraction'] * 100:.2f} % | {p['msPerChange']:.2f} ms | {p['usPerDelivery']:.2f} µs | "
-                     f"{fmt(p.get('pgMsPerChange'), '.2f')} ms | "
+                     f"{fmt(p.get('gcMs'), '.0f')} ms ({p.get('gcFull', '–')} full) | {fmt(p.get('pgMsPerChange'), '.2f')} ms | "
                      f"{p['rssJoinedMiB']:.0f} MiB ({p['kbPerSubscriber']:.1f} KB) |")
     return lines
 
@@ -426,6 +441,22 @@ def plot_postgres_changes(data: dict[str, Any], ax_list: Any) -> None:
 # --- presence ------------------------------------------------------------------------------------------
 
 
+def presence_run(args: argparse.Namespace, log_dir: Path, n: int, tag: str) -> tuple[dict[str, Any], float, float, float]:
+    """One room filled with ``n`` members on a fresh server: (generator result, server CPU s, wall s, RSS before)."""
+    with server(args, log_dir, f"presence-{n}") as (port, pid):
+        cfg = {"mode": "presence", "protocol": args.protocol, "host": "127.0.0.1", "port": port,
+               "apikey": anon_key(), "serverPid": pid, "connectConcurrency": args.connect_concurrency,
+               "heartbeatS": 25, "members": n, "syncTimeoutS": args.presence_timeout}
+        rss0 = tree_rss_mb(pid)
+        cpu0, t0 = tree_cpu_seconds(pid), time.monotonic()
+        with profiled(args, pid, f"presence-{n}"):
+            _, res = run_generator(cfg, args.gen_core, tag, timeout=args.presence_timeout + 900)
+        cpu, wall = tree_cpu_seconds(pid) - cpu0, time.monotonic() - t0
+    if res.get("error"):
+        raise RuntimeError(res["error"])
+    return res, cpu, wall, rss0
+
+
 def run_presence(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     sizes = args.sizes or ([10, 100, 300] if args.quick else [10, 100, 1000, 3000, 10_000])
     points: list[dict[str, Any]] = []
@@ -433,17 +464,7 @@ def run_presence(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         log(f"==> presence, {n:,} members in one room (elapsed {elapsed(args)}, load {loadavg()})")
         tag = f"presence n={n}"
         try:
-            with server(args, log_dir, f"presence-{n}") as (port, pid):
-                cfg = {"mode": "presence", "protocol": args.protocol, "host": "127.0.0.1", "port": port,
-                       "apikey": anon_key(), "serverPid": pid, "connectConcurrency": args.connect_concurrency,
-                       "heartbeatS": 25, "members": n, "syncTimeoutS": args.presence_timeout}
-                rss0 = tree_rss_mb(pid)
-                cpu0, t0 = tree_cpu_seconds(pid), time.monotonic()
-                with profiled(args, pid, f"presence-{n}"):
-                    _, res = run_generator(cfg, args.gen_core, tag, timeout=args.presence_timeout + 900)
-                cpu, wall = tree_cpu_seconds(pid) - cpu0, time.monotonic() - t0
-            if res.get("error"):
-                raise RuntimeError(res["error"])
+            res, cpu, wall, rss0 = retried(presence_run, args, log_dir, n, tag)
         except RuntimeError as exc:
             log(f"  failed: {exc}")
             points.append({"members": n, "error": str(exc)[:2000]})
@@ -455,27 +476,33 @@ def run_presence(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
              "diffBytesPerMember": res["diffBytesPerMember"], "stateBytesPerMember": res["stateBytesTotal"] / n,
              "bytesPerMember": res["diffBytesPerMember"] + res["stateBytesTotal"] / n,
              "stateBytesMax": res["stateBytesMax"], "serverCpuSeconds": cpu, "serverCpuMsPerMember": cpu / n * 1e3,
-             "rssIdleMiB": rss0, "rssMiB": res["serverRss"] / 2**20, "seconds": wall, "loadavg": loadavg()}
+             "rssIdleMiB": rss0, "rssMiB": res["serverRss"] / 2**20, "seconds": wall, "loadavg": loadavg(),
+             "genCpu": res["genCpu"], "serverCpuShare": res["serverCpu"], "closedByServer": res["closedByServer"],
+             "stillOpen": res["stillOpen"], "viewMin": res["viewMin"], "viewMedian": res["viewMedian"]}
         log(f"  [{tag}] full sync at {p['syncedMembers']:,}/{n:,} members after {p['timeToFullSyncS']:.2f} s "
             f"(joined in {p['joinSeconds']:.2f} s); {frames:.1f} presence frames and "
-            f"{p['bytesPerMember'] / 1024:.1f} KB per member; server CPU {cpu:.1f} s ({p['serverCpuMsPerMember']:.2f} ms per member)")
+            f"{p['bytesPerMember'] / 1024:.1f} KB per member; server CPU {cpu:.1f} s ({p['serverCpuMsPerMember']:.2f} ms per member, "
+            f"{p['serverCpuShare'] * 100:.0f} % of its core), generator CPU {p['genCpu'] * 100:.0f} %; "
+            f"{p['stillOpen']:,} open, smallest view {p['viewMin']:,} members")
         points.append(p)
     return {"points": points, "syncTimeoutS": args.presence_timeout}
 
 
 def table_presence(data: dict[str, Any]) -> list[str]:
-    lines = ["| members | synced | joined in | full sync at every member | presence frames per member | "
-             "bytes per member (state + diffs) | server CPU (per member) | server RSS |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| members | synced (smallest view) | joined in | full sync at every member | presence frames per member | "
+             "bytes per member (state + diffs) | server CPU (per member) | server / generator CPU share | server RSS |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in data["points"]:
         if "error" in p:
-            lines.append(f"| {p['members']:,} | **failed**: {p['error'].splitlines()[0][:120]} | | | | | | |")
+            lines.append(f"| {p['members']:,} | **failed**: {p['error'].splitlines()[0][:120]} | | | | | | | |")
             continue
         sync = f"{p['timeToFullSyncS']:.2f} s" if p["synced"] else f"not within {data['syncTimeoutS']} s"
-        lines.append(f"| {p['members']:,} | {p['syncedMembers']:,} | {p['joinSeconds']:.2f} s | {sync} | "
+        view = f" ({p['viewMin']:,})" if "viewMin" in p else ""
+        lines.append(f"| {p['members']:,} | {p['syncedMembers']:,}{view} | {p['joinSeconds']:.2f} s | {sync} | "
                      f"{p['framesPerMember']:.1f} | {p['bytesPerMember'] / 1024:,.1f} KB "
                      f"({p['stateBytesPerMember'] / 1024:,.1f} + {p['diffBytesPerMember'] / 1024:,.1f}) | "
-                     f"{p['serverCpuSeconds']:.1f} s ({p['serverCpuMsPerMember']:.2f} ms) | {p['rssMiB']:.0f} MiB |")
+                     f"{p['serverCpuSeconds']:.1f} s ({p['serverCpuMsPerMember']:.2f} ms) | "
+                     f"{fmt(p.get('serverCpuShare', 0) * 100, '.0f')} % / {fmt(p.get('genCpu', 0) * 100, '.0f')} % | {p['rssMiB']:.0f} MiB |")
     return lines
 
 
@@ -536,7 +563,9 @@ async def idle_series(args: argparse.Namespace, log_dir: Path, workers: int, max
         if workers > 1:
             data_dir = Path(tempfile.mkdtemp(prefix="curves-redis-", dir=log_dir))
             redis_url, _ = stack.enter_context(redis_server(data_dir))
-        port, pid = stack.enter_context(server(args, log_dir, f"idle-w{workers}", workers=workers, redis_url=redis_url))
+        gc_dir = Path(tempfile.mkdtemp(prefix=f"gc-idle-w{workers}-", dir=log_dir))
+        port, pid = stack.enter_context(server(args, log_dir, f"idle-w{workers}", workers=workers, redis_url=redis_url,
+                                               gc_dir=gc_dir))
         # the workers are up when /health counts them; their baseline RSS settles with a request or two
         time.sleep(1.0)  # a fixed settling interval before the baseline sample, not a condition
         base_each = tree_rss_each(pid)
@@ -560,14 +589,17 @@ async def idle_series(args: argparse.Namespace, log_dir: Path, workers: int, max
                            "localAddress": f"127.0.0.{2 + i}"}
                     new.append(Worker(f"idle-w{workers}-g{i}", ["node", str(BENCH / "loadgen.mjs"), json.dumps(cfg)],
                                       log_dir, core=args.gen_core))
-                cpu0, t0 = tree_cpu_seconds(pid), time.monotonic()
+                cpu0, t0, e0 = tree_cpu_seconds(pid), time.monotonic(), time.time() * 1000
                 readies = await asyncio.gather(*(w.start(timeout=900) for w in new))
                 connect_s = time.monotonic() - t0
                 connect_cpu = tree_cpu_seconds(pid) - cpu0
+                gc = gc_pauses(gc_dir, e0, time.time() * 1000) or {}
                 gens += new
                 total = target
                 log(f"  {target:,} connections joined ({sum(chunks):,} new over {len(new)} process(es) in {connect_s:.1f} s, "
-                    f"server CPU {connect_cpu / sum(chunks) * 1e3:.2f} ms per connect+join); holding {hold_s:.0f} s")
+                    f"server CPU {connect_cpu / sum(chunks) * 1e3:.2f} ms per connect+join, of which collections over 2 ms "
+                    f"{gc.get('totalMs', 0.0) / sum(chunks):.2f} ms ({gc.get('gen2', 0)} full, longest {gc.get('maxMs', 0.0):.0f} ms)); "
+                    f"holding {hold_s:.0f} s")
                 r0 = [await w.report() for w in gens]
                 h0 = time.monotonic()
                 cpu_h0 = tree_cpu_seconds(pid)
@@ -592,6 +624,8 @@ async def idle_series(args: argparse.Namespace, log_dir: Path, workers: int, max
                        "rssMiB": rss, "rssEachMiB": sorted(each.values(), reverse=True), "baseMiB": base,
                        "kbPerConn": (rss - base) * 1024 / target, "hbSent": sent, "hbAnswered": answered,
                        "holdCpu": cpu_h, "connectSeconds": connect_s, "connectCpuMsPerConn": connect_cpu / sum(chunks) * 1e3,
+                       "connectGcMsPerConn": gc.get("totalMs", 0.0) / sum(chunks), "connectGcMaxMs": gc.get("maxMs", 0.0),
+                       "connectGc2": gc.get("gen2", 0),
                        "loadavg": loadavg()}
                 rows.append(row)
                 log(f"  step {target:>6,} conns: RSS {rss:7.1f} MiB total ({' + '.join(f'{v:.0f}' for v in row['rssEachMiB'])}), "
@@ -628,14 +662,15 @@ def run_idle(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
 
 def table_idle(data: dict[str, Any]) -> list[str]:
     lines = ["| server | connections | open | RSS total (per process) | KB per connection | heartbeats answered | "
-             "server CPU holding | connect+join CPU |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "server CPU holding | connect+join CPU (of which GC pauses > 2 ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in data["series"]:
         if s.get("error"):
             lines.append(f"| {s['label']} | **failed**: {s['error'].splitlines()[0][:120]} | | | | | | |")
         for r in s["rows"]:
             lines.append(f"| {s['label']} | {r['conns']:,} | {r['open']:,} | {r['rssMiB']:.0f} MiB "
                          f"({' + '.join(f'{v:.0f}' for v in r['rssEachMiB'])}) | {r['kbPerConn']:.1f} | "
-                         f"{r['hbAnswered']:,}/{r['hbSent']:,} | {r['holdCpu'] * 100:.1f} % | {r['connectCpuMsPerConn']:.2f} ms |")
+                         f"{r['hbAnswered']:,}/{r['hbSent']:,} | {r['holdCpu'] * 100:.1f} % | {r['connectCpuMsPerConn']:.2f} ms"
+                         f" ({fmt(r.get('connectGcMsPerConn'), '.2f')} ms) |")
     return lines
 
 
@@ -663,6 +698,28 @@ def plot_idle(data: dict[str, Any], ax_list: Any) -> None:
 ROOMS_RATE = 10_000  # deliveries/s at every point
 
 
+def rooms_run(args: argparse.Namespace, log_dir: Path, rooms: int, per_conn: int,
+              tag: str) -> tuple[list[dict[str, Any]], dict[str, Any], float, SyscallSampler, Path]:
+    """One rooms point on a fresh server: (steps, generator result, RSS before, syscall samples, GC log dir)."""
+    gc_dir = Path(tempfile.mkdtemp(prefix=f"gc-rooms-{rooms}-{per_conn}-", dir=log_dir))
+    with server(args, log_dir, f"rooms-{rooms}-{per_conn}", gc_dir=gc_dir) as (port, pid):
+        cfg = {"mode": "fanout", "protocol": args.protocol, "host": "127.0.0.1", "port": port,
+               "apikey": anon_key(), "serverPid": pid, "connectConcurrency": args.connect_concurrency,
+               "heartbeatS": 25, "rooms": rooms, "subs": 5, "roomsPerConn": per_conn, "payloadPad": 32,
+               "steps": [ROOMS_RATE], "warmupS": 1.0 if args.quick else 2.0, "stepWarmupS": 0.5 if args.quick else 1.0,
+               "measureS": 2.0 if args.quick else 5.0, "graceS": 2.0, "stopP99Ms": 1e9, "stopDelivery": 0,
+               "idleMeasureS": 1.0 if args.quick else 2.0}
+        rss0 = tree_rss_mb(pid)
+        sampler = SyscallSampler(pid)
+        sampler.start()
+        with profiled(args, pid, f"rooms-{rooms}-{per_conn}"):
+            steps, res = run_generator(cfg, args.gen_core, tag, timeout=900)
+        sampler.halt.set()
+    if res.get("error") or not steps:
+        raise RuntimeError(res.get("error", "no step measured"))
+    return steps, res, rss0, sampler, gc_dir
+
+
 def run_rooms(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     if args.quick:
         plan = [(1, 1), (10, 1), (100, 1), (300, 5)]
@@ -677,21 +734,7 @@ def run_rooms(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
             f"{ROOMS_RATE:,} deliveries/s (elapsed {elapsed(args)}, load {loadavg()})")
         tag = f"rooms {rooms}/{per_conn}"
         try:
-            with server(args, log_dir, f"rooms-{rooms}-{per_conn}") as (port, pid):
-                cfg = {"mode": "fanout", "protocol": args.protocol, "host": "127.0.0.1", "port": port,
-                       "apikey": anon_key(), "serverPid": pid, "connectConcurrency": args.connect_concurrency,
-                       "heartbeatS": 25, "rooms": rooms, "subs": 5, "roomsPerConn": per_conn, "payloadPad": 32,
-                       "steps": [ROOMS_RATE], "warmupS": 1.0 if args.quick else 2.0, "stepWarmupS": 0.5 if args.quick else 1.0,
-                       "measureS": 2.0 if args.quick else 5.0, "graceS": 2.0, "stopP99Ms": 1e9, "stopDelivery": 0,
-                       "idleMeasureS": 1.0 if args.quick else 2.0}
-                rss0 = tree_rss_mb(pid)
-                sampler = SyscallSampler(pid)
-                sampler.start()
-                with profiled(args, pid, f"rooms-{rooms}-{per_conn}"):
-                    steps, res = run_generator(cfg, args.gen_core, tag, timeout=900)
-                sampler.halt.set()
-            if res.get("error") or not steps:
-                raise RuntimeError(res.get("error", "no step measured"))
+            steps, res, rss0, sampler, gc_dir = retried(rooms_run, args, log_dir, rooms, per_conn, tag)
         except RuntimeError as exc:
             log(f"  failed: {exc}")
             points.append({"rooms": rooms, "roomsPerSocket": per_conn, "error": str(exc)[:2000]})
@@ -707,6 +750,9 @@ def run_rooms(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
              "connectSeconds": res["connect"]["seconds"], "loadavg": loadavg()}
         p["capacity"] = 1e6 / net_us if net_us else None
         io = sampler.rates(*s["windowEpochMs"]) if "windowEpochMs" in s else None
+        gc = gc_pauses(gc_dir, *s["windowEpochMs"]) or {}
+        p["gcMsPerS"] = gc.get("totalMs", 0.0) / (s["windowEpochMs"][1] - s["windowEpochMs"][0]) * 1000
+        p["gcFull"] = gc.get("gen2", 0)
         # system calls per inbound message (reads) and per delivery (writes): how much batching the
         # traffic allows — few busy sockets share a call among several frames, many quiet ones do not
         p["readsPerMessage"] = io[0] / s["msgsPerSecond"] if io and s["msgsPerSecond"] else None
@@ -714,24 +760,26 @@ def run_rooms(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         log(f"  [{tag}] {p['deliveriesPerSecond']:,.0f}/s delivered ({p['delivery'] * 100:.2f} %), p99 "
             f"{fmt(s['latencyMs']['p99'])} ms, server CPU {p['serverCpu'] * 100:.0f} % (idle {idle * 100:.1f} %) → "
             f"{fmt(net_us, '.2f')} µs per delivery (one core ≈ {fmt(p['capacity'], ',.0f')}/s), RSS {p['rssMiB']:.0f} MiB, "
-            f"{fmt(p['readsPerMessage'], '.2f')} reads per message, {fmt(p['writesPerDelivery'], '.2f')} writes per delivery")
+            f"{fmt(p['readsPerMessage'], '.2f')} reads per message, {fmt(p['writesPerDelivery'], '.2f')} writes per delivery, "
+            f"collections over 2 ms {p['gcMsPerS']:.0f} ms/s ({p['gcFull']} full)")
         points.append(p)
     return {"points": points, "rate": ROOMS_RATE}
 
 
 def table_rooms(data: dict[str, Any]) -> list[str]:
     lines = ["| rooms | rooms per socket | sockets | delivered/s (share) | p50 / p99 ms | server CPU (idle floor) | "
-             "CPU per delivery | → one core's capacity | reads per message / writes per delivery | server RSS | generator CPU |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "CPU per delivery | → one core's capacity | reads per message / writes per delivery | GC pauses > 2 ms | server RSS | generator CPU |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in data["points"]:
         if "error" in p:
-            lines.append(f"| {p['rooms']:,} | {p['roomsPerSocket']} | | **failed**: {p['error'].splitlines()[0][:120]} | | | | | | | |")
+            lines.append(f"| {p['rooms']:,} | {p['roomsPerSocket']} | | **failed**: {p['error'].splitlines()[0][:120]} | | | | | | | | |")
             continue
         lat = p["latencyMs"]
         lines.append(f"| {p['rooms']:,} | {p['roomsPerSocket']} | {p['sockets']:,} | {p['deliveriesPerSecond']:,.0f} "
                      f"({p['delivery'] * 100:.2f} %) | {fmt(lat['p50'])} / {fmt(lat['p99'])} | {p['serverCpu'] * 100:.0f} % "
                      f"({p['idleCpu'] * 100:.1f} %) | {fmt(p['usPerDelivery'], '.2f')} µs | {fmt(p['capacity'], ',.0f')}/s | "
                      f"{fmt(p.get('readsPerMessage'), '.2f')} / {fmt(p.get('writesPerDelivery'), '.2f')} | "
+                     f"{fmt(p.get('gcMsPerS'), '.0f')} ms/s | "
                      f"{p['rssMiB']:.0f} MiB | {p['genCpu'] * 100:.0f} % |")
     return lines
 
@@ -843,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-conns", type=int, default=None, help="idle only: the last step (default 18,000 per process)")
     ap.add_argument("--idle-hold", type=float, default=None, help="idle: seconds each step holds (default 10, quick 3)")
     ap.add_argument("--presence-timeout", type=float, default=None,
-                    help="presence: seconds to wait for full sync after the last join (default 120, quick 30)")
+                    help="presence: seconds to wait for full sync after the last join (default 60, quick 30)")
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
                     help="postgres_changes / presence / rooms: the points (subscribers, members, rooms), e.g. 100,3000")
     ap.add_argument("--pg-variants", default=",".join(k for k, *_ in PG_VARIANTS),
@@ -871,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--workers and --max-conns apply to --scenarios idle")
     args.engine = args.engine or default_engine()
     args.idle_hold = args.idle_hold if args.idle_hold is not None else (3.0 if args.quick else 10.0)
-    args.presence_timeout = args.presence_timeout if args.presence_timeout is not None else (30.0 if args.quick else 120.0)
+    args.presence_timeout = args.presence_timeout if args.presence_timeout is not None else (30.0 if args.quick else 60.0)
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         args.server_core = args.gen_core = None
     else:

@@ -581,11 +581,26 @@ async function presence() {
       proto.track(this, { i: Number(this.presenceKey.slice(2)), online_at: new Date().toISOString() })
     }
   }
+  // heartbeats as realtime-js sends them: a room that takes minutes to fill must not lose its
+  // first members to the server's idle timeout (60 s without a frame from the client)
+  startHeartbeats()
+  const u0 = usageSnapshot()
   const conn = await openAll(conns, cfg.connectConcurrency)
   progress(`${conns.length} members joined in ${conn.seconds.toFixed(1)} s; waiting for full sync`)
-  const synced = await waitFor(() => conns.every((c) => c.syncedAt !== null), cfg.syncTimeoutS * 1000)
+  let lastProgress = performance.now()
+  const synced = await waitFor(() => {
+    const now = performance.now()
+    if (now - lastProgress > 5000) {
+      lastProgress = now
+      const n = conns.filter((c) => c.syncedAt !== null).length
+      progress(`synced ${n}/${conns.length} members; closed by the server ${closedByServer}`)
+    }
+    return conns.every((c) => c.syncedAt !== null)
+  }, cfg.syncTimeoutS * 1000)
   const t1 = performance.now()
+  const use = usageDelta(u0, usageSnapshot())
   await sleep(500)
+  const views = conns.map((c) => c.presence.size).sort((a, b) => a - b)
   const frames = conns.reduce((a, c) => a + c.presenceFrames, 0)
   const bytes = conns.reduce((a, c) => a + c.presenceBytes, 0)
   const last = Math.max(...conns.map((c) => c.syncedAt ?? t1))
@@ -602,6 +617,13 @@ async function presence() {
     stateBytesMax: Math.max(...conns.map((c) => c.presenceStateBytes ?? 0)),
     stateBytesTotal: conns.reduce((a, c) => a + (c.presenceStateBytes ?? 0), 0),
     serverRss: serverRssBytes(),
+    genCpu: use.genCpu,
+    serverCpu: use.srvCpu,
+    closedByServer,
+    stillOpen: conns.filter((c) => !c.closed).length,
+    viewMin: views[0],
+    viewMedian: views[Math.floor(views.length / 2)],
+    heartbeats: { sent: hbSent, replies: hbReplies },
   })
 }
 
