@@ -17,8 +17,9 @@ Scenarios (each prints a table and writes ``curves-<scenario>.{json,md,png}`` to
   ``bench/cdc_fanout.mjs``): without RLS, with RLS and one claims cohort, with RLS and 100 cohorts.
   Single-row INSERTs at a rate that keeps the deliveries near 20,000/s; server CPU per committed
   row delivered to every subscriber, per delivery, RSS, and the share delivered.
-* ``presence`` — 10 → 10,000 members join one room and track (``bench/loadgen.mjs`` presence
+* ``presence`` — 10 → 3,000 members join one room and track (``bench/loadgen.mjs`` presence
   mode): time until every member has seen every other, presence frames and bytes per member.
+  ``--sizes 10000`` adds the 10,000-member room (~13 minutes on its own).
 * ``idle`` — 1,000 → 18,000 idle joined connections on one process, 1,000 → 36,000 on
   ``--workers 2`` (Redis started here): RSS per connection and heartbeats answered.  The
   connections are held by several Node processes (``loadgen.mjs`` held mode, ≤ 9,000 sockets each,
@@ -29,7 +30,7 @@ Scenarios (each prints a table and writes ``curves-<scenario>.{json,md,png}`` to
   10,000 rooms × 6 sockets would pass the 20,000 descriptors a process may hold, so a second series
   packs 5 rooms onto each socket (each socket joins 5 channels).
 
-``--idle-only`` style runs: ``--scenarios idle --max-conns 18000`` (one process) or
+The idle curve alone: ``--scenarios idle --max-conns 18000`` (one process) or
 ``--scenarios idle --workers 2 --max-conns 36000``.  ``--profile`` records the server with py-spy
 during each measured window (perturbs the figures; summaries go to the results folder as
 ``profile-curves-<scenario>-<point>.md``).  ``--render-only`` redraws tables and plots from the JSON.
@@ -61,6 +62,7 @@ import jwt  # noqa: E402
 import psycopg  # noqa: E402
 
 from common import (  # noqa: E402
+    CLK_TCK,
     LIFTED_QUOTAS,
     Worker,
     free_port,
@@ -163,25 +165,27 @@ class SyscallSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
-        self.rows: list[tuple[float, int, int]] = []
+        self.rows: list[tuple[float, int, int, float, float]] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.is_set():
             try:
                 io = dict(line.split(": ") for line in Path(f"/proc/{self.pid}/io").read_text().splitlines())
+                stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, ValueError):
                 return
-            self.rows.append((time.time() * 1000, int(io["syscr"]), int(io["syscw"])))
+            self.rows.append((time.time() * 1000, int(io["syscr"]), int(io["syscw"]),
+                              int(stat[11]) / CLK_TCK, int(stat[12]) / CLK_TCK))
             self.halt.wait(0.05)
 
-    def rates(self, lo: float, hi: float) -> tuple[float, float] | None:
-        """(reads/s, writes/s) between the first and last sample inside [lo, hi]."""
+    def rates(self, lo: float, hi: float) -> tuple[float, float, float, float] | None:
+        """(reads/s, writes/s, user CPU, system CPU) between the first and last sample inside [lo, hi]."""
         rows = [r for r in self.rows if lo <= r[0] <= hi]
         if len(rows) < 2:
             return None
         wall = (rows[-1][0] - rows[0][0]) / 1000
-        return (rows[-1][1] - rows[0][1]) / wall, (rows[-1][2] - rows[0][2]) / wall
+        return tuple((rows[-1][i] - rows[0][i]) / wall for i in (1, 2, 3, 4))  # type: ignore[return-value]
 
 
 def retried(fn: Any, *a: Any) -> Any:
@@ -429,9 +433,9 @@ def plot_postgres_changes(data: dict[str, Any], ax_list: Any) -> None:
     ax1.set_yscale("log")
     ax1.set_ylabel("server CPU per committed row (ms)")
     ax1.set_title("CPU per change (grows with the deliveries)", fontsize=9)
-    ax2.set_ylabel("server CPU per delivery (µs)")
-    ax2.set_ylim(0, ax2.get_ylim()[1] * 1.1)
-    ax2.set_title("CPU per delivery (flat = goal)", fontsize=9)
+    ax2.set_ylabel("server CPU per delivery (µs, log)")
+    ax2.set_yscale("log")
+    ax2.set_title("CPU per delivery (flat = goal; 1/N: a change's own work shared)", fontsize=9)
     ax3.set_ylabel("server RSS per subscriber (KB)")
     ax3.set_ylim(0, ax3.get_ylim()[1] * 1.25)
     ax3.set_title("memory per subscriber (flat = goal)", fontsize=9)
@@ -443,7 +447,11 @@ def plot_postgres_changes(data: dict[str, Any], ax_list: Any) -> None:
 
 def presence_run(args: argparse.Namespace, log_dir: Path, n: int, tag: str) -> tuple[dict[str, Any], float, float, float]:
     """One room filled with ``n`` members on a fresh server: (generator result, server CPU s, wall s, RSS before)."""
-    with server(args, log_dir, f"presence-{n}") as (port, pid):
+    # At thousands of members the one generator process is saturated parsing presence frames, and
+    # may send a new socket's upgrade request more than the slow-request guard's 10 s after its TCP
+    # connect; the guard would close it.  The handshake timeout is raised here so that the clients'
+    # slowness does not end the measurement (the presence work on the server is not affected).
+    with server(args, log_dir, f"presence-{n}", {"REALTIME_HANDSHAKE_TIMEOUT_MS": "300000"}) as (port, pid):
         cfg = {"mode": "presence", "protocol": args.protocol, "host": "127.0.0.1", "port": port,
                "apikey": anon_key(), "serverPid": pid, "connectConcurrency": args.connect_concurrency,
                "heartbeatS": 25, "members": n, "syncTimeoutS": args.presence_timeout}
@@ -458,7 +466,8 @@ def presence_run(args: argparse.Namespace, log_dir: Path, n: int, tag: str) -> t
 
 
 def run_presence(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
-    sizes = args.sizes or ([10, 100, 300] if args.quick else [10, 100, 1000, 3000, 10_000])
+    # 10,000 members take ~13 min on one core (each joiner is sent the whole room): --sizes 10000
+    sizes = args.sizes or ([10, 100, 300] if args.quick else [10, 100, 1000, 3000])
     points: list[dict[str, Any]] = []
     for n in sizes:
         log(f"==> presence, {n:,} members in one room (elapsed {elapsed(args)}, load {loadavg()})")
@@ -507,7 +516,7 @@ def table_presence(data: dict[str, Any]) -> list[str]:
 
 
 def plot_presence(data: dict[str, Any], ax_list: Any) -> None:
-    ax1, ax2, ax3 = ax_list
+    ax1, ax2, ax3, ax4 = ax_list
     pts = [p for p in data["points"] if "error" not in p]
     xs = [p["members"] for p in pts]
     ax1.plot(xs, [p["timeToFullSyncS"] for p in pts], marker="o", color="tab:blue")
@@ -524,7 +533,17 @@ def plot_presence(data: dict[str, Any], ax_list: Any) -> None:
     ax3.set_ylabel("presence bytes per member (KB)")
     ax3.set_yscale("log")
     ax3.legend(fontsize=7)
-    for ax in (ax1, ax2, ax3):
+    ax4.plot(xs, [p["serverCpuMsPerMember"] for p in pts], marker="o", color="tab:red", label="measured")
+    big = [p for p in pts if p["members"] >= 100]
+    if big:
+        ref = big[0]
+        ax4.plot(xs, [ref["serverCpuMsPerMember"] * p["members"] / ref["members"] for p in pts], linestyle="--",
+                 color="grey", label=f"∝ members (from {ref['members']:,})")
+    ax4.set_ylabel("server CPU per member joining (ms)")
+    ax4.set_yscale("log")
+    ax4.set_title("server CPU per member (flat = goal)", fontsize=9)
+    ax4.legend(fontsize=7)
+    for ax in (ax1, ax2, ax3, ax4):
         ax.set_xscale("log")
         ax.set_xlabel("members in the room")
         ax.grid(True, which="both", alpha=0.3)
@@ -557,6 +576,7 @@ async def idle_series(args: argparse.Namespace, log_dir: Path, workers: int, max
     log(f"==> idle connections, {label}: steps {', '.join(f'{s:,}' for s in steps)} (elapsed {elapsed(args)}, load {loadavg()})")
     rows: list[dict[str, Any]] = []
     gens: list[Worker] = []
+    lingering: list[int] = []
     hold_s = args.idle_hold
     with ExitStack() as stack:
         redis_url = None
@@ -564,10 +584,13 @@ async def idle_series(args: argparse.Namespace, log_dir: Path, workers: int, max
             data_dir = Path(tempfile.mkdtemp(prefix="curves-redis-", dir=log_dir))
             redis_url, _ = stack.enter_context(redis_server(data_dir))
         gc_dir = Path(tempfile.mkdtemp(prefix=f"gc-idle-w{workers}-", dir=log_dir))
+        server_pids: list[int] = []
+        stack.callback(reap, server_pids, lingering)  # after the server stops, before Redis does
         port, pid = stack.enter_context(server(args, log_dir, f"idle-w{workers}", workers=workers, redis_url=redis_url,
                                                gc_dir=gc_dir))
         # the workers are up when /health counts them; their baseline RSS settles with a request or two
         time.sleep(1.0)  # a fixed settling interval before the baseline sample, not a condition
+        server_pids.extend(process_tree(pid))
         base_each = tree_rss_each(pid)
         base = sum(base_each.values())
         log(f"  baseline server RSS {base:.1f} MiB over {len(base_each)} process(es)")
@@ -637,7 +660,29 @@ async def idle_series(args: argparse.Namespace, log_dir: Path, workers: int, max
                     await w.stop(timeout=60)
             for w in gens:
                 await w.kill()
-    return {"workers": workers, "label": label, "rows": rows, "holdS": hold_s}
+    return {"workers": workers, "label": label, "rows": rows, "holdS": hold_s, "lingeringWorkers": lingering}
+
+
+def reap(pids: list[int], lingering: list[int], timeout: float = 30.0) -> None:
+    """Wait for the server's processes to be gone; SIGKILL (and note in ``lingering``) any still
+    running ``timeout`` s later — a ``--workers`` supervisor killed after its 10 s grace leaves
+    its workers behind, and they would take the server core from the next measurement."""
+    deadline = time.monotonic() + timeout
+
+    def alive(p: int) -> bool:
+        try:
+            return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling until the processes are gone, bounded by the deadline
+    for p in pids:
+        if alive(p):
+            log(f"  server process {p} still running {timeout:.0f} s after SIGTERM: killed")
+            lingering.append(p)
+            with contextlib.suppress(OSError):
+                os.kill(p, 9)
 
 
 def run_idle(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
@@ -671,6 +716,10 @@ def table_idle(data: dict[str, Any]) -> list[str]:
                          f"({' + '.join(f'{v:.0f}' for v in r['rssEachMiB'])}) | {r['kbPerConn']:.1f} | "
                          f"{r['hbAnswered']:,}/{r['hbSent']:,} | {r['holdCpu'] * 100:.1f} % | {r['connectCpuMsPerConn']:.2f} ms"
                          f" ({fmt(r.get('connectGcMsPerConn'), '.2f')} ms) |")
+    for s in data["series"]:
+        if s.get("lingeringWorkers"):
+            lines += ["", f"{s['label']}: server process(es) {', '.join(map(str, s['lingeringWorkers']))} were still running "
+                      "30 s after SIGTERM and were killed."]
     return lines
 
 
@@ -757,30 +806,37 @@ def run_rooms(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         # traffic allows — few busy sockets share a call among several frames, many quiet ones do not
         p["readsPerMessage"] = io[0] / s["msgsPerSecond"] if io and s["msgsPerSecond"] else None
         p["writesPerDelivery"] = io[1] / s["deliveriesPerSecond"] if io and s["deliveriesPerSecond"] else None
+        # where the CPU goes: user (Python) or system (the kernel's socket work), µs per delivery gross
+        p["userUsPerDelivery"] = io[2] / s["deliveriesPerSecond"] * 1e6 if io and s["deliveriesPerSecond"] else None
+        p["systemUsPerDelivery"] = io[3] / s["deliveriesPerSecond"] * 1e6 if io and s["deliveriesPerSecond"] else None
         log(f"  [{tag}] {p['deliveriesPerSecond']:,.0f}/s delivered ({p['delivery'] * 100:.2f} %), p99 "
             f"{fmt(s['latencyMs']['p99'])} ms, server CPU {p['serverCpu'] * 100:.0f} % (idle {idle * 100:.1f} %) → "
             f"{fmt(net_us, '.2f')} µs per delivery (one core ≈ {fmt(p['capacity'], ',.0f')}/s), RSS {p['rssMiB']:.0f} MiB, "
             f"{fmt(p['readsPerMessage'], '.2f')} reads per message, {fmt(p['writesPerDelivery'], '.2f')} writes per delivery, "
-            f"collections over 2 ms {p['gcMsPerS']:.0f} ms/s ({p['gcFull']} full)")
+            f"collections over 2 ms {p['gcMsPerS']:.0f} ms/s ({p['gcFull']} full); user/system "
+            f"{fmt(p['userUsPerDelivery'], '.1f')}/{fmt(p['systemUsPerDelivery'], '.1f')} µs per delivery")
         points.append(p)
     return {"points": points, "rate": ROOMS_RATE}
 
 
 def table_rooms(data: dict[str, Any]) -> list[str]:
     lines = ["| rooms | rooms per socket | sockets | delivered/s (share) | p50 / p99 ms | server CPU (idle floor) | "
-             "CPU per delivery | → one core's capacity | reads per message / writes per delivery | GC pauses > 2 ms | server RSS | generator CPU |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "CPU per delivery (user + system, gross) | → one core's capacity | reads per message / writes per delivery | GC pauses > 2 ms | server RSS | generator CPU | "
+             "server waited for its core |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in data["points"]:
         if "error" in p:
-            lines.append(f"| {p['rooms']:,} | {p['roomsPerSocket']} | | **failed**: {p['error'].splitlines()[0][:120]} | | | | | | | | |")
+            lines.append(f"| {p['rooms']:,} | {p['roomsPerSocket']} | | **failed**: {p['error'].splitlines()[0][:120]} | | | | | | | | | |")
             continue
         lat = p["latencyMs"]
         lines.append(f"| {p['rooms']:,} | {p['roomsPerSocket']} | {p['sockets']:,} | {p['deliveriesPerSecond']:,.0f} "
                      f"({p['delivery'] * 100:.2f} %) | {fmt(lat['p50'])} / {fmt(lat['p99'])} | {p['serverCpu'] * 100:.0f} % "
-                     f"({p['idleCpu'] * 100:.1f} %) | {fmt(p['usPerDelivery'], '.2f')} µs | {fmt(p['capacity'], ',.0f')}/s | "
+                     f"({p['idleCpu'] * 100:.1f} %) | {fmt(p['usPerDelivery'], '.1f')} µs ({fmt(p.get('userUsPerDelivery'), '.1f')} + "
+                     f"{fmt(p.get('systemUsPerDelivery'), '.1f')}) | {fmt(p['capacity'], ',.0f')}/s | "
                      f"{fmt(p.get('readsPerMessage'), '.2f')} / {fmt(p.get('writesPerDelivery'), '.2f')} | "
                      f"{fmt(p.get('gcMsPerS'), '.0f')} ms/s | "
-                     f"{p['rssMiB']:.0f} MiB | {p['genCpu'] * 100:.0f} % |")
+                     f"{p['rssMiB']:.0f} MiB | {p['genCpu'] * 100:.0f} % | {p['serverWait'] * 100:.0f} %"
+                     f"{' ⚠' if p['serverWait'] > 0.10 else ''} |")
     return lines
 
 
@@ -830,7 +886,7 @@ TITLES = {
 }
 RUNNERS = {"postgres_changes": run_postgres_changes, "presence": run_presence, "idle": run_idle, "rooms": run_rooms}
 TABLES = {"postgres_changes": table_postgres_changes, "presence": table_presence, "idle": table_idle, "rooms": table_rooms}
-PLOTS = {"postgres_changes": (plot_postgres_changes, 3), "presence": (plot_presence, 3), "idle": (plot_idle, 2),
+PLOTS = {"postgres_changes": (plot_postgres_changes, 3), "presence": (plot_presence, 4), "idle": (plot_idle, 2),
          "rooms": (plot_rooms, 3)}
 
 
