@@ -6,7 +6,7 @@
 //   stdin  <- first line: {"url", "token", "topic", "table", "subs", "vsns": ["1.0.0", "2.0.0"],
 //             "offsets": false}   (offsets: join asking for offsets on broadcasts and changes;
 //             optional "tokens": [...] — subscriber i uses tokens[i % tokens.length], e.g. one per
-//             claims cohort; optional "progress": true — a {"type":"progress"} line every 2 s while joining)
+//             claims cohort; optional "localAddress": the sockets' source address; optional "progress": true — a {"type":"progress"} line every 2 s while joining)
 //             then "count" (answer with the counters) any number of times, then "stop"
 //   stdout -> {"type":"ready"}                       every socket got "Subscribed to PostgreSQL"
 //             {"type":"count", "changes", "broadcasts", "changeBytes", "broadcastBytes", "closed"}
@@ -55,7 +55,9 @@ class Sub {
     this.done = done
     this.subscribed = false
     const q = new URLSearchParams({ apikey: this.token, vsn })
-    this.ws = new WebSocket(`${cfg.url}?${q}`, { perMessageDeflate: false })
+    const opts = { perMessageDeflate: false }
+    if (cfg.localAddress) opts.localAddress = cfg.localAddress // a source address of its own
+    this.ws = new WebSocket(`${cfg.url}?${q}`, opts)
     this.ws.on('open', () => this.join())
     this.ws.on('message', (data, isBinary) => this.onMessage(data, isBinary))
     this.ws.on('close', () => { if (this.subscribed) closed++ })

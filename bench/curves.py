@@ -93,6 +93,17 @@ def default_engine() -> str:
     return str(Settings.model_fields["websocket_engine"].default)
 
 
+_SOURCE = [0]
+
+
+def next_source() -> str:
+    """A loopback source address of its own for each client process of a point (127.0.0.100 …
+    127.0.0.199): the sockets a point closes stay in TIME_WAIT for a minute, and ~28,000
+    ephemeral ports per address would run out over a few thousand-socket points."""
+    _SOURCE[0] += 1
+    return f"127.0.0.{100 + _SOURCE[0] % 100}"
+
+
 def anon_key() -> str:
     return jwt.encode({"role": "anon", "exp": int(time.time()) + 86400}, SECRET, algorithm="HS256")
 
@@ -313,6 +324,7 @@ def pg_point(args: argparse.Namespace, dsn: str, postmaster: int, log_dir: Path,
             t_join = time.monotonic()
             subs = CdcSubscribers({"url": f"ws://127.0.0.1:{port}/realtime/v1/websocket", "token": tokens[0],
                                    "tokens": tokens, "topic": "realtime:curves", "table": table, "subs": n,
+                                   "localAddress": next_source(),
                                    "vsns": ["1.0.0", "2.0.0"]}, tag)
             join_s = time.monotonic() - t_join
             try:
@@ -454,7 +466,7 @@ def presence_run(args: argparse.Namespace, log_dir: Path, n: int, tag: str) -> t
     with server(args, log_dir, f"presence-{n}", {"REALTIME_HANDSHAKE_TIMEOUT_MS": "300000"}) as (port, pid):
         cfg = {"mode": "presence", "protocol": args.protocol, "host": "127.0.0.1", "port": port,
                "apikey": anon_key(), "serverPid": pid, "connectConcurrency": args.connect_concurrency,
-               "heartbeatS": 25, "members": n, "syncTimeoutS": args.presence_timeout}
+               "heartbeatS": 25, "members": n, "syncTimeoutS": args.presence_timeout, "localAddress": next_source()}
         rss0 = tree_rss_mb(pid)
         cpu0, t0 = tree_cpu_seconds(pid), time.monotonic()
         with profiled(args, pid, f"presence-{n}"):
@@ -757,7 +769,7 @@ def rooms_run(args: argparse.Namespace, log_dir: Path, rooms: int, per_conn: int
                "heartbeatS": 25, "rooms": rooms, "subs": 5, "roomsPerConn": per_conn, "payloadPad": 32,
                "steps": [ROOMS_RATE], "warmupS": 1.0 if args.quick else 2.0, "stepWarmupS": 0.5 if args.quick else 1.0,
                "measureS": 2.0 if args.quick else 5.0, "graceS": 2.0, "stopP99Ms": 1e9, "stopDelivery": 0,
-               "idleMeasureS": 1.0 if args.quick else 2.0}
+               "idleMeasureS": 1.0 if args.quick else 2.0, "localAddress": next_source()}
         rss0 = tree_rss_mb(pid)
         sampler = SyscallSampler(pid)
         sampler.start()
