@@ -27,6 +27,8 @@ from .config import Settings, ignored_supabase_variables
 
 log = logging.getLogger("realtime_channels")
 
+#: prctl(2) option: the signal a process gets when its parent dies
+PR_SET_PDEATHSIG = 1
 #: objects allocated (net) between two young collections (see the start of ``serve``)
 GC_YOUNG_THRESHOLD = 10_000
 #: an HTTP connection idle between requests is closed after this long (WebSockets are not idle)
@@ -255,6 +257,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     if settings.workers > 1:
         return supervise(settings)
+    if settings.reuse_port:  # a worker of --workers
+        stop_with_supervisor()
     tracing.configure_from_env()
     try:
         run_async(serve(settings))
@@ -265,6 +269,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror)
         return EXIT_CANNOT_LISTEN
     return 0
+
+
+def stop_with_supervisor() -> None:
+    """A worker is sent SIGTERM (and stops as on any SIGTERM) when its supervisor dies, even of
+    SIGKILL, instead of serving on alone (Linux; elsewhere the supervisor's own stop must do)."""
+    import ctypes
+    import os
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def check_listen(host: str, port: int) -> OSError | None:

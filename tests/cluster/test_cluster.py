@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -493,6 +494,40 @@ async def test_workers_share_one_port_through_redis(make_cluster: Callable[..., 
             os.killpg(sup.pid, signal.SIGKILL)
             sup.wait(5)
     assert sup.returncode == 0
+    assert "Traceback" not in server.log(), server.log()[-4000:]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(make_cluster: Callable[..., Cluster], tmp_path: Any) -> None:
+    redis = make_cluster(0).redis
+    port = free_port()
+    log_path = tmp_path / "workers.log"
+    with open(log_path, "wb") as log:
+        sup = subprocess.Popen(_serve_cmd("--workers", "2", "--port", str(port), "--redis-url", redis.url),
+                               env={**_base_env(), "REALTIME_LOG_LEVEL": "info"}, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    server = ServerProc(port=port, proc=sup, log_path=str(log_path))
+    try:
+        def pids() -> list[int] | None:
+            m = re.search(r"started 2 workers on \S+: pids (\d+) (\d+)", server.log())
+            return [int(m.group(1)), int(m.group(2))] if m else None
+        workers = await wait_until(pids, 30, "the supervisor to start its workers")
+        await wait_until(lambda: health(server)["nodes"] == 2 or None, 30, "the two workers to serve")
+        sup.kill()  # no chance to stop its workers itself
+        sup.wait(5)
+        await wait_until(lambda: not any(_alive(p) for p in workers) or None, 30,
+                         "the orphaned workers to stop")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sup.pid, signal.SIGKILL)
+    assert server.log().count("shutting down") == 2  # each stopped as on SIGTERM
     assert "Traceback" not in server.log(), server.log()[-4000:]
 
 
