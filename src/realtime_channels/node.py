@@ -407,8 +407,14 @@ class Node:
         return self.replica.counts(stream)
 
     def presence_state(self, stream: StreamKey) -> dict[str, Any]:
+        """The ``presence_state`` payload (the same object until the state changes: read only)."""
         self._flush_diffs(stream)  # a joiner's state comes after what is due to the others
         return self.replica.state_payload(stream)
+
+    def presence_state_json(self, stream: StreamKey) -> orjson.Fragment:
+        """``presence_state`` as JSON, encoded once per change of the state, for the wire."""
+        self._flush_diffs(stream)
+        return orjson.Fragment(self.replica.state_json(stream))
 
     def _control(self, op: Op) -> None:
         self.pubsub.publish(Envelope(CONTROL_STREAM, self.node_id, control=encode_op(op)))

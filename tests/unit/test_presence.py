@@ -383,3 +383,27 @@ def test_retrack_of_an_identical_payload_with_integers_beyond_64_bits_changes_no
     p.track(A, "k", {"n": orjson.Fragment(b"18446744073709551616")}, "r1")
     assert p.track(A, "k", {"n": orjson.Fragment(b"18446744073709551616")}, "r2") is None
     assert p.track(A, "k", {"n": orjson.Fragment(b"18446744073709551617")}, "r3") is not None
+
+
+def test_the_state_is_built_once_per_change_and_follows_every_change() -> None:
+    state = TopicPresence()
+    state.track("a", "k1", {"n": 1}, "r1")
+    first, first_json = state.state_payload(), state.state_json()
+    assert state.state_payload() is first and state.state_json() is first_json  # no change: reused
+    assert json.loads(first_json) == first == {"k1": {"metas": [{"n": 1, "phx_ref": "r1"}]}}
+
+    assert state.track("a", "k1", {"n": 1}, "r2") is None  # identical re-track: nothing changed
+    assert state.state_json() is first_json
+
+    steps = [
+        lambda: state.track("b", "k2", {"n": 2}, "r3"),
+        lambda: state.track("a", "k1", {"n": 9}, "r4"),
+        lambda: state.untrack("b"),
+        lambda: state.remove_owners(lambda owner: owner == "a"),
+    ]
+    for step in steps:
+        before = state.state_json()
+        step()
+        assert state.state_json() is not before
+        assert json.loads(state.state_json()) == state.state_payload()
+    assert state.state_payload() == {} and state.state_json() == b"{}"

@@ -87,7 +87,7 @@ class _Entry:
 class TopicPresence:
     """Presence state of one topic stream: at most one tracked meta per owner (§5.1)."""
 
-    __slots__ = ("_entries", "size")
+    __slots__ = ("_entries", "_json", "_payload", "size")
 
     def __init__(self) -> None:
         # Insertion order is tracking order; a re-track moves the owner to the end, which is
@@ -95,6 +95,10 @@ class TopicPresence:
         self._entries: dict[Owner, _Entry] = {}
         #: sum of the members' ``entry_size``
         self.size = 0
+        #: ``state_payload`` and its JSON as of the last change (every joiner of a big room is
+        #: sent the same state: built once per change, not once per joiner)
+        self._payload: dict[str, Any] | None = None
+        self._json: bytes | None = None
 
     def size_with(self, owner: Owner, added: int) -> int:
         """The state's size if ``owner`` tracked a payload of ``added`` bytes (``entry_size``)."""
@@ -118,6 +122,7 @@ class TopicPresence:
             del self._entries[owner]
             self.size -= old.size
         self._entries[owner] = entry
+        self._payload = self._json = None
         self.size += entry.size
         joins = {key: (entry.meta,)}
         leaves = {old.key: (old.meta,)} if old is not None else {}
@@ -129,6 +134,7 @@ class TopicPresence:
         if old is None:
             return None
         self.size -= old.size
+        self._payload = self._json = None
         return PresenceDiff(joins={}, leaves={old.key: (old.meta,)})
 
     def remove_owners(self, pred: Callable[[Owner], bool]) -> PresenceDiff | None:
@@ -138,11 +144,22 @@ class TopicPresence:
             return None
         removed = [self._entries.pop(owner) for owner in gone]
         self.size -= sum(e.size for e in removed)
+        self._payload = self._json = None
         return PresenceDiff(joins={}, leaves=_group((e.key, e.meta) for e in removed))
 
     def state_payload(self) -> dict[str, Any]:
-        """``presence_state`` payload, ``{}`` when empty (§5.2); keys and metas in tracking order."""
-        return _metas_payload(_group((e.key, e.meta) for e in self._entries.values()))
+        """``presence_state`` payload, ``{}`` when empty (§5.2); keys and metas in tracking order.
+        The same object until the state changes: callers must not modify it."""
+        if self._payload is None:
+            self._payload = _metas_payload(_group((e.key, e.meta) for e in self._entries.values()))
+        return self._payload
+
+    def state_json(self) -> bytes:
+        """``state_payload`` as JSON, encoded once per change."""
+        if self._json is None:
+            # a copy in a block of its own size (orjson's output sits in a larger one)
+            self._json = bytes(memoryview(orjson.dumps(self.state_payload())))
+        return self._json
 
     def tracked(self, owner: Owner) -> tuple[str, dict[str, Any]] | None:
         entry = self._entries.get(owner)

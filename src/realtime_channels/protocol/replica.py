@@ -242,6 +242,10 @@ class PresenceReplica:
         state = self.topics.get(stream)
         return state.state_payload() if state is not None else {}
 
+    def state_json(self, stream: StreamKey) -> bytes:
+        state = self.topics.get(stream)
+        return state.state_json() if state is not None else b"{}"
+
     # internals -------------------------------------------------------------------------------
 
     def _apply_member_op(self, op: MemberOp) -> Diffs:

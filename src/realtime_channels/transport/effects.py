@@ -222,7 +222,7 @@ def _untrack(conn: Conn, e: s.Untrack) -> None:
 
 @handles(s.PushPresenceState)
 def _presence_state(conn: Conn, e: s.PushPresenceState) -> None:
-    state = conn.node.presence_state(e.stream)
+    state = conn.node.presence_state_json(e.stream)
     conn.send(Message(e.topic, "presence_state", state, ref=None, join_ref=e.join_ref))
 
 
