@@ -9,7 +9,9 @@ their own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from rediscluster import RedisCluster
@@ -51,3 +53,16 @@ def redis_factory() -> Iterator[type[RedisServer]]:
     finally:
         for server in made:
             server.cleanup()
+
+
+@pytest.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """Everything the event loop reports as unhandled (e.g. a task dying with an exception)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    try:
+        yield errors
+    finally:
+        loop.set_exception_handler(previous)

@@ -17,59 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import support
+from faultkit import Node, assert_clean
 from rediscluster import RedisCluster
 
-from realtime_channels.protocol.codec import Broadcast
-from realtime_channels.pubsub import Envelope
 from realtime_channels.pubsub.redis_cluster import RedisClusterPubSub, shard_channel, stream_slot
 
 TIMEOUT_S = 30.0  # covers the cluster's failure detection and election (node timeout 1 s)
 PREFIX = "rc:"
 
 
-class Node:
-    def __init__(self, name: str, url: str) -> None:
-        self.name = name
-        self.states: list[str] = []
-        self.received: list[Envelope] = []
-        self.changed = asyncio.Event()
-        self.pubsub = RedisClusterPubSub(url, prefix=PREFIX, node_id=name, on_state=self._on_state)
-
-    def _on_state(self, state: str) -> None:
-        self.states.append(state)
-        self.changed.set()
-
-    def deliver(self, env: Envelope) -> None:
-        self.received.append(env)
-        self.changed.set()
-
-    def seq(self, stream: str, origin: str) -> list[int]:
-        return [e.broadcast.payload["i"] for e in self.received
-                if e.stream == stream and e.origin == origin and e.broadcast is not None]
-
-    def publish(self, stream: str, i: int) -> None:
-        self.pubsub.publish(Envelope(stream, self.name, broadcast=Broadcast("realtime:t", payload={"i": i})))
-
-    async def wait_until(self, cond: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not cond():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"{self.name}: timed out waiting for {what} (states={self.states})")
-            self.changed.clear()
-            if cond():
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), remaining)
+def cluster_node(name: str, url: str) -> Node:
+    return Node(name, lambda on_state: RedisClusterPubSub(url, prefix=PREFIX, node_id=name, on_state=on_state),
+                TIMEOUT_S)
 
 
 @pytest.fixture
@@ -82,16 +48,72 @@ def cluster() -> Iterator[RedisCluster]:
         c.cleanup()
 
 
-@pytest.fixture
-async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
-    try:
-        yield errors
-    finally:
-        loop.set_exception_handler(previous)
+async def start_subscribed(nodes: tuple[Node, ...], stream: str, *more: str) -> None:
+    """Start every node, subscribe it, and wait until the cluster confirmed ``stream``."""
+    for n in nodes:
+        await n.pubsub.start(n.deliver)
+        for name in (stream, *more):
+            n.pubsub.subscribe(name)
+    for n in nodes:
+        confirmed = n.pubsub.confirmed(stream)
+        if confirmed is not None:
+            await confirmed
+
+
+class Traffic:
+    """Every node publishes 0, 1, 2, … on ``stream`` every 10 ms (pacing, not waiting) while
+    the block runs; ``sent`` is what each published."""
+
+    def __init__(self, nodes: tuple[Node, ...], stream: str) -> None:
+        self.nodes, self.stream = nodes, stream
+        self.sent: dict[str, list[int]] = {n.name: [] for n in nodes}
+        self._stop = asyncio.Event()
+        self._pumps: list[asyncio.Task[None]] = []
+
+    async def _pump(self, node: Node) -> None:
+        i = 0
+        while not self._stop.is_set():
+            node.publish(self.stream, i)
+            self.sent[node.name].append(i)
+            i += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.01)
+
+    async def __aenter__(self) -> Traffic:
+        self._pumps = [asyncio.create_task(self._pump(n)) for n in self.nodes]
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._pumps)
+
+    def mark(self) -> dict[str, int]:
+        """How many each node has published so far."""
+        return {name: len(sent) for name, sent in self.sent.items()}
+
+    async def wait_delivered_after(self, mark: dict[str, int], what: str) -> None:
+        """Until every node has 20 envelopes of every node published after ``mark``."""
+        for n in self.nodes:
+            for origin in mark:
+                await n.wait_until(lambda: len([i for i in n.seq(self.stream, origin) if i >= mark[origin]]) >= 20,
+                                   f"{origin}'s envelopes after {what} on {n.name}")
+
+    async def check(self, mark: dict[str, int], before: tuple[int, ...] = ()) -> None:
+        """After a barrier (one more envelope from each node): nothing twice, publish order
+        kept, everything published after ``mark`` delivered everywhere, and each node's own
+        envelopes all delivered to it exactly once (``before``: its own sent ahead of these)."""
+        stream, last = self.stream, 10**6
+        for n in self.nodes:
+            n.publish(stream, last)
+        for n in self.nodes:
+            await n.wait_until(lambda: all(n.seq(stream, o)[-1:] == [last] for o in self.sent), "the barrier")
+        for n in self.nodes:
+            for origin in self.sent:
+                got = n.seq(stream, origin)
+                assert len(got) == len(set(got)), f"{n.name} got an envelope of {origin} twice"
+                assert got == sorted(got), f"{n.name}: {origin}'s envelopes out of order"
+                assert set(range(mark[origin], len(self.sent[origin]))) <= set(got)
+            assert n.seq(stream, n.name) == [*before, *self.sent[n.name], last]
 
 
 def stream_on_other_master(cluster: RedisCluster, master: int) -> str:
@@ -108,85 +130,46 @@ async def test_master_failover_degrades_then_resubscribes_on_the_promoted_replic
     stream = "pub:failover"
     dead = cluster.master_of(shard_channel(PREFIX, stream))
     other = stream_on_other_master(cluster, dead)
-    a, b = Node("a", cluster.url), Node("b", cluster.url)
+    a, b = nodes = cluster_node("a", cluster.url), cluster_node("b", cluster.url)
     try:
-        for n in (a, b):
-            await n.pubsub.start(n.deliver)
+        await start_subscribed(nodes, stream, other)
+        for n in nodes:
             assert n.pubsub.state == "connected"
             assert len(n.pubsub.links) == 3
-            n.pubsub.subscribe(stream)
-            n.pubsub.subscribe(other)
-        for n in (a, b):
-            confirmed = n.pubsub.confirmed(stream)
-            if confirmed is not None:
-                await confirmed
         a.publish(stream, -1)
         b.publish(stream, -1)
-        for n in (a, b):
+        for n in nodes:
             await n.wait_until(lambda: n.seq(stream, "a") == [-1] and n.seq(stream, "b") == [-1], "warm-up")
 
         # both nodes publish on the failing stream every 10 ms for the whole test
-        sent: dict[str, list[int]] = {"a": [], "b": []}
-        stop = asyncio.Event()
-
-        async def traffic(node: Node) -> None:
-            i = 0
-            while not stop.is_set():
-                node.publish(stream, i)
-                sent[node.name].append(i)
-                i += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.01)
-
-        pumps = [asyncio.create_task(traffic(n)) for n in (a, b)]
-        try:
+        async with Traffic(nodes, stream) as traffic:
             await b.wait_until(lambda: len(b.seq(stream, "a")) > 5, "traffic from a to cross before the fault")
             killed_at = time.monotonic()
             cluster.kill(dead)
-            for n in (a, b):
+            for n in nodes:
                 await n.wait_until(lambda: n.pubsub.state == "degraded", "degraded after the master died")
             # the other shards still carry envelopes between the nodes
             a.publish(other, 1)
             await b.wait_until(lambda: b.seq(other, "a") == [1], "a stream of a live shard to cross nodes")
             # local delivery goes on: what a publishes now reaches a
-            mark = len(sent["a"])
+            mark = len(traffic.sent["a"])
             await a.wait_until(lambda: len(a.seq(stream, "a")) > mark + 5, "local delivery while degraded")
-            for n in (a, b):
+            for n in nodes:
                 await n.wait_until(lambda: n.pubsub.state == "connected", "connected after the failover")
             recovered_at = time.monotonic()
             assert dead not in {port for _, port in a.pubsub.links}
             # what is published once both are connected again reaches both nodes
-            resumed = {name: len(sent[name]) for name in sent}
-            for n in (a, b):
-                for origin in ("a", "b"):
-                    await n.wait_until(lambda: len([i for i in n.seq(stream, origin) if i >= resumed[origin]]) >= 20,
-                                       f"{origin}'s envelopes after the recovery on {n.name}")
-        finally:
-            stop.set()
-            await asyncio.gather(*pumps)
+            resumed = traffic.mark()
+            await traffic.wait_delivered_after(resumed, "the recovery")
         print(f"failover: degraded to connected in {recovered_at - killed_at:.2f} s after SIGKILL")
-        # a barrier: one more envelope from each node, after everything above
-        for n in (a, b):
-            n.publish(stream, 10**6)
-        for n in (a, b):
-            await n.wait_until(lambda: n.seq(stream, "a")[-1:] == [10**6] and n.seq(stream, "b")[-1:] == [10**6],
-                               "the barrier")
-        for n in (a, b):
-            for origin in ("a", "b"):
-                got = n.seq(stream, origin)
-                assert len(got) == len(set(got)), f"{n.name} got an envelope of {origin} twice"
-                assert got == sorted(got), f"{n.name}: {origin}'s envelopes out of order"
-                # everything published after the recovery arrived
-                assert set(range(resumed[origin], len(sent[origin]))) <= set(got)
-            # own envelopes: every one, exactly once, through the outage
-            assert n.seq(stream, n.name) == [-1, *sent[n.name], 10**6]
+        # own envelopes: every one, exactly once, through the outage
+        await traffic.check(resumed, before=(-1,))
+        for n in nodes:
             assert n.states[-2:] == ["degraded", "connected"]
     finally:
-        for n in (a, b):
+        for n in nodes:
             await n.pubsub.close()
-    gc.collect()
-    assert loop_errors == []
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert_clean(loop_errors, caplog)
     messages = [r.getMessage() for r in caplog.records]
     assert any("DEGRADED" in m for m in messages) and any("CONNECTED" in m for m in messages)
 
@@ -201,73 +184,36 @@ async def test_slot_migration_moves_the_stream_to_the_new_master(
     stream = "pub:migrating"
     source = cluster.master_of(shard_channel(PREFIX, stream))
     target = min(cluster.masters() - {source})
-    a, b = Node("a", cluster.url), Node("b", cluster.url)
+    a, b = nodes = cluster_node("a", cluster.url), cluster_node("b", cluster.url)
     try:
-        for n in (a, b):
-            await n.pubsub.start(n.deliver)
-            n.pubsub.subscribe(stream)
-        for n in (a, b):
-            confirmed = n.pubsub.confirmed(stream)
-            if confirmed is not None:
-                await confirmed
-        sent: dict[str, list[int]] = {"a": [], "b": []}
-        stop = asyncio.Event()
-
-        async def traffic(node: Node) -> None:
-            i = 0
-            while not stop.is_set():
-                node.publish(stream, i)
-                sent[node.name].append(i)
-                i += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.01)
-
-        pumps = [asyncio.create_task(traffic(n)) for n in (a, b)]
-        try:
+        await start_subscribed(nodes, stream)
+        async with Traffic(nodes, stream) as traffic:
             await b.wait_until(lambda: len(b.seq(stream, "a")) > 5, "traffic before the migration")
             slot = stream_slot(PREFIX, stream)
             if pause:
                 await asyncio.to_thread(cluster.begin_migration, slot, target)
-                for n in (a, b):  # no delivery tells of it: polled
+                for n in nodes:  # no delivery tells of it: polled
                     await support.wait_until(lambda: any(link.holding for link in n.pubsub.links.values()),
                                              TIMEOUT_S, f"{n.name}'s publishes redirected and held")
                 await asyncio.to_thread(cluster.finish_migration, slot, target)
             else:
                 await asyncio.to_thread(cluster.move_slot, slot, target)
-            for n in (a, b):
+            for n in nodes:
                 await n.wait_until(lambda: n.pubsub.shard_of(stream) == ("127.0.0.1", target)
                                    and n.pubsub.state == "connected", "the stream on the new master's link")
-            resumed = {name: len(sent[name]) for name in sent}
-            for n in (a, b):
-                for origin in ("a", "b"):
-                    await n.wait_until(lambda: len([i for i in n.seq(stream, origin) if i >= resumed[origin]]) >= 20,
-                                       f"{origin}'s envelopes after the migration on {n.name}")
-        finally:
-            stop.set()
-            await asyncio.gather(*pumps)
-        for n in (a, b):
-            n.publish(stream, 10**6)
-        for n in (a, b):
-            await n.wait_until(lambda: n.seq(stream, "a")[-1:] == [10**6] and n.seq(stream, "b")[-1:] == [10**6],
-                               "the barrier")
-        for n in (a, b):
-            for origin in ("a", "b"):
-                got = n.seq(stream, origin)
-                assert len(got) == len(set(got)), f"{n.name} got an envelope of {origin} twice"
-                assert got == sorted(got), f"{n.name}: {origin}'s envelopes out of order"
-                assert set(range(resumed[origin], len(sent[origin]))) <= set(got)
-            # redirected publishes were sent again on the new master: none lost, none twice
-            assert n.seq(stream, n.name) == [*sent[n.name], 10**6]
+            resumed = traffic.mark()
+            await traffic.wait_delivered_after(resumed, "the migration")
+        # redirected publishes were sent again on the new master: none lost, none twice
+        await traffic.check(resumed)
+        for n in nodes:
             assert n.states == ["connected"], "a slot migration is no outage"
             # the retention log moved with the slot: offsets go on from where they were
             offsets = [e.offset for e in n.received if e.stream == stream and e.epoch and not e.epoch.startswith("L")]
             assert offsets == sorted(offsets) and len(offsets) == len(set(offsets))
     finally:
-        for n in (a, b):
+        for n in nodes:
             await n.pubsub.close()
-    gc.collect()
-    assert loop_errors == []
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert_clean(loop_errors, caplog)
     print("\n".join(r.getMessage() for r in caplog.records if "cluster" in r.getMessage())[-3000:])
 
 
@@ -278,58 +224,20 @@ async def test_manual_failover_moves_the_stream_off_the_demoted_master(
     caplog.set_level(logging.INFO, logger="realtime_channels")
     stream = "pub:handover"
     old = cluster.master_of(shard_channel(PREFIX, stream))
-    a, b = Node("a", cluster.url), Node("b", cluster.url)
+    a, b = nodes = cluster_node("a", cluster.url), cluster_node("b", cluster.url)
     try:
-        for n in (a, b):
-            await n.pubsub.start(n.deliver)
-            n.pubsub.subscribe(stream)
-        for n in (a, b):
-            confirmed = n.pubsub.confirmed(stream)
-            if confirmed is not None:
-                await confirmed
-        sent: dict[str, list[int]] = {"a": [], "b": []}
-        stop = asyncio.Event()
-
-        async def traffic(node: Node) -> None:
-            i = 0
-            while not stop.is_set():
-                node.publish(stream, i)
-                sent[node.name].append(i)
-                i += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.01)
-
-        pumps = [asyncio.create_task(traffic(n)) for n in (a, b)]
-        try:
+        await start_subscribed(nodes, stream)
+        async with Traffic(nodes, stream) as traffic:
             await b.wait_until(lambda: len(b.seq(stream, "a")) > 5, "traffic before the failover")
             new = await asyncio.to_thread(cluster.manual_failover, old)
-            for n in (a, b):
+            for n in nodes:
                 await n.wait_until(lambda: n.pubsub.shard_of(stream) == ("127.0.0.1", new)
                                    and n.pubsub.state == "connected", "the stream on the new master's link")
-            resumed = {name: len(sent[name]) for name in sent}
-            for n in (a, b):
-                for origin in ("a", "b"):
-                    await n.wait_until(lambda: len([i for i in n.seq(stream, origin) if i >= resumed[origin]]) >= 20,
-                                       f"{origin}'s envelopes after the failover on {n.name}")
-        finally:
-            stop.set()
-            await asyncio.gather(*pumps)
-        for n in (a, b):
-            n.publish(stream, 10**6)
-        for n in (a, b):
-            await n.wait_until(lambda: n.seq(stream, "a")[-1:] == [10**6] and n.seq(stream, "b")[-1:] == [10**6],
-                               "the barrier")
-        for n in (a, b):
-            for origin in ("a", "b"):
-                got = n.seq(stream, origin)
-                assert len(got) == len(set(got)), f"{n.name} got an envelope of {origin} twice"
-                assert got == sorted(got), f"{n.name}: {origin}'s envelopes out of order"
-                assert set(range(resumed[origin], len(sent[origin]))) <= set(got)
-            assert n.seq(stream, n.name) == [*sent[n.name], 10**6]
+            resumed = traffic.mark()
+            await traffic.wait_delivered_after(resumed, "the failover")
+        await traffic.check(resumed)
     finally:
-        for n in (a, b):
+        for n in nodes:
             await n.pubsub.close()
-    gc.collect()
-    assert loop_errors == []
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert_clean(loop_errors, caplog)
     print("\n".join(r.getMessage() for r in caplog.records if "cluster" in r.getMessage())[-3000:])

@@ -11,76 +11,23 @@ no exception escapes.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from faultkit import Node, assert_clean
 from redis.asyncio import Redis
 
-from realtime_channels.protocol.codec import Broadcast
-from realtime_channels.pubsub import Envelope
 from realtime_channels.pubsub import redis as redis_module
 from realtime_channels.pubsub.redis import RedisPubSub
 
 TIMEOUT_S = 20.0  # covers the back-off ceiling (5 s) plus a reconnect
 
 
-class Node:
-    def __init__(self, name: str, url: str) -> None:
-        self.name = name
-        self.states: list[str] = []
-        self.received: list[Envelope] = []
-        self.changed = asyncio.Event()
-        self.pubsub = RedisPubSub(url, node_id=name, on_state=self._on_state)
-
-    def _on_state(self, state: str) -> None:
-        self.states.append(state)
-        self.changed.set()
-
-    def deliver(self, env: Envelope) -> None:
-        self.received.append(env)
-        self.changed.set()
-
-    def seq(self, stream: str, origin: str) -> list[int]:
-        return [e.broadcast.payload["i"] for e in self.received
-                if e.stream == stream and e.origin == origin and e.broadcast is not None]
-
-    def publish(self, stream: str, i: int) -> None:
-        self.pubsub.publish(Envelope(stream, self.name, broadcast=Broadcast("realtime:t", payload={"i": i})))
-
-    async def wait_until(self, cond: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not cond():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"{self.name}: timed out waiting for {what} (states={self.states})")
-            self.changed.clear()
-            if cond():
-                return
-            try:
-                await asyncio.wait_for(self.changed.wait(), remaining)
-            except TimeoutError:
-                continue
-
-    async def wait_state(self, state: str) -> None:
-        await self.wait_until(lambda: self.pubsub.state == state, f"state {state}")
-
-
-@pytest.fixture
-async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
-    """Everything the event loop reports as unhandled (e.g. a task dying with an exception)."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
-    try:
-        yield errors
-    finally:
-        loop.set_exception_handler(previous)
+def redis_node(name: str, url: str) -> Node:
+    return Node(name, lambda on_state: RedisPubSub(url, node_id=name, on_state=on_state), TIMEOUT_S)
 
 
 @pytest.fixture
@@ -88,7 +35,7 @@ async def nodes() -> AsyncIterator[Callable[[str, str], Any]]:
     made: list[Node] = []
 
     async def make(name: str, url: str) -> Node:
-        node = Node(name, url)
+        node = redis_node(name, url)
         await node.pubsub.start(node.deliver)
         made.append(node)
         return node
@@ -112,12 +59,6 @@ async def connected_pair(nodes: Callable[[str, str], Any], url: str, stream: str
     for n in (a, b):
         await n.wait_until(lambda: n.seq(stream, "a") == [-1] and n.seq(stream, "b") == [-1], "warm-up")
     return a, b
-
-
-def assert_clean(errors: list[dict[str, Any]], caplog: pytest.LogCaptureFixture) -> None:
-    gc.collect()  # surfaces "Task exception was never retrieved"
-    assert errors == []
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def publish_until(node: Node, stream: str, stop: asyncio.Event, counter: list[int]) -> None:
@@ -275,7 +216,7 @@ async def test_close_during_an_outage_is_clean(
 ) -> None:
     server = redis_factory()
     server.start()
-    node = Node("a", server.url)
+    node = redis_node("a", server.url)
     await node.pubsub.start(node.deliver)
     node.pubsub.subscribe("faults:close")
     await asyncio.to_thread(server.kill)
