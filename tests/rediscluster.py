@@ -16,6 +16,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from redis import Redis
 from redis.crc import key_slot
@@ -257,3 +259,14 @@ class RedisCluster:
         for port in list(self.procs):
             self.kill(port)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def running_cluster() -> Iterator[RedisCluster]:
+    """A started cluster, cleaned up afterwards (what every cluster fixture does)."""
+    cluster = RedisCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()

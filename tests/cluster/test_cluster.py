@@ -444,19 +444,24 @@ def test_workers_without_redis_are_refused() -> None:
     assert "--workers 2 needs REALTIME_REDIS_URL (or --redis-url)" in proc.stderr
 
 
+def _two_workers(redis_url: str, tmp_path: Any, env: dict[str, str]) -> ServerProc:
+    """``serve --workers 2`` on a free port, in a session of its own, logging to tmp_path."""
+    port = free_port()
+    log_path = tmp_path / "workers.log"
+    with open(log_path, "wb") as log:
+        sup = subprocess.Popen(_serve_cmd("--workers", "2", "--port", str(port), "--redis-url", redis_url),
+                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return ServerProc(port=port, proc=sup, log_path=str(log_path))
+
+
 def _node_seed(ref: str) -> bytes:
     """phx_refs are base64url(6 per-node random bytes + counter) (presence.RefGenerator)."""
     return base64.urlsafe_b64decode(ref + "=" * (-len(ref) % 4))[:6]
 
 
 async def test_workers_share_one_port_through_redis(make_cluster: Callable[..., Cluster], tmp_path: Any) -> None:
-    redis = make_cluster(0).redis
-    port = free_port()
-    log_path = tmp_path / "workers.log"
-    with open(log_path, "wb") as log:
-        sup = subprocess.Popen(_serve_cmd("--workers", "2", "--port", str(port), "--redis-url", redis.url),
-                               env=_base_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = ServerProc(port=port, proc=sup, log_path=str(log_path))
+    server = _two_workers(make_cluster(0).redis.url, tmp_path, _base_env())
+    sup = server.proc
     try:
         def two_nodes() -> bool:
             return bool(health(server)["nodes"] == 2)
@@ -506,14 +511,8 @@ def _alive(pid: int) -> bool:
 
 
 async def test_workers_stop_when_their_supervisor_is_killed(make_cluster: Callable[..., Cluster], tmp_path: Any) -> None:
-    redis = make_cluster(0).redis
-    port = free_port()
-    log_path = tmp_path / "workers.log"
-    with open(log_path, "wb") as log:
-        sup = subprocess.Popen(_serve_cmd("--workers", "2", "--port", str(port), "--redis-url", redis.url),
-                               env={**_base_env(), "REALTIME_LOG_LEVEL": "info"}, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    server = ServerProc(port=port, proc=sup, log_path=str(log_path))
+    server = _two_workers(make_cluster(0).redis.url, tmp_path, {**_base_env(), "REALTIME_LOG_LEVEL": "info"})
+    sup = server.proc
     try:
         def pids() -> list[int] | None:
             m = re.search(r"started 2 workers on \S+: pids (\d+) (\d+)", server.log())

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from clusterkit import assert_no_traceback, health, wait_async, wait_nodes_sync, wait_until
 from rawclient import V1, V2, Frame, RawClient, event_is, open_client, reply_to, unique_topic
-from rediscluster import RedisCluster
+from rediscluster import RedisCluster, running_cluster
 from support import ServerProc, start_server
 
 from realtime_channels.node import CONTROL_STREAM
@@ -53,12 +53,8 @@ async def broadcast_crosses(sender: RawClient, receiver: RawClient, topic: str, 
 
 @pytest.fixture
 def redis_cluster() -> Iterator[RedisCluster]:
-    c = RedisCluster()
-    c.start()
-    try:
-        yield c
-    finally:
-        c.cleanup()
+    with running_cluster() as cluster:
+        yield cluster
 
 
 async def test_broadcast_and_presence_across_a_master_failover(redis_cluster: RedisCluster, tmp_path: Any) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import support
 from faultkit import Node, assert_clean
-from rediscluster import RedisCluster
+from rediscluster import RedisCluster, running_cluster
 
 from realtime_channels.pubsub.redis_cluster import RedisClusterPubSub, shard_channel, stream_slot
 
@@ -40,12 +40,8 @@ def cluster_node(name: str, url: str) -> Node:
 
 @pytest.fixture
 def cluster() -> Iterator[RedisCluster]:
-    c = RedisCluster()
-    c.start()
-    try:
-        yield c
-    finally:
-        c.cleanup()
+    with running_cluster() as cluster:
+        yield cluster
 
 
 async def start_subscribed(nodes: tuple[Node, ...], stream: str, *more: str) -> None:
