@@ -22,6 +22,7 @@ a shared machine affects both sides alike.  Results: ``bench/results/cdc_fanout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -33,6 +34,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +119,19 @@ def start_server(dsn: str, tmp: Path) -> tuple[subprocess.Popen[bytes], int, Pat
 
 
 class Subscribers:
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    """bench/cdc_fanout.mjs: N sockets on one topic with an INSERT binding, counting the changes.
+    ``progress`` is called with each progress report while they subscribe (when given)."""
+
+    def __init__(self, cfg: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.proc = subprocess.Popen(["node", str(NODE_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._send(json.dumps(cfg))
-        ready = self._read()
-        if ready["type"] != "ready":
-            raise RuntimeError(f"subscribers failed: {ready}")
+        self._send(json.dumps({**cfg, "progress": True} if progress is not None else cfg))
+        while True:
+            msg = self._read()
+            if msg["type"] == "ready":
+                return
+            if msg["type"] != "progress" or progress is None:
+                raise RuntimeError(f"subscribers failed: {msg}")
+            progress(msg)
 
     def _send(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -144,8 +153,13 @@ class Subscribers:
         return self._read()
 
     def stop(self) -> None:
-        self._send("stop")
-        self.proc.wait(10)
+        with contextlib.suppress(OSError, ValueError):
+            self._send("stop")
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class Publisher:

@@ -63,23 +63,20 @@ import psycopg  # noqa: E402
 
 from common import (  # noqa: E402
     CLK_TCK,
-    LIFTED_QUOTAS,
     Worker,
     free_port,
-    http_json,
     load_pgcluster,
     log,
     loadavg,
-    pinned,
     process_tree,
     proc_mem_mb,
     redis_server,
-    stop_process,
     tree_cpu_seconds,
     tree_rss_mb,
 )
+from cdc_fanout import Subscribers  # noqa: E402
 from fanout import machine_info, run_generator, start_profiler, stop_profiler  # noqa: E402
-from supabase_shape import GC_LOGGER, gc_pauses  # noqa: E402
+from supabase_shape import checkout_server, gc_pauses  # noqa: E402
 
 BENCH = ROOT / "bench"
 SECRET = "bench-secret-with-at-least-32-characters-long!"
@@ -118,42 +115,10 @@ def server(args: argparse.Namespace, log_dir: Path, name: str, env_extra: dict[s
     core; yields (port, pid) once /health says every worker is up, stops it on exit.  With
     ``gc_dir``, its processes log garbage collections over 2 ms there (supabase_shape's hook)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
-    path = [str(ROOT / "src")]
-    if gc_dir is not None:
-        hook = gc_dir / "hook"
-        hook.mkdir(parents=True, exist_ok=True)
-        (hook / "sitecustomize.py").write_text(GC_LOGGER)
-        path.append(str(hook))
-        env["SHAPE_GC_DIR"] = str(gc_dir)
-    env.update({
-        "PYTHONPATH": os.pathsep.join(path),
-        "REALTIME_HOST": "127.0.0.1", "REALTIME_PORT": str(port), "REALTIME_JWT_SECRET": SECRET,
-        "REALTIME_LOG_LEVEL": "warning", "REALTIME_JOIN_ERROR_BACKOFF_MS": "0",
-        "REALTIME_CONNECT_ERROR_BACKOFF_MS": "0", "REALTIME_WEBSOCKET_ENGINE": args.engine,
-        **LIFTED_QUOTAS, **(env_extra or {}),
-    })
-    cmd = [sys.executable, "-m", "realtime_channels", "serve"]
-    if workers > 1:
-        assert redis_url is not None
-        cmd += ["--workers", str(workers), "--port", str(port), "--redis-url", redis_url]
-    log_path = log_dir / f"server-{name}-{port}.log"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(pinned(args.server_core, cmd), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited ({proc.returncode}):\n{log_path.read_text()[-2000:]}")
-            h = http_json(f"http://127.0.0.1:{port}/health")
-            if h is not None and h.get("status") == "ok" and h.get("nodes", 1) >= workers:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready (last /health {h}):\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.1)  # polling until /health answers as expected, bounded by the deadline
-        yield port, proc.pid  # taskset execs the command: same pid
-    finally:
-        stop_process(proc)
+    with checkout_server(port, log_dir / f"server-{name}-{port}.log", workers=workers, redis_url=redis_url,
+                         env_extra={"REALTIME_WEBSOCKET_ENGINE": args.engine, **(env_extra or {})},
+                         gc_dir=gc_dir, core=args.server_core, secret=SECRET) as pid:
+        yield port, pid
 
 
 @contextmanager
@@ -240,50 +205,9 @@ PG_MAX_ROWS_PER_S = 50
 PG_SECONDS = 5.0
 
 
-class CdcSubscribers:
+def cdc_subscribers(cfg: dict[str, Any], tag: str) -> Subscribers:
     """bench/cdc_fanout.mjs: N sockets on one topic with an INSERT binding, counting the changes."""
-
-    def __init__(self, cfg: dict[str, Any], tag: str) -> None:
-        self.tag = tag
-        self.proc = subprocess.Popen(pinned(None, ["node", str(BENCH / "cdc_fanout.mjs")]), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE)
-        self._send(json.dumps({**cfg, "progress": True}))
-        while True:
-            msg = self._read()
-            if msg["type"] == "progress":
-                log(f"  [{tag}] subscribed {msg['subscribed']:,}/{msg['of']:,}")
-            elif msg["type"] == "ready":
-                return
-            else:
-                raise RuntimeError(f"subscribers: {msg}")
-
-    def _send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("subscribers exited")
-        msg: dict[str, Any] = json.loads(line)
-        if msg["type"] == "error":
-            raise RuntimeError(f"subscriber failed: {msg['message']}")
-        return msg
-
-    def count(self) -> dict[str, Any]:
-        self._send("count")
-        return self._read()
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._send("stop")
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    return Subscribers(cfg, lambda msg: log(f"  [{tag}] subscribed {msg['subscribed']:,}/{msg['of']:,}"))
 
 
 def pg_token(cohort: int | None, exp: int) -> str:
@@ -294,7 +218,7 @@ def pg_token(cohort: int | None, exp: int) -> str:
                       SECRET, algorithm="HS256")
 
 
-def wait_changes(subs: CdcSubscribers, expected: int, timeout: float) -> dict[str, Any]:
+def wait_changes(subs: Subscribers, expected: int, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         c = subs.count()
@@ -322,7 +246,7 @@ def pg_point(args: argparse.Namespace, dsn: str, postmaster: int, log_dir: Path,
         with server(args, log_dir, f"pg-{key}-{n}", env, gc_dir=gc_dir) as (port, pid):
             rss0 = tree_rss_mb(pid)
             t_join = time.monotonic()
-            subs = CdcSubscribers({"url": f"ws://127.0.0.1:{port}/realtime/v1/websocket", "token": tokens[0],
+            subs = cdc_subscribers({"url": f"ws://127.0.0.1:{port}/realtime/v1/websocket", "token": tokens[0],
                                    "tokens": tokens, "topic": "realtime:curves", "table": table, "subs": n,
                                    "localAddress": next_source(),
                                    "vsns": ["1.0.0", "2.0.0"]}, tag)
@@ -625,7 +549,7 @@ async def idle_series(args: argparse.Namespace, log_dir: Path, workers: int, max
                     new.append(Worker(f"idle-w{workers}-g{i}", ["node", str(BENCH / "loadgen.mjs"), json.dumps(cfg)],
                                       log_dir, core=args.gen_core))
                 cpu0, t0, e0 = tree_cpu_seconds(pid), time.monotonic(), time.time() * 1000
-                readies = await asyncio.gather(*(w.start(timeout=900) for w in new))
+                await asyncio.gather(*(w.start(timeout=900) for w in new))
                 connect_s = time.monotonic() - t0
                 connect_cpu = tree_cpu_seconds(pid) - cpu0
                 gc = gc_pauses(gc_dir, e0, time.time() * 1000) or {}

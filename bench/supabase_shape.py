@@ -48,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ from common import (
     http_json,
     loadavg,
     log,
+    pinned,
     process_tree,
     redis_server,
     sign_token,
@@ -156,6 +156,19 @@ def realtime_server(conf: Config, redis_url: str | None, log_path: Path,
     ``ok`` and every worker hears the others.  With ``gc_dir``, its processes log long garbage
     collections there (``GC_LOGGER``)."""
     port = free_port()
+    with checkout_server(port, log_path, workers=conf.workers, redis_url=redis_url, env_extra=dict(conf.env),
+                         gc_dir=gc_dir) as pid:
+        yield port, pid
+
+
+@contextmanager
+def checkout_server(port: int, log_path: Path, *, workers: int = 1, redis_url: str | None = None,
+                    env_extra: dict[str, str] | None = None, gc_dir: Path | None = None,
+                    core: int | None = None, secret: str = SECRET) -> Iterator[int]:
+    """``realtime-channels serve`` of this checkout's ``src/`` on ``port`` (``--workers`` when > 1,
+    pinned to ``core`` when given, tokens signed with ``secret``), tenant quotas lifted; yields its pid once ``/health`` says ok
+    with every worker up, and stops it on exit.  With ``gc_dir``, its processes log garbage
+    collections over 2 ms there (``GC_LOGGER``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
     path = [str(ROOT / "src")]  # the code of this checkout, whatever the venv has installed
     if gc_dir is not None:
@@ -166,28 +179,28 @@ def realtime_server(conf: Config, redis_url: str | None, log_path: Path,
         env["SHAPE_GC_DIR"] = str(gc_dir)
     env.update({
         "PYTHONPATH": os.pathsep.join(path),
-        "REALTIME_HOST": "127.0.0.1", "REALTIME_PORT": str(port), "REALTIME_JWT_SECRET": SECRET,
+        "REALTIME_HOST": "127.0.0.1", "REALTIME_PORT": str(port), "REALTIME_JWT_SECRET": secret,
         "REALTIME_LOG_LEVEL": "warning", "REALTIME_JOIN_ERROR_BACKOFF_MS": "0",
-        "REALTIME_CONNECT_ERROR_BACKOFF_MS": "0", **LIFTED_QUOTAS, **dict(conf.env),
+        "REALTIME_CONNECT_ERROR_BACKOFF_MS": "0", **LIFTED_QUOTAS, **(env_extra or {}),
     })
     cmd = [sys.executable, "-m", "realtime_channels", "serve"]
-    if conf.workers > 1:
+    if workers > 1:
         assert redis_url is not None
-        cmd += ["--workers", str(conf.workers), "--port", str(port), "--redis-url", redis_url]
+        cmd += ["--workers", str(workers), "--port", str(port), "--redis-url", redis_url]
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(pinned(core, cmd), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited ({proc.returncode}):\n{log_path.read_text()[-2000:]}")
             h = http_json(f"http://127.0.0.1:{port}/health")
-            if h is not None and h.get("status") == "ok" and h.get("nodes") == conf.workers:
+            if h is not None and h.get("status") == "ok" and h.get("nodes", 1) >= workers:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready (last /health {h}):\n{log_path.read_text()[-2000:]}")
             time.sleep(0.1)  # polling until /health answers as expected, bounded by the deadline
-        yield port, proc.pid
+        yield proc.pid  # taskset execs the command: same pid
     finally:
         stop_process(proc)
 
