@@ -56,6 +56,13 @@ async def start_subscribed(nodes: tuple[Node, ...], stream: str, *more: str) -> 
             await confirmed
 
 
+async def on_master(nodes: tuple[Node, ...], stream: str, port: int) -> None:
+    """Until every node serves ``stream`` on the link of the master at ``port``, connected."""
+    for n in nodes:
+        await n.wait_until(lambda: n.pubsub.shard_of(stream) == ("127.0.0.1", port)
+                           and n.pubsub.state == "connected", "the stream on the new master's link")
+
+
 class Traffic:
     """Every node publishes 0, 1, 2, … on ``stream`` every 10 ms (pacing, not waiting) while
     the block runs; ``sent`` is what each published."""
@@ -194,9 +201,7 @@ async def test_slot_migration_moves_the_stream_to_the_new_master(
                 await asyncio.to_thread(cluster.finish_migration, slot, target)
             else:
                 await asyncio.to_thread(cluster.move_slot, slot, target)
-            for n in nodes:
-                await n.wait_until(lambda: n.pubsub.shard_of(stream) == ("127.0.0.1", target)
-                                   and n.pubsub.state == "connected", "the stream on the new master's link")
+            await on_master(nodes, stream, target)
             resumed = traffic.mark()
             await traffic.wait_delivered_after(resumed, "the migration")
         # redirected publishes were sent again on the new master: none lost, none twice
@@ -226,9 +231,7 @@ async def test_manual_failover_moves_the_stream_off_the_demoted_master(
         async with Traffic(nodes, stream) as traffic:
             await b.wait_until(lambda: len(b.seq(stream, "a")) > 5, "traffic before the failover")
             new = await asyncio.to_thread(cluster.manual_failover, old)
-            for n in nodes:
-                await n.wait_until(lambda: n.pubsub.shard_of(stream) == ("127.0.0.1", new)
-                                   and n.pubsub.state == "connected", "the stream on the new master's link")
+            await on_master(nodes, stream, new)
             resumed = traffic.mark()
             await traffic.wait_delivered_after(resumed, "the failover")
         await traffic.check(resumed)
