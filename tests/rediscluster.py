@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from redis import Redis
@@ -248,8 +248,7 @@ class RedisCluster:
         return next(p for p in self.ports if p in self.procs and self.procs[p].poll() is None)
 
     @staticmethod
-    def _poll(cond: object, deadline: float, what: str) -> None:
-        assert callable(cond)
+    def _poll(cond: Callable[[], bool], deadline: float, what: str) -> None:
         while not cond():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out waiting for {what}")
